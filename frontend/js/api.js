@@ -1,0 +1,185 @@
+// REST + websocket client. No DOM: the page wires the callbacks.
+//
+// The store is the source of truth and the live stream is a cache of it
+// (docs/api.md): this module keeps, per watched run, the last `seq` it handed
+// on; after a reconnect or a `resync` it fetches the gap from
+// /metrics?since=<last seq>, so nothing is lost and nothing is drawn twice.
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(typeof detail === 'string' ? detail : `HTTP ${status}`);
+    this.status = status;
+    this.detail = detail; // FastAPI's `detail`: a string, or a list of {loc, msg} on 422
+  }
+}
+
+// `token` is the ?token= of the page URL, if any: a Bearer header on REST and
+// a ?token= on websocket URLs (browsers cannot set headers on a websocket).
+export function createApi(token = null, base = globalThis.location) {
+  async function request(method, path, body) {
+    const init = { method, headers: {} };
+    if (token) init.headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, init);
+    if (res.status === 204) return null;
+    const text = await res.text();
+    let data = text;
+    try { data = text ? JSON.parse(text) : null; } catch { /* not JSON: keep the text */ }
+    if (!res.ok) throw new ApiError(res.status, data?.detail ?? (data || res.statusText));
+    return data;
+  }
+  const run = id => `/api/runs/${encodeURIComponent(id)}`;
+  return {
+    listRuns: () => request('GET', '/api/runs'),
+    createRun: (name, config) => request('POST', '/api/runs', { name, config }),
+    stopRun: id => request('POST', `${run(id)}/stop`),
+    deleteRun: id => request('DELETE', run(id)),
+    metrics: (id, since = 0, maxPoints = 2000) =>
+      request('GET', `${run(id)}/metrics?since=${since}&max_points=${maxPoints}`),
+    streamUrl() {
+      const url = new URL('/api/stream', base.href);
+      url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+      if (token) url.searchParams.set('token', token);
+      return url.href;
+    },
+  };
+}
+
+// Highest seq present in a /metrics answer (its metrics rows and its events).
+// Not `last_seq`: that may have been read a moment after the rows, and events
+// in between would then be skipped.
+function topSeq(cols, since) {
+  let top = since;
+  for (const s of cols.seq ?? []) if (s > top) top = s;
+  for (const e of cols.events ?? []) if (e.seq > top) top = e.seq;
+  return top;
+}
+
+// The browser stream. Handlers:
+//   run(msg)             run.update / run.deleted, for every run
+//   history(id, cols)    a /metrics answer for a watched run (seq > what came before)
+//   event(msg)           a live event of a watched run, in seq order, never twice
+//   connection(status, info)   'connecting' | 'live' | 'reconnecting'
+//   open(reconnected)    the socket is open (after a drop when reconnected)
+//   gone(id)             /metrics said 404: the run no longer exists
+export class Stream {
+  constructor(api, handlers) {
+    this.api = api;
+    this.on = handlers;
+    this.runs = new Map(); // run id -> {lastSeq, pending, inFlight, again, retry}
+    this.ws = null;
+    this.attempt = 0;      // consecutive failed connects, for the backoff
+    this.opened = false;   // has any connection opened yet
+  }
+
+  // The set of runs whose data the page draws. New ones are fetched from the
+  // start; dropped ones are forgotten (a later watch fetches them afresh).
+  setWatched(ids) {
+    const want = new Set(ids);
+    for (const id of this.runs.keys()) if (!want.has(id)) this.runs.delete(id);
+    for (const id of want) {
+      if (this.runs.has(id)) continue;
+      this.runs.set(id, { lastSeq: 0, pending: null, inFlight: false, again: false, retry: 1000 });
+      this.sync(id);
+    }
+  }
+
+  // Fetch everything after the last seq handed on. Live events that arrive
+  // meanwhile wait in `pending`, so history always lands before them.
+  async sync(id) {
+    const entry = this.runs.get(id);
+    if (!entry) return;
+    if (entry.inFlight) { entry.again = true; return; } // one fetch at a time; redo after it
+    entry.inFlight = true;
+    entry.pending = [];
+    let failed = false;
+    try {
+      const cols = await this.api.metrics(id, entry.lastSeq);
+      if (this.runs.get(id) !== entry) return; // unwatched while fetching
+      const since = entry.lastSeq;
+      entry.lastSeq = topSeq(cols, since);
+      entry.retry = 1000;
+      this.on.history(id, cols, since);
+    } catch (err) {
+      if (this.runs.get(id) !== entry) return;
+      if (err instanceof ApiError && err.status === 404) {
+        this.runs.delete(id);
+        this.on.gone?.(id);
+        return;
+      }
+      console.warn(`gradwatch: fetching history of ${id} failed:`, err);
+      failed = true;
+    } finally {
+      if (this.runs.get(id) === entry) {
+        const pending = entry.pending;
+        entry.pending = null;
+        entry.inFlight = false;
+        for (const msg of pending) this.deliver(entry, msg);
+        if (failed) {
+          // Retry with backoff; a reconnect also re-syncs every watched run.
+          setTimeout(() => this.sync(id), entry.retry);
+          entry.retry = Math.min(entry.retry * 2, 30000);
+        } else if (entry.again) {
+          entry.again = false;
+          this.sync(id);
+        }
+      }
+    }
+  }
+
+  syncAll() {
+    for (const id of this.runs.keys()) this.sync(id);
+  }
+
+  deliver(entry, msg) {
+    if (msg.seq <= entry.lastSeq) return; // already drawn, from history or live
+    entry.lastSeq = msg.seq;
+    this.on.event(msg);
+  }
+
+  connect() {
+    this.on.connection?.(this.opened ? 'reconnecting' : 'connecting');
+    const ws = new WebSocket(this.api.streamUrl());
+    this.ws = ws;
+    ws.onopen = () => {
+      const reconnected = this.opened;
+      this.opened = true;
+      this.attempt = 0;
+      this.on.connection?.('live');
+      this.on.open?.(reconnected);
+      // Events stored while we were away (or before this socket subscribed)
+      // come from the store: fetch the gap for every watched run.
+      this.syncAll();
+    };
+    ws.onmessage = ev => this.receive(JSON.parse(ev.data));
+    ws.onclose = ev => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      // Exponential backoff with jitter, 0.5 s doubling to 10 s, so a restarted
+      // server is not hit by every open tab at the same instant.
+      const delay = Math.min(10000, 500 * 2 ** this.attempt) * (0.75 + Math.random() / 2);
+      this.attempt++;
+      this.on.connection?.('reconnecting', { delay, code: ev.code, reason: ev.reason });
+      setTimeout(() => this.connect(), delay);
+    };
+  }
+
+  receive(msg) {
+    switch (msg.type) {
+      case 'run.update':
+      case 'run.deleted':
+        this.on.run(msg);
+        return;
+      case 'resync':
+        this.syncAll(); // we fell behind and messages were dropped
+        return;
+    }
+    const entry = this.runs.get(msg.run_id);
+    if (!entry || typeof msg.seq !== 'number') return; // not a run this page draws
+    if (entry.inFlight) entry.pending.push(msg);
+    else this.deliver(entry, msg);
+  }
+}

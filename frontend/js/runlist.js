@@ -1,0 +1,127 @@
+// The runs table: one row per run, keyed by run id, updated in place so a
+// live update does not steal a click or reset a checkbox mid-interaction.
+// Actions are reported through `handlers` (select, focus, stop, remove).
+
+const ACTIVE = new Set(['queued', 'running']);
+
+const fmt = {
+  step: v => (v == null ? '—' : String(v)),
+  loss: v => (v == null ? '—' : Number(v).toPrecision(4)),
+  pct: v => (v == null ? '—' : `${(100 * v).toFixed(1)}%`),
+};
+
+// Why a run ended badly, in words, or '' when it did not.
+export function problem(run) {
+  if (run.status === 'failed') return run.error || 'failed (no reason given)';
+  if (run.status === 'diverged') {
+    const s = run.summary ?? {};
+    const where = s.diverged_layer ? ` in ${s.diverged_layer}` : '';
+    return `diverged at step ${s.diverged_step ?? '?'}${where}` + (run.error ? `: ${run.error}` : '');
+  }
+  return '';
+}
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+export class RunList {
+  constructor(tbody, handlers) {
+    this.tbody = tbody;
+    this.rows = new Map(); // run id -> <tr>
+    this.armed = null;     // id whose delete button was clicked once
+    tbody.addEventListener('change', ev => {
+      if (!ev.target.matches('input.select')) return;
+      handlers.select(this.idOf(ev.target), ev.target.checked);
+    });
+    tbody.addEventListener('click', ev => {
+      const button = ev.target.closest('button');
+      if (!button) return;
+      const id = this.idOf(button);
+      if (button.matches('.focus')) handlers.focus(id);
+      else if (button.matches('.stop')) handlers.stop(id);
+      else if (button.matches('.delete')) this.confirmDelete(button, id, handlers.remove);
+    });
+  }
+
+  idOf(node) { return node.closest('tr').dataset.runId; }
+
+  // Deleting loses the run's data: the first click arms the button, a second
+  // within 3 s deletes. (No confirm() dialog: it would block the live page.)
+  confirmDelete(button, id, remove) {
+    if (this.armed === id) {
+      this.armed = null;
+      remove(id);
+      return;
+    }
+    this.armed = id;
+    button.textContent = 'delete?';
+    button.classList.add('armed');
+    setTimeout(() => {
+      if (this.armed === id) this.armed = null;
+      button.textContent = '×';
+      button.classList.remove('armed');
+    }, 3000);
+  }
+
+  // runs: records newest first; view: {selected: Set, focus, colors: Map}.
+  render(runs, view) {
+    const seen = new Set();
+    runs.forEach((run, i) => {
+      seen.add(run.id);
+      let tr = this.rows.get(run.id);
+      if (!tr) {
+        tr = this.makeRow(run.id);
+        this.rows.set(run.id, tr);
+      }
+      this.fill(tr, run, view);
+      // Keep DOM order = list order without re-inserting rows that are in place.
+      if (this.tbody.children[i] !== tr) this.tbody.insertBefore(tr, this.tbody.children[i] ?? null);
+    });
+    for (const [id, tr] of this.rows) {
+      if (!seen.has(id)) { tr.remove(); this.rows.delete(id); }
+    }
+  }
+
+  makeRow(id) {
+    const tr = el('tr', 'run');
+    tr.dataset.runId = id;
+    const select = el('input', 'select');
+    select.type = 'checkbox';
+    select.title = 'compare on the charts';
+    const name = el('td', 'name');
+    name.append(el('span', 'swatch'), el('button', 'focus'), el('code', 'rid', id), el('div', 'problem'));
+    const actions = el('td', 'actions');
+    const stop = el('button', 'stop', 'Stop');
+    const del = el('button', 'delete', '×');
+    del.title = 'delete this run and its data';
+    actions.append(stop, del);
+    const cell = (cls, child) => { const td = el('td', cls); if (child) td.append(child); return td; };
+    tr.append(cell('sel', select), name, cell('status', el('span', 'badge')),
+      cell('num step'), cell('num loss'), cell('num acc'), actions);
+    return tr;
+  }
+
+  fill(tr, run, view) {
+    const s = run.summary ?? {};
+    const q = sel => tr.querySelector(sel);
+    tr.classList.toggle('selected', view.selected.has(run.id));
+    tr.classList.toggle('focused', view.focus === run.id);
+    q('input.select').checked = view.selected.has(run.id);
+    q('.swatch').style.background = view.colors.get(run.id);
+    q('button.focus').textContent = run.name || run.id;
+    q('button.focus').title = 'show details (and the heatmap) of this run';
+    const badge = q('.badge');
+    badge.textContent = run.status;
+    badge.className = `badge status-${run.status}`;
+    q('.problem').textContent = problem(run);
+    q('.step').textContent = fmt.step(s.step) + (run.config?.steps ? ` / ${run.config.steps}` : '');
+    q('.loss').textContent = fmt.loss(s.loss);
+    q('.acc').textContent = fmt.pct(s.accuracy);
+    q('.acc').title = s.val_accuracy == null ? '' : `validation ${fmt.pct(s.val_accuracy)}`;
+    q('.stop').hidden = !ACTIVE.has(run.status);
+  }
+}

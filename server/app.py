@@ -1,0 +1,65 @@
+"""create_app(settings): the FastAPI app. The lifespan owns the Store, Hub and JobManager;
+nothing heavy happens at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import plotly
+from fastapi import Depends, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from . import __version__
+from .hub import Hub
+from .jobs import JobManager
+from .routes import health, ingest, runs, stream
+from .security import require_token
+from .settings import Settings, SettingsError
+from .store import Store
+
+FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            store = Store(settings.data_dir / "gradwatch.sqlite3")
+        except OSError as e:
+            raise SettingsError(f"data dir {settings.data_dir} is not usable: {e}") from e
+        hub = Hub()
+        jobs = JobManager(settings, store, hub)
+        app.state.settings, app.state.store, app.state.hub, app.state.jobs = settings, store, hub, jobs
+        await jobs.start()
+        try:
+            yield
+        finally:
+            await jobs.shutdown()
+            store.close()
+
+    app = FastAPI(title="gradwatch", version=__version__, lifespan=lifespan,
+                  description="Live per-layer training diagnostics. See docs/api.md.")
+    app.state.settings = settings
+    guarded = [Depends(require_token)]
+    app.include_router(health.router)
+    app.include_router(runs.router, dependencies=guarded)
+    app.include_router(stream.router)  # websockets check the token themselves, before accept()
+    app.include_router(ingest.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(FRONTEND / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        return FileResponse(PLOTLY_JS, media_type="text/javascript")
+
+    app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
+    return app

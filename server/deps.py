@@ -1,0 +1,38 @@
+"""Typed dependency aliases: routes declare what they need, the lifespan provides it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+
+from .jobs import JobManager
+from .settings import Settings
+from .store import Store
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_run_or_404(run_id: str, store: StoreDep) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    if run is None:
+        raise HTTPException(404, f"run {run_id} not found")
+    return run
+
+
+RunDep = Annotated[dict[str, Any], Depends(get_run_or_404)]

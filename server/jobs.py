@@ -1,0 +1,302 @@
+"""JobManager: the life of every run, from queued to a final status.
+
+Each run trains in its own worker process (`python -m trainer.worker`, a fresh interpreter:
+spawned, never forked), at most `max_concurrent` at once, the rest queued. The worker talks to
+the server only over the ingest websocket; this module turns what arrives there into stored
+events, run states and live messages. A worker that exits or vanishes without finishing leaves
+its run `failed` with the reason, never a run that stays `running` for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from trainer.events import TERMINAL
+
+from .hub import Hub
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("gradwatch.jobs")
+
+RUN_UPDATE_EVERY_S = 0.5  # live run.update messages per run, at most this often
+
+
+def public(run: dict[str, Any], live_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run as the API shows it: no token, the newest summary."""
+    out = {k: v for k, v in run.items() if k not in ("token", "layers")}
+    if live_summary:
+        out["summary"] = {**(run["summary"] or {}), **live_summary}
+    return out
+
+
+class JobManager:
+    def __init__(self, settings: Settings, store: Store, hub: Hub) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = hub
+        self.queue: deque[str] = deque()
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.conns: dict[str, WebSocket] = {}
+        self.conn_closed: dict[str, asyncio.Event] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self._last_update: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.log_dir = settings.data_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- life of the manager ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume after a restart: queued runs queue again; running ones get a grace period
+        for their still-living workers to reconnect, then are resolved as failed."""
+        for run in reversed(self.store.list_runs(("queued",))):
+            self.queue.append(run["id"])
+        for run in self.store.list_runs(("running",)):
+            self._spawn(self._orphan_watch(run["id"], "the server restarted and the worker did not reconnect"))
+        self._spawn(self._scheduler())
+
+    async def shutdown(self) -> None:
+        for run_id in list(self.procs):
+            await self._send_control(run_id, {"type": "control", "stop": True})
+        deadline = time.monotonic() + 5
+        while self.procs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for run_id, proc in list(self.procs.items()):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            self.finalize(run_id, "failed", "the server shut down while the run was running")
+        for t in list(self._tasks):
+            t.cancel()
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- creating and scheduling runs --------------------------------------------------
+
+    def create(self, name: str | None, config: dict[str, Any], kind: str = "local",
+               group_id: str | None = None) -> dict[str, Any]:
+        run_id = secrets.token_hex(4)
+        while self.store.get_run(run_id) is not None:
+            run_id = secrets.token_hex(4)
+        run = {
+            "id": run_id, "name": name or run_id, "status": "queued", "config": config,
+            "created": time.time(), "token": secrets.token_urlsafe(24), "kind": kind,
+            "group_id": group_id, "summary": {},
+        }
+        if kind == "external":  # the user's own loop: it is running as soon as it connects
+            run["status"], run["started"] = "running", time.time()
+        self.store.create_run(run)
+        run = self.store.get_run(run_id)
+        if kind == "local":
+            self.queue.append(run_id)
+            self._wake.set()
+        self._publish_run(run)
+        return run
+
+    @property
+    def queued_count(self) -> int:
+        return len(self.queue)
+
+    async def _scheduler(self) -> None:
+        while True:
+            while self.queue and len(self.procs) < self.settings.max_concurrent:
+                run_id = self.queue.popleft()
+                run = self.store.get_run(run_id)
+                if run is None or run["status"] != "queued":
+                    continue
+                try:
+                    await self._launch(run)
+                except OSError as e:
+                    self.finalize(run_id, "failed", f"could not start the worker: {e}")
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _launch(self, run: dict[str, Any]) -> None:
+        run_id = run["id"]
+        env = {**os.environ, "GRADWATCH_RUN_TOKEN": run["token"], "PYTHONUNBUFFERED": "1"}
+        env.pop("GRADWATCH_TOKEN", None)  # the worker needs its run's token only
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        logf = open(self.log_dir / f"{run_id}.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "trainer.worker", "--server", self.settings.self_url,
+                "--run", run_id, "--data-dir", str(self.settings.data_dir / "datasets"),
+                stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
+                start_new_session=True,  # Ctrl-C on the server's terminal does not hit workers
+            )
+        finally:
+            logf.close()
+        self.procs[run_id] = proc
+        self.store.update_run(run_id, durable=True, status="running", started=time.time())
+        self._publish_run(self.store.get_run(run_id))
+        self._spawn(self._monitor(run_id, proc))
+
+    async def _monitor(self, run_id: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        closed = self.conn_closed.get(run_id)
+        if closed is not None and run_id in self.conns:
+            with contextlib.suppress(asyncio.TimeoutError):  # let its last batch land first
+                await asyncio.wait_for(closed.wait(), 3.0)
+        self.procs.pop(run_id, None)
+        self._wake.set()
+        run = self.store.get_run(run_id)
+        if run is not None and run["status"] not in TERMINAL:
+            how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            tail = self.log_tail(run_id)
+            self.finalize(run_id, "failed", f"worker {how} before finishing" + (f": {tail}" if tail else ""))
+
+    def log_tail(self, run_id: str, lines: int = 8) -> str:
+        path = self.log_dir / f"{run_id}.log"
+        try:
+            text = path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    async def _orphan_watch(self, run_id: str, reason: str) -> None:
+        """A run with no worker process of ours: failed unless its worker (re)connects in time."""
+        await asyncio.sleep(self.settings.reattach_grace_s)
+        run = self.store.get_run(run_id)
+        if run is not None and run["status"] not in TERMINAL and run_id not in self.conns \
+                and run_id not in self.procs:
+            self.finalize(run_id, "failed", reason)
+
+    # ---- stopping, deleting, finishing -------------------------------------------------
+
+    async def stop(self, run_id: str) -> dict[str, Any]:
+        run = self.store.get_run(run_id)
+        if run is None or run["status"] in TERMINAL:
+            return run
+        if run["status"] == "queued":
+            with contextlib.suppress(ValueError):
+                self.queue.remove(run_id)
+            self.finalize(run_id, "stopped", "stopped before it started")
+        else:
+            await self._send_control(run_id, {"type": "control", "stop": True})
+            self._spawn(self._kill_after(run_id, self.settings.stop_grace_s, "stopped"))
+        return self.store.get_run(run_id)
+
+    async def _kill_after(self, run_id: str, grace: float, status: str) -> None:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            run = self.store.get_run(run_id)
+            if run is None or run["status"] in TERMINAL:
+                return
+            await asyncio.sleep(0.05)
+        proc = self.procs.get(run_id)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        self.finalize(run_id, status, f"the worker did not stop within {grace:g} s and was killed")
+
+    async def delete(self, run_id: str) -> None:
+        proc = self.procs.get(run_id)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        with contextlib.suppress(ValueError):
+            self.queue.remove(run_id)
+        ws = self.conns.get(run_id)
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close(code=1000, reason="run deleted")
+        self.store.delete_run(run_id)
+        self.summaries.pop(run_id, None)
+        self.hub.publish(run_id, {"type": "run.deleted", "run_id": run_id, "seq": None})
+        with contextlib.suppress(OSError):
+            (self.log_dir / f"{run_id}.log").unlink()
+
+    def finalize(self, run_id: str, status: str, reason: str | None) -> None:
+        """End a run on the server's side (its worker cannot): stored as a run.finished event."""
+        run = self.store.get_run(run_id)
+        if run is None or run["status"] in TERMINAL:
+            return
+        summary = {**run["summary"], **self.summaries.get(run_id, {})}
+        event = {"type": "run.finished", "seq": run["last_seq"] + 1, "time": time.time(),
+                 "status": status, "reason": reason, "summary": summary, "source": "server"}
+        self.ingest_batch(run_id, [event])
+
+    # ---- ingest: events from workers ---------------------------------------------------
+
+    def attach(self, run_id: str, ws: WebSocket) -> None:
+        self.conns[run_id] = ws
+        self.conn_closed[run_id] = asyncio.Event()
+
+    def detach(self, run_id: str, ws: WebSocket) -> None:
+        if self.conns.get(run_id) is ws:
+            del self.conns[run_id]
+            self.conn_closed.pop(run_id).set()
+            run = self.store.get_run(run_id)
+            if run is not None and run["status"] not in TERMINAL and run_id not in self.procs:
+                self._spawn(self._orphan_watch(run_id, "the worker's connection was lost"))
+
+    def ingest_batch(self, run_id: str, events: list[dict[str, Any]]) -> int:
+        """Store a batch, apply its effects on the run, fan it out; returns the last stored seq."""
+        new, last = self.store.append_events(run_id, events)
+        summary = self.summaries.setdefault(run_id, {})
+        changes: dict[str, Any] = {}
+        for e in new:
+            kind = e["type"]
+            if kind == "metrics":
+                summary.update(step=e["step"], loss=e["loss"], accuracy=e["accuracy"],
+                               global_grad_norm=e.get("global_grad_norm"))
+                if "val_accuracy" in e:
+                    summary.update(val_accuracy=e["val_accuracy"], val_loss=e.get("val_loss"))
+            elif kind == "run.started":
+                changes["layers"] = e.get("layers")
+            elif kind == "run.finished":
+                summary.update({k: v for k, v in (e.get("summary") or {}).items() if k != "traceback"})
+                changes.update(status=e["status"], error=e.get("reason"), finished=e.get("time", time.time()))
+            e["run_id"] = run_id
+            self.hub.publish(run_id, e)
+        if "status" in changes:
+            changes["summary"] = summary
+            self.store.update_run(run_id, durable=True, **changes)
+            self._publish_run(self.store.get_run(run_id))
+            self.summaries.pop(run_id, None)
+            self._wake.set()
+        elif new:
+            if changes:
+                self.store.update_run(run_id, **changes)
+            now = time.monotonic()
+            if now - self._last_update.get(run_id, 0.0) >= RUN_UPDATE_EVERY_S:
+                self._last_update[run_id] = now
+                self.store.update_run(run_id, summary=summary)
+                self._publish_run(self.store.get_run(run_id))
+        return last
+
+    async def _send_control(self, run_id: str, message: dict[str, Any]) -> bool:
+        ws = self.conns.get(run_id)
+        if ws is None:
+            return False
+        try:
+            await ws.send_json(message)
+            return True
+        except Exception:  # noqa: BLE001 - a dead socket: the monitor resolves the run
+            return False
+
+    def view(self, run: dict[str, Any]) -> dict[str, Any]:
+        return public(run, self.summaries.get(run["id"]))
+
+    def _publish_run(self, run: dict[str, Any] | None) -> None:
+        if run is not None:
+            self.hub.publish(run["id"], {"type": "run.update", "run_id": run["id"],
+                                         "seq": run["last_seq"], "run": self.view(run)})

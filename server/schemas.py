@@ -1,0 +1,91 @@
+"""Request/response models. The RunConfig model is generated from trainer.config (fields,
+defaults, choices, bounds), so the API, the CLI and the trainer validate from one source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from trainer.config import CHOICES, LIMITS, RunConfig
+
+_PY = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def _field_type(name: str, kind: str) -> Any:
+    if name in CHOICES:
+        return Literal[CHOICES[name]]  # type: ignore[valid-type]
+    base = _PY[kind]
+    if kind == "float":
+        base = Annotated[float, Field(allow_inf_nan=False)]
+    if kind in ("int", "float") and name in LIMITS:
+        lo, hi = LIMITS[name]
+        base = Annotated[base, Field(ge=lo, le=hi)]
+    return base
+
+
+def _config_model() -> type[BaseModel]:
+    defaults = RunConfig()
+    spec = {f.name: (_field_type(f.name, f.type), getattr(defaults, f.name)) for f in fields(RunConfig)}
+    return create_model(
+        "RunConfigIn",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        **spec,
+    )
+
+
+RunConfigIn = _config_model()
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    config: RunConfigIn = Field(default_factory=RunConfigIn)  # type: ignore[valid-type]
+
+
+class Run(BaseModel):
+    id: str
+    name: str
+    status: str
+    config: dict[str, Any]
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    last_seq: int
+    kind: str
+    group_id: str | None
+    summary: dict[str, Any]
+
+
+class Layer(BaseModel):
+    name: str
+    module: str
+    shape: list[int]
+
+
+class Metrics(BaseModel):
+    run_id: str
+    status: str
+    last_seq: int
+    layers: list[Layer]
+    seq: list[int]
+    step: list[int]
+    time: list[float]
+    loss: list[float | None]
+    accuracy: list[float | None]
+    global_grad_norm: list[float | None]
+    grad_norm: list[list[float | None]]
+    weight_norm: list[list[float | None]]
+    update_ratio: list[list[float | None]]
+    val: dict[str, list[float | None]]
+    events: list[dict[str, Any]]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    runs_active: int
+    runs_queued: int

@@ -1,0 +1,78 @@
+"""Settings from the environment (GRADWATCH_*), validated at start-up: a bad value stops the
+server with a message that names the variable, rather than failing later on a request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"  # bind address; loopback by default
+    port: int = 8000  # HTTP port (workers on this host connect back to it)
+    data_dir: Path = Path("gradwatch-data")  # SQLite store, worker logs, dataset cache
+    token: str | None = None  # when set, every /api route but health needs it
+    max_concurrent: int = 2  # worker processes training at once; more runs wait queued
+    max_queued: int = 100  # runs waiting beyond that are refused with 429
+    stop_grace_s: float = 10.0  # a stop request waits this long for the worker before killing it
+    reattach_grace_s: float = 15.0  # after a restart, how long a still-running worker has to reconnect
+    allowed_hosts: list[str] = field(default_factory=list)  # extra Host names accepted
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = dict(os.environ if env is None else env)
+        s = cls()
+        conv = {
+            "host": str, "port": int, "data_dir": Path, "token": str, "max_concurrent": int,
+            "max_queued": int, "stop_grace_s": float, "reattach_grace_s": float,
+        }
+        for name, kind in conv.items():
+            raw = env.get(f"GRADWATCH_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            try:
+                setattr(s, name, kind(raw))
+            except ValueError as e:
+                raise SettingsError(f"GRADWATCH_{name.upper()}={raw!r}: {e}") from e
+        if env.get("GRADWATCH_ALLOWED_HOSTS"):
+            s.allowed_hosts = [h.strip() for h in env["GRADWATCH_ALLOWED_HOSTS"].split(",") if h.strip()]
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(s, name, Path(value) if name == "data_dir" else value)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"GRADWATCH_PORT must be 0-65535, got {self.port}")
+        if self.max_concurrent < 1:
+            raise SettingsError(f"GRADWATCH_MAX_CONCURRENT must be at least 1, got {self.max_concurrent}")
+        if self.max_queued < 0:
+            raise SettingsError(f"GRADWATCH_MAX_QUEUED must be 0 or more, got {self.max_queued}")
+        if self.token is not None and len(self.token) < 8:
+            raise SettingsError("GRADWATCH_TOKEN must be at least 8 characters")
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def self_url(self) -> str:
+        """Where workers on this machine reach the server."""
+        host = self.host if self.loopback else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"

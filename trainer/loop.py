@@ -1,0 +1,174 @@
+"""train(cfg, emit, control): the training loop. No I/O: it calls `emit(event)` for every event
+(the CLI prints them, the worker sends them, tests append them to a list) and polls `control`
+for stop requests and live changes, applied before the next step.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from . import events, models, optim
+from .config import LIVE_FIELDS, RunConfig, check_field
+from .probe import first_nonfinite, watch
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class Control:
+    """Thread-safe mailbox from the outside world to the loop (stop, live changes)."""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[tuple[str, Any, str]] = queue.SimpleQueue()
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        self.stop_requested = True
+
+    def set(self, source: str = "api", **changes: Any) -> None:
+        for field, value in changes.items():
+            if field not in LIVE_FIELDS:
+                raise ValueError(f"{field} cannot be changed on a running run (only {', '.join(LIVE_FIELDS)})")
+            check_field(field, value)
+            self._q.put((field, value, source))
+
+    def pending(self) -> list[tuple[str, Any, str]]:
+        out = []
+        while True:
+            try:
+                out.append(self._q.get_nowait())
+            except queue.Empty:
+                return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA device is available; use device='auto' or 'cpu'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class _Alerts:
+    """Explosion alert: global grad norm above factor x its running median (window of steps)."""
+
+    def __init__(self, factor: float, window: int = 50, warmup: int = 10) -> None:
+        self.factor, self.warmup = factor, warmup
+        self.hist: deque[float] = deque(maxlen=window)
+
+    def check(self, g: float) -> float | None:
+        fired = None
+        if len(self.hist) >= self.warmup and math.isfinite(g):
+            med = statistics.median(self.hist)
+            if med > 0 and g > self.factor * med:
+                fired = med
+        if math.isfinite(g):
+            self.hist.append(g)
+        return fired
+
+
+def train(
+    cfg: RunConfig,
+    emit: Emit,
+    control: Control | None = None,
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run cfg to the end (or a stop, or divergence); returns the summary it also emits."""
+    control = control or Control()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    ds = data_mod.load(cfg.dataset, device, data_dir, cfg.seed)
+    model = models.build(cfg, ds.shape, ds.n_classes).to(device)
+    if cfg.model == "cnn" and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = optim.build(model, cfg)
+    batches = data_mod.Batches(len(ds.x_train), cfg.batch_size, cfg.seed, device)
+    amp = cfg.amp and device.type == "cuda"
+    live = {"l2": cfg.l2, "lr": cfg.lr, "grad_clip": cfg.grad_clip}
+    alerts = _Alerts(cfg.alert_factor)
+    summary: dict[str, Any] = {"step": 0, "loss": None, "accuracy": None, "val_accuracy": None,
+                               "val_loss": None, "global_grad_norm": None,
+                               "diverged_step": None, "diverged_layer": None}
+    pending_val: dict[int, tuple[float, float]] = {}
+    outcome: list[tuple[str, str | None]] = []  # set by on_step when the run must end
+
+    probe = watch(model, opt)
+    names = probe.names
+    emit(events.run_started(probe.layers, str(device), models.count_params(model), cfg.to_dict()))
+
+    def on_step(stats: dict[str, Any]) -> None:
+        step = stats["step"]
+        event = events.metrics(stats, pending_val.pop(step, None))
+        emit(event)
+        summary.update(step=step, loss=stats["loss"], accuracy=stats["accuracy"],
+                       global_grad_norm=stats["global_grad_norm"])
+        if "val_accuracy" in event:
+            summary.update(val_accuracy=event["val_accuracy"], val_loss=event["val_loss"])
+        bad_layer = first_nonfinite(names, stats["grad_norm"])
+        if bad_layer is not None or not math.isfinite(stats["loss"]):
+            where = f"; first non-finite gradient: {bad_layer}" if bad_layer else ""
+            summary.update(diverged_step=step, diverged_layer=bad_layer)
+            outcome.append(("diverged", f"non-finite loss or gradient at step {step}{where}"))
+            return
+        median = alerts.check(stats["global_grad_norm"])
+        if median is not None:
+            emit(events.alert(step, "explosion",
+                              f"global gradient norm {stats['global_grad_norm']:.3g} is over "
+                              f"{cfg.alert_factor:g}x its running median {median:.3g}",
+                              value=stats["global_grad_norm"], median=median))
+
+    probe.on_step = on_step
+    started = time.perf_counter()
+    model.train()
+    try:
+        for step in range(1, cfg.steps + 1):
+            if control.stop_requested:
+                outcome.append(("stopped", "stopped on request"))
+            if outcome:
+                break
+            for field, value, source in control.pending():
+                old = live[field]
+                live[field] = value
+                if field == "l2":
+                    optim.set_l2(opt, value)
+                elif field == "lr":
+                    optim.set_lr(opt, value)
+                emit(events.intervention(step, field, old, value, source))
+
+            idx = batches.next()
+            x, y = ds.x_train[idx], ds.y_train[idx]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            probe.record(loss, (logits.argmax(1) == y).float().mean())
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                # Validation of the weights this step's loss saw (as weight_norm is): before the update.
+                vl, va = models.evaluate(model, ds.x_val, ds.y_val)
+                pending_val[step] = (vl.item(), va.item())  # sync point, eval steps only
+            if live["grad_clip"] > 0:
+                probe.clip_(live["grad_clip"])
+            opt.step()  # the probe's hooks run here; on_step fires for every step read back
+        probe.flush()  # the last step's values (CUDA: still in flight)
+        if not outcome:
+            vl, va = models.evaluate(model, ds.x_val, ds.y_val)
+            summary.update(val_loss=vl.item(), val_accuracy=va.item())  # the trained weights, once
+    finally:
+        probe.close()
+
+    status, reason = outcome[0] if outcome else ("completed", None)
+    summary["seconds"] = time.perf_counter() - started
+    summary["steps_per_s"] = summary["step"] / summary["seconds"] if summary["seconds"] > 0 else None
+    emit(events.run_finished(status, reason, summary))
+    return {"status": status, "reason": reason, **summary}

@@ -1,0 +1,193 @@
+"""Worker process: `python -m trainer.worker --server URL --run ID` (token in GRADWATCH_RUN_TOKEN).
+
+It connects to the server's ingest websocket, receives the run's config in the server's hello,
+runs `train()` and streams every event from a background sender thread. Training never waits on
+the network: events go into a bounded outbox; when it is full, metrics events are coalesced away
+(counted, and a `dropped` event says so) rather than stalling the step. Every event has a
+per-run `seq`; the server acknowledges what it stored, and after a reconnect the sender resends
+everything after the last acknowledged `seq`, so nothing is lost and nothing doubles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+import orjson
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from . import events
+from .config import RunConfig
+from .loop import Control, train
+
+MAX_BATCH = 512  # events per websocket message
+
+
+class IngestClient:
+    """Bounded, resending event sender on its own thread. Also used by `trainer.connect`."""
+
+    def __init__(self, url: str, token: str, control: Control | None = None, max_pending: int = 100_000) -> None:
+        self.url = url
+        self.token = token
+        self.control = control or Control()
+        self.max_pending = max_pending
+        self.hello: dict[str, Any] | None = None
+        self.hello_ready = threading.Event()
+        self.fatal: str | None = None  # the server refused us for good (bad token, unknown run)
+        self._outbox: deque[tuple[int, dict[str, Any]]] = deque()
+        self._seq = 0  # last seq handed out
+        self._acked = 0  # last seq the server confirmed stored
+        self._sent = 0  # last seq written to the current connection
+        self._dropped: list[int] = []  # steps of metrics events coalesced away
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="gradwatch-sender", daemon=True)
+        self._thread.start()
+
+    # ---- training thread side --------------------------------------------------------
+
+    def emit(self, event: dict[str, Any]) -> None:
+        with self._cond:
+            if len(self._outbox) >= self.max_pending and event["type"] == events.METRICS:
+                self._dropped.append(event.get("step", -1))
+                return
+            if self._dropped:
+                d = self._dropped
+                self._dropped = []
+                self._push(events.dropped(len(d), d[0], d[-1]))
+            self._push(event)
+            self._cond.notify()
+
+    def _push(self, event: dict[str, Any]) -> None:
+        self._seq += 1
+        event["seq"] = self._seq
+        self._outbox.append((self._seq, event))
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Wait until every event is acknowledged (or timeout); True when all were."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._acked < self._seq and self.fatal is None and time.monotonic() < deadline:
+                self._cond.wait(0.1)
+            self._closing = True
+            self._cond.notify_all()
+            done = self._acked >= self._seq
+        self._thread.join(timeout=2.0)
+        return done
+
+    # ---- sender thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._closing and self.fatal is None:
+            try:
+                with ws_connect(self.url, additional_headers={"Authorization": f"Bearer {self.token}"},
+                                max_size=2**22, open_timeout=10, close_timeout=2) as ws:
+                    backoff = 0.2
+                    self._session(ws)
+            except InvalidStatus as e:
+                code = e.response.status_code
+                if code in (401, 403, 404):
+                    self.fatal = f"server refused the ingest connection (HTTP {code})"
+                    self.hello_ready.set()
+                    with self._cond:
+                        self._cond.notify_all()
+                    return
+            except (OSError, ConnectionClosed, TimeoutError):
+                pass  # server away: keep buffering, try again
+            if not self._closing:
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _session(self, ws: Any) -> None:
+        hello = orjson.loads(ws.recv(timeout=10))
+        if hello.get("type") == "error":
+            self.fatal = hello.get("message", "refused")
+            self.hello_ready.set()
+            return
+        self.hello = hello
+        with self._cond:
+            self._ack(int(hello.get("acked_seq", 0)))
+            self._sent = self._acked
+        self.hello_ready.set()
+        reader = threading.Thread(target=self._read, args=(ws,), daemon=True, name="gradwatch-reader")
+        reader.start()
+        while reader.is_alive():
+            with self._cond:
+                while self._sent >= self._seq and not self._closing and reader.is_alive():
+                    self._cond.wait(0.2)
+                if self._closing and self._acked >= self._seq:
+                    return
+                batch = [e for s, e in self._outbox if s > self._sent][:MAX_BATCH]
+            if batch:
+                # Serialised here, off the training thread.
+                ws.send(b'{"type":"batch","events":' + orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY) + b"}")
+                with self._cond:
+                    self._sent = max(self._sent, batch[-1]["seq"])
+        # The reader ended: the connection is gone; _run reconnects and resends after _acked.
+
+    def _read(self, ws: Any) -> None:
+        try:
+            for raw in ws:
+                msg = orjson.loads(raw)
+                kind = msg.get("type")
+                if kind == "ack":
+                    with self._cond:
+                        self._ack(int(msg["seq"]))
+                        self._cond.notify_all()
+                elif kind == "control":
+                    if msg.get("stop"):
+                        self.control.stop()
+                    if msg.get("set"):
+                        try:
+                            self.control.set(source=msg.get("source", "api"), **msg["set"])
+                        except ValueError as e:  # the server validates first; never crash the run on it
+                            print(f"gradwatch: ignored control message: {e}", file=sys.stderr)
+        except (ConnectionClosed, OSError):
+            pass
+        with self._cond:
+            self._cond.notify_all()
+
+    def _ack(self, seq: int) -> None:
+        self._acked = max(self._acked, seq)
+        while self._outbox and self._outbox[0][0] <= self._acked:
+            self._outbox.popleft()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="gradwatch training worker (started by the server)")
+    ap.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    ap.add_argument("--run", required=True, help="run id")
+    ap.add_argument("--data-dir", default=None, help="where datasets are downloaded/cached")
+    args = ap.parse_args(argv)
+    token = os.environ.get("GRADWATCH_RUN_TOKEN", "")
+    base = args.server.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    client = IngestClient(f"{base}/api/ingest/{args.run}", token)
+    if not client.hello_ready.wait(60) or client.hello is None:
+        print(f"gradwatch worker: no hello from {base}: {client.fatal or 'timed out'}", file=sys.stderr)
+        return 3
+    status = 0
+    try:
+        cfg = RunConfig.from_dict(client.hello["config"])
+        train(cfg, client.emit, client.control, data_dir=args.data_dir)
+    except Exception as e:  # noqa: BLE001 - any failure becomes a `failed` run with its reason
+        tb = traceback.format_exc()
+        print(tb, file=sys.stderr)
+        reason = f"{type(e).__name__}: {e}"
+        client.emit(events.run_finished("failed", reason, {"traceback": tb[-4000:]}))
+        status = 1
+    if not client.close(timeout=60):
+        print("gradwatch worker: some events were not acknowledged before exit", file=sys.stderr)
+        status = status or 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
