@@ -189,9 +189,14 @@ class JobManager:
             with contextlib.suppress(ValueError):
                 self.queue.remove(run_id)
             self.finalize(run_id, "stopped", "stopped before it started")
-        else:
-            await self._send_control(run_id, {"type": "control", "stop": True})
+        elif await self._send_control(run_id, {"type": "control", "stop": True}):
             self._spawn(self._kill_after(run_id, self.settings.stop_grace_s, "stopped"))
+        else:  # its worker has not connected yet (or is gone): nothing trained to wait for
+            self.finalize(run_id, "stopped", "stopped before training began")
+            proc = self.procs.get(run_id)
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
         return self.store.get_run(run_id)
 
     async def _kill_after(self, run_id: str, grace: float, status: str) -> None:

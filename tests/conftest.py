@@ -1,0 +1,132 @@
+"""Shared fixtures: a real gradwatch server (uvicorn in its own process, on a free port, with
+real worker processes) and helpers that wait on conditions instead of sleeping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll until predicate() is truthy; returns its value or fails the test with `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class LiveServer:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    token: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    client: httpx.Client | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveServer:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env.pop("GRADWATCH_TOKEN", None)
+        if self.token:
+            env["GRADWATCH_TOKEN"] = self.token
+        self.log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        wait_for(self._healthy, timeout=60, what=f"server on port {self.port} to answer /api/health")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"server exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
+        try:
+            return self.client.get("/api/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def log_text(self) -> str:
+        return (self.data_dir.parent / f"server-{self.port}.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.client:
+            self.client.close()
+        self.log.close()
+
+    # ---- helpers used by many tests ----
+
+    def create_run(self, config: dict[str, Any] | None = None, name: str | None = None) -> dict[str, Any]:
+        r = self.client.post("/api/runs", json={"name": name, "config": config or {}})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        r = self.client.get(f"/api/runs/{run_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_status(self, run_id: str, statuses: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+        return wait_for(lambda: (lambda r: r if r["status"] in statuses else None)(self.run(run_id)),
+                        timeout=timeout, interval=0.1, what=f"run {run_id} to become {'/'.join(statuses)}")
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path_factory.mktemp("server") / "data").start()
+    yield server
+    server.stop()
+
+
+def worker_pids(run_id: str) -> list[int]:
+    """PIDs of the worker processes training run_id (found through /proc, Linux only)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer.worker" in cmd and run_id.encode() in cmd:
+            pids.append(int(entry.name))
+    return pids

@@ -1,0 +1,178 @@
+"""The server end to end: a real uvicorn on a free port, real worker processes, real websockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import orjson
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from .conftest import LiveServer, wait_for, worker_pids
+
+FAST = {"dataset": "synthetic", "depth": 3, "width": 16, "steps": 40, "eval_every": 20}
+
+
+def test_health(live_server: LiveServer) -> None:
+    r = live_server.client.get("/api/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_a_run_completes_in_a_worker_with_one_row_per_step(live_server: LiveServer) -> None:
+    run = live_server.create_run(FAST, name="rest-run")
+    assert run["status"] in ("queued", "running") and run["config"]["depth"] == 3
+    assert run["config"]["optimizer"] == "sgd"  # the full resolved config, defaults included
+    done = live_server.wait_status(run["id"], ("completed",))
+    assert done["summary"]["step"] == 40 and done["finished"] >= done["started"] >= done["created"]
+    hist = live_server.client.get(f"/api/runs/{run['id']}/metrics").json()
+    n_layers = 2 * 3 + 2  # three hidden Linear (weight, bias) and the output layer
+    assert [layer["name"] for layer in hist["layers"]][:2] == ["fc1.weight", "fc1.bias"]
+    assert len(hist["layers"]) == n_layers
+    assert hist["step"] == list(range(1, 41))
+    assert all(len(row) == n_layers for key in ("grad_norm", "weight_norm", "update_ratio") for row in hist[key])
+    assert hist["val"]["step"] == [20, 40]
+    assert hist["events"][0]["type"] == "run.started" and hist["events"][-1]["type"] == "run.finished"
+    # since= returns only what came later; max_points downsamples but keeps first and last
+    later = live_server.client.get(f"/api/runs/{run['id']}/metrics", params={"since": hist["seq"][29]}).json()
+    assert later["step"] == list(range(31, 41))
+    few = live_server.client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 5}).json()
+    assert few["step"][0] == 1 and few["step"][-1] == 40 and len(few["step"]) == 5
+
+
+def test_a_browser_stream_gets_metrics_live_in_seq_order(live_server: LiveServer) -> None:
+    run = live_server.create_run({**FAST, "steps": 3000}, name="streamed")
+    got: list[dict] = []
+    with connect(live_server.ws_url(f"/api/stream?runs={run['id']}"), open_timeout=10) as ws:
+        while len([m for m in got if m["type"] == "metrics"]) < 20:
+            got.append(orjson.loads(ws.recv(timeout=60)))
+        status_now = live_server.run(run["id"])["status"]
+    assert status_now == "running"  # the messages came while the run was still training
+    assert all(m["run_id"] == run["id"] for m in got)
+    seqs = [m["seq"] for m in got if m["type"] != "run.update"]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    steps = [m["step"] for m in got if m["type"] == "metrics"]
+    assert steps == list(range(steps[0], steps[0] + len(steps)))
+    live_server.client.post(f"/api/runs/{run['id']}/stop")
+    assert live_server.wait_status(run["id"], ("stopped",))["error"] == "stopped on request"
+
+
+def test_sigkill_of_a_worker_fails_its_run_and_the_server_lives(live_server: LiveServer) -> None:
+    run = live_server.create_run({**FAST, "steps": 100_000}, name="doomed")
+    wait_for(lambda: live_server.run(run["id"])["summary"].get("step", 0) > 5, what="the run to train")
+    pids = worker_pids(run["id"])
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    failed = live_server.wait_status(run["id"], ("failed",), timeout=10)
+    assert "SIGKILL" in failed["error"]
+    assert live_server.client.get("/api/health").json()["status"] == "ok"
+    hist = live_server.client.get(f"/api/runs/{run['id']}/metrics").json()
+    assert hist["seq"] == sorted(hist["seq"]) and len(hist["step"]) > 5
+    assert hist["events"][-1]["type"] == "run.finished" and hist["events"][-1]["status"] == "failed"
+    # and the next run still works
+    assert live_server.wait_status(live_server.create_run(FAST)["id"], ("completed",))
+
+
+def test_stop_and_delete(live_server: LiveServer) -> None:
+    run = live_server.create_run({**FAST, "steps": 100_000})
+    early = live_server.create_run({**FAST, "steps": 100_000})
+    live_server.client.post(f"/api/runs/{early['id']}/stop")  # before its worker even connected
+    assert live_server.wait_status(early["id"], ("stopped",), timeout=5)["error"]
+    wait_for(lambda: live_server.run(run["id"])["summary"].get("step", 0) > 2, what="the run to train")
+    r = live_server.client.post(f"/api/runs/{run['id']}/stop")
+    assert r.status_code == 200
+    stopped = live_server.wait_status(run["id"], ("stopped",), timeout=5)
+    assert stopped["error"] == "stopped on request" and stopped["summary"]["step"] > 2
+    assert not worker_pids(early["id"])
+    assert live_server.client.delete(f"/api/runs/{run['id']}").status_code == 204
+    assert live_server.client.get(f"/api/runs/{run['id']}").status_code == 404
+    r = live_server.client.get("/api/runs/nope123/metrics")
+    assert r.status_code == 404 and "nope123" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [({"depth": 0}, "depth"), ({"model": "transformer"}, "model"), ({"lr": "fast"}, "lr"),
+     ({"steps": 10**9}, "steps"), ({"rm -rf": 1}, "rm -rf"), ({"batchnorm": "on"}, "batchnorm")],
+)
+def test_a_bad_config_is_422_naming_the_field(live_server: LiveServer, config: dict, field: str) -> None:
+    before = len(live_server.client.get("/api/runs").json())
+    r = live_server.client.post("/api/runs", json={"config": config})
+    assert r.status_code == 422
+    assert any(d["loc"][-1] == field and d["msg"] for d in r.json()["detail"]), r.json()
+    assert len(live_server.client.get("/api/runs").json()) == before  # nothing created
+
+
+def test_an_offline_download_dataset_fails_naming_digits(live_server: LiveServer) -> None:
+    run = live_server.create_run({**FAST, "dataset": "mnist"})
+    failed = live_server.wait_status(run["id"], ("failed",))
+    assert "digits" in failed["error"]
+
+
+def test_a_restarted_server_still_has_the_run_and_its_history(tmp_path) -> None:
+    server = LiveServer(tmp_path / "data").start()
+    try:
+        run = server.create_run(FAST, name="survivor")
+        server.wait_status(run["id"], ("completed",))
+        before = server.client.get(f"/api/runs/{run['id']}/metrics").json()
+    finally:
+        server.stop()
+    again = LiveServer(tmp_path / "data", port=server.port).start()
+    try:
+        listed = again.client.get("/api/runs").json()
+        assert [r["name"] for r in listed] == ["survivor"] and listed[0]["status"] == "completed"
+        after = again.client.get(f"/api/runs/{run['id']}/metrics").json()
+        assert after == before and len(after["step"]) == 40
+    finally:
+        again.stop()
+
+
+def test_a_token_guards_every_api_route_and_websocket(tmp_path) -> None:
+    server = LiveServer(tmp_path / "data", token="s3cret-token-123").start()
+    try:
+        import httpx
+
+        anon = httpx.Client(base_url=server.url)
+        assert anon.get("/api/health").status_code == 200
+        assert anon.get("/api/runs").status_code == 401
+        assert anon.post("/api/runs", json={}).status_code == 401
+        assert anon.get("/api/runs", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+        assert server.client.get("/api/runs").status_code == 200
+        with pytest.raises(InvalidStatus):
+            connect(server.ws_url("/api/stream"), open_timeout=10)
+        with connect(server.ws_url("/api/stream"), open_timeout=10,
+                     additional_headers={"Authorization": "Bearer s3cret-token-123"}) as ws:
+            run = server.create_run(FAST)
+            first = orjson.loads(ws.recv(timeout=30))
+            assert first["run_id"] == run["id"]
+        with connect(server.ws_url("/api/stream?token=s3cret-token-123"), open_timeout=10):
+            pass
+        # a worker's ingest socket takes only its own run's token
+        with pytest.raises(InvalidStatus):
+            connect(server.ws_url(f"/api/ingest/{run['id']}"), open_timeout=10,
+                    additional_headers={"Authorization": "Bearer s3cret-token-123"})
+        anon.close()
+    finally:
+        server.stop()
+
+
+def test_many_browsers_and_a_silent_one_do_not_slow_ingest(live_server: LiveServer) -> None:
+    """A subscriber that never reads does not hold up the run or the others."""
+    with connect(live_server.ws_url("/api/stream"), open_timeout=10):  # never reads
+        run = live_server.create_run({**FAST, "steps": 400})
+        seen = threading.Event()
+
+        def reader() -> None:
+            with connect(live_server.ws_url(f"/api/stream?runs={run['id']}"), open_timeout=10) as ws:
+                while True:
+                    m = orjson.loads(ws.recv(timeout=60))
+                    if m["type"] == "run.finished":
+                        seen.set()
+                        return
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        assert live_server.wait_status(run["id"], ("completed",))
+        assert seen.wait(30)
