@@ -178,7 +178,7 @@ class Store:
 
 
 def _run_row(row: tuple) -> dict[str, Any]:
-    run = dict(zip(RUN_FIELDS, row))
+    run = dict(zip(RUN_FIELDS, row, strict=True))
     for k in JSON_FIELDS:
         run[k] = None if run[k] is None else orjson.loads(run[k])
     return run

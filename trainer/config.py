@@ -119,9 +119,8 @@ def check_field(name: str, value: Any) -> Any:
             raise ConfigError(name, f"expected a number, got {value!r}")
         if not math.isfinite(value):
             raise ConfigError(name, f"expected a finite number, got {value!r}")
-    elif kind == "str":
-        if value not in CHOICES[name]:
-            raise ConfigError(name, f"expected one of {', '.join(CHOICES[name])}, got {value!r}")
+    elif kind == "str" and value not in CHOICES[name]:
+        raise ConfigError(name, f"expected one of {', '.join(CHOICES[name])}, got {value!r}")
     if name in LIMITS:
         lo, hi = LIMITS[name]
         if not lo <= value <= hi:

@@ -89,7 +89,9 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Validation loss and accuracy as device tensors (the caller decides when to sync)."""
     was_training = model.training
     model.eval()

@@ -147,7 +147,7 @@ class Probe:
             "global_grad_norm": math.sqrt(sum(g * g for g in gn)),
             "grad_norm": gn,
             "weight_norm": wn,
-            "update_ratio": [d / w if w > 0 else 0.0 for d, w in zip(dn, wn)],
+            "update_ratio": [d / w if w > 0 else 0.0 for d, w in zip(dn, wn, strict=True)],
         }
         if self.on_step is not None:
             self.on_step(self._latest)
@@ -164,7 +164,7 @@ def watch(
 
 def first_nonfinite(names: list[str], values: list[float]) -> str | None:
     """Name of the first layer (forward order) whose value is NaN or infinite."""
-    for name, v in zip(names, values):
+    for name, v in zip(names, values, strict=True):
         if not math.isfinite(v):
             return name
     return None
