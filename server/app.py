@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from . import __version__
 from .hub import Hub
 from .jobs import JobManager
-from .routes import health, ingest, runs, stream
+from .routes import groups, health, ingest, runs, stream
 from .security import require_token
 from .settings import Settings, SettingsError
 from .store import Store
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     guarded = [Depends(require_token)]
     app.include_router(health.router)
     app.include_router(runs.router, dependencies=guarded)
+    app.include_router(groups.router, dependencies=guarded)
     app.include_router(stream.router)  # websockets check the token themselves, before accept()
     app.include_router(ingest.router)
 

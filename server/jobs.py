@@ -52,6 +52,7 @@ class JobManager:
         self.conns: dict[str, WebSocket] = {}
         self.conn_closed: dict[str, asyncio.Event] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
+        self.pending_control: dict[str, list[dict[str, Any]]] = {}  # for workers not connected yet
         self._last_update: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -244,6 +245,23 @@ class JobManager:
     def attach(self, run_id: str, ws: WebSocket) -> None:
         self.conns[run_id] = ws
         self.conn_closed[run_id] = asyncio.Event()
+
+    async def flush_pending_control(self, run_id: str) -> None:
+        """Send what was asked of the run before its worker connected (after the hello)."""
+        for message in self.pending_control.pop(run_id, []):
+            await self._send_control(run_id, message)
+
+    async def change(self, run_id: str, changes: dict[str, Any]) -> None:
+        """Live change of l2/lr/grad_clip: the worker applies it before its next step and emits
+        an `intervention` event. A queued run's config is changed instead."""
+        run = self.store.get_run(run_id)
+        if run["status"] == "queued":
+            self.store.update_run(run_id, durable=True, config={**run["config"], **changes})
+            self._publish_run(self.store.get_run(run_id))
+            return
+        message = {"type": "control", "set": changes, "source": "api"}
+        if not await self._send_control(run_id, message):
+            self.pending_control.setdefault(run_id, []).append(message)
 
     def detach(self, run_id: str, ws: WebSocket) -> None:
         if self.conns.get(run_id) is ws:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from trainer.config import CHOICES, LIMITS, RunConfig
+from trainer.config import CHOICES, LIMITS, LIVE_FIELDS, RunConfig
 
 _PY = {"bool": bool, "int": int, "float": float, "str": str}
 
@@ -43,6 +43,14 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     config: RunConfigIn = Field(default_factory=RunConfigIn)  # type: ignore[valid-type]
+
+
+def _live_model() -> type[BaseModel]:
+    spec = {name: (_field_type(name, "float") | None, None) for name in LIVE_FIELDS}
+    return create_model("RunChange", __config__=ConfigDict(extra="forbid", strict=True), **spec)
+
+
+RunChange = _live_model()
 
 
 class Run(BaseModel):

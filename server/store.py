@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 SCHEMA = """
@@ -39,7 +40,31 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+-- The metrics events again, columnar: per-layer arrays as float32 blobs, so history and
+-- heatmap queries read numbers, not JSON. Written in the same transaction as `events`.
+CREATE TABLE IF NOT EXISTS series (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL,
+    loss REAL,
+    accuracy REAL,
+    global_grad_norm REAL,
+    grad_norm BLOB NOT NULL,
+    weight_norm BLOB NOT NULL,
+    update_ratio BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
+
+SERIES_SCALARS = ("step", "time", "loss", "accuracy", "global_grad_norm")
+SERIES_LAYERS = ("grad_norm", "weight_norm", "update_ratio")
 
 RUN_FIELDS = ("id", "name", "status", "config", "created", "started", "finished", "error",
               "summary", "layers", "token", "last_seq", "kind", "group_id")
@@ -99,20 +124,38 @@ class Store:
         row = cur.fetchone()
         return None if row is None else _run_row(row)
 
-    def list_runs(self, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {', '.join(RUN_FIELDS)} FROM runs"
+    def list_runs(self, statuses: tuple[str, ...] | None = None, group_id: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(RUN_FIELDS)} FROM runs WHERE 1"
         params: tuple[str, ...] = ()
         if statuses:
-            sql += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
             params = statuses
+        if group_id is not None:
+            sql += " AND group_id = ?"
+            params += (group_id,)
         sql += " ORDER BY created DESC"
         return [_run_row(r) for r in self.db.execute(sql, params)]
 
     def delete_run(self, run_id: str) -> None:
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+        self.db.execute("DELETE FROM series WHERE run_id = ?", (run_id,))
         self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         self.db.execute("COMMIT")
+
+    # ---- groups ---------------------------------------------------------------------
+
+    def create_group(self, group_id: str, name: str, spec: dict[str, Any]) -> None:
+        self._durable("INSERT INTO groups (id, name, spec, created) VALUES (:id, :name, :spec, :created)",
+                      {"id": group_id, "name": name, "spec": orjson.dumps(spec).decode(), "created": time.time()})
+
+    def get_group(self, group_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT id, name, spec, created FROM groups WHERE id = ?", (group_id,)).fetchone()
+        return None if row is None else {"id": row[0], "name": row[1], **orjson.loads(row[2]), "created": row[3]}
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT id, name, spec, created FROM groups ORDER BY created DESC").fetchall()
+        return [{"id": r[0], "name": r[1], **orjson.loads(r[2]), "created": r[3]} for r in rows]
 
     # ---- events ---------------------------------------------------------------------
 
@@ -128,6 +171,12 @@ class Store:
                 )
                 if cur.rowcount:
                     new.append(e)
+                    if e["type"] == "metrics":
+                        self.db.execute(
+                            "INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (run_id, e["seq"], e.get("step", 0), *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
+                             *(_f32(e.get(k)) for k in SERIES_LAYERS)),
+                        )
             last = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
             self.db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (last, run_id))
             self.db.execute("COMMIT")
@@ -158,23 +207,47 @@ class Store:
             (run_id, since),
         ).fetchall()
 
-    def metrics_seqs(self, run_id: str, since: int = 0) -> list[int]:
-        cur = self.db.execute(
-            "SELECT seq FROM events WHERE run_id = ? AND seq > ? AND type = 'metrics' ORDER BY seq",
-            (run_id, since),
-        )
+    def series_seqs(self, run_id: str, since: int = 0) -> list[int]:
+        cur = self.db.execute("SELECT seq FROM series WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since))
         return [r[0] for r in cur]
 
-    def events_by_seq(self, run_id: str, seqs: list[int]) -> list[dict[str, Any]]:
-        out = []
-        for i in range(0, len(seqs), 500):
-            chunk = seqs[i : i + 500]
-            cur = self.db.execute(
-                f"SELECT data FROM events WHERE run_id = ? AND seq IN ({', '.join('?' * len(chunk))}) ORDER BY seq",
-                (run_id, *chunk),
-            )
-            out += [orjson.loads(r[0]) for r in cur]
+    def series(self, run_id: str, since: int = 0, seqs: list[int] | None = None,
+               columns: tuple[str, ...] = SERIES_SCALARS + SERIES_LAYERS) -> dict[str, np.ndarray]:
+        """Metrics as arrays: scalars (T,), per-layer series (T, L) float32; all rows after
+        `since`, or exactly the rows `seqs`."""
+        cols = ", ".join(("seq",) + columns)
+        if seqs is None:
+            rows = self.db.execute(
+                f"SELECT {cols} FROM series WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since)
+            ).fetchall()
+        else:
+            rows = []
+            for i in range(0, len(seqs), 500):
+                chunk = seqs[i : i + 500]
+                rows += self.db.execute(
+                    f"SELECT {cols} FROM series WHERE run_id = ? AND seq IN ({', '.join('?' * len(chunk))}) "
+                    "ORDER BY seq", (run_id, *chunk),
+                ).fetchall()
+        out: dict[str, np.ndarray] = {"seq": np.array([r[0] for r in rows], dtype=np.int64)}
+        for k, name in enumerate(columns, start=1):
+            if name in SERIES_LAYERS:
+                blobs = b"".join(r[k] for r in rows)
+                arr = np.frombuffer(blobs, dtype=np.float32)
+                out[name] = arr.reshape(len(rows), -1) if rows else arr.reshape(0, 0)
+            else:
+                out[name] = np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
         return out
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _f32(values: Any) -> bytes:
+    """Per-layer values (null = non-finite) as float32 bytes."""
+    if not values:
+        return b""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float32).tobytes()
 
 
 def _run_row(row: tuple) -> dict[str, Any]:

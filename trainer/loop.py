@@ -141,8 +141,11 @@ def train(
                 live[field] = value
                 if field == "l2":
                     optim.set_l2(opt, value)
+                    value = optim.current_l2(opt)  # read back: what the optimizer will use
                 elif field == "lr":
                     optim.set_lr(opt, value)
+                    value = opt.param_groups[0]["lr"]
+                live[field] = value
                 emit(events.intervention(step, field, old, value, source))
 
             idx = batches.next()

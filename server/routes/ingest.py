@@ -41,6 +41,7 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
     try:
         await ws.send_json({"type": "hello", "run_id": run_id, "acked_seq": run["last_seq"],
                             "config": run["config"]})
+        await jobs.flush_pending_control(run_id)
         while True:
             raw = await ws.receive()
             if raw["type"] == "websocket.disconnect":

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import csv
+import io
+import math
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
-from ..schemas import Metrics, Run, RunCreate
-from ..store import Store
+from ..schemas import Metrics, Run, RunChange, RunCreate
+from ..store import SERIES_LAYERS, Store
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -44,6 +48,88 @@ async def delete_run(run: RunDep, jobs: JobsDep) -> Response:
     return Response(status_code=204)
 
 
+@router.patch("/{run_id}", response_model=Run)
+async def change_run(body: RunChange, run: RunDep, jobs: JobsDep) -> dict[str, Any]:
+    """Change l2 / lr / grad_clip of a running run, applied before its next step."""
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise HTTPException(422, [{"loc": ["body"], "msg": "give at least one of l2, lr, grad_clip",
+                                   "type": "value_error"}])
+    if run["status"] not in ("queued", "running"):
+        raise HTTPException(409, f"run {run['id']} is {run['status']}; only a queued or running run can change")
+    if run["kind"] != "local":
+        raise HTTPException(409, f"run {run['id']} is the user's own loop; change it in the script")
+    await jobs.change(run["id"], changes)
+    return jobs.view(jobs.store.get_run(run["id"]))
+
+
+@router.get("/{run_id}/export")
+def export_run(
+    run: RunDep,
+    store: StoreDep,
+    jobs: JobsDep,
+    format: Annotated[Literal["csv", "json"], Query(description="csv: one row per step; json: everything")] = "json",
+) -> Response:
+    """Every stored series of a run, as a file download."""
+    name = f"gradwatch-{run['id']}.{format}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if format == "json":
+        body = {"run": jobs.view(run), "layers": run["layers"] or [],
+                "metrics": history(store, run, 0, 10**9), "events": store.events(run["id"])}
+        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    return Response(export_csv(store, run), media_type="text/csv", headers=headers)
+
+
+def export_csv(store: Store, run: dict[str, Any]) -> str:
+    cols = store.series(run["id"])
+    names = [layer["name"] for layer in (run["layers"] or [])]
+    val = {v[0]: v[1:] for v in store.val_points(run["id"])}
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["seq", "step", "time", "loss", "accuracy", "global_grad_norm", "val_loss", "val_accuracy"]
+               + [f"{k}:{n}" for k in SERIES_LAYERS for n in names])
+    for i, seq in enumerate(cols["seq"].tolist()):
+        step = int(cols["step"][i])
+        vl, va = val.get(step, (None, None))
+        row = [seq, step, *(_cell(cols[k][i]) for k in ("time", "loss", "accuracy", "global_grad_norm")),
+               _cell(vl), _cell(va)]
+        for k in SERIES_LAYERS:
+            row += [_cell(v) for v in cols[k][i].tolist()]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return repr(float(v))
+
+
+@router.get("/{run_id}/heatmap")
+def run_heatmap(
+    run: RunDep,
+    store: StoreDep,
+    stat: Annotated[Literal["grad_norm", "weight_norm", "update_ratio"], Query()] = "grad_norm",
+    max_points: Annotated[int, Query(ge=2, le=20_000, description="most step buckets")] = 500,
+) -> Response:
+    """Layer x step matrix, bucketed over steps with min and max per bucket: a one-step spike
+    keeps its full value at any resolution (a mean would smear it away)."""
+    cols = store.series(run["id"], columns=("step", stat))
+    values, steps = cols[stat], cols["step"]
+    n = len(steps)
+    if n == 0:
+        body: dict[str, Any] = {"step_start": [], "step_end": [], "max": [], "min": []}
+    else:
+        starts = np.unique(np.linspace(0, n, num=min(n, max_points), endpoint=False).astype(np.int64))
+        ends = np.append(starts[1:], n) - 1
+        with np.errstate(all="ignore"):
+            body = {"step_start": steps[starts].astype(int).tolist(), "step_end": steps[ends].astype(int).tolist(),
+                    "max": np.fmax.reduceat(values, starts, axis=0).tolist(),
+                    "min": np.fmin.reduceat(values, starts, axis=0).tolist()}
+    body.update(run_id=run["id"], stat=stat, layers=run["layers"] or [])
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
 @router.get("/{run_id}/metrics", response_model=Metrics)
 def run_metrics(
     run: RunDep,
@@ -64,17 +150,14 @@ def pick(n: int, max_points: int) -> list[int]:
 
 def history(store: Store, run: dict[str, Any], since: int, max_points: int) -> dict[str, Any]:
     run_id = run["id"]
-    seqs = store.metrics_seqs(run_id, since)
+    seqs = store.series_seqs(run_id, since)
     chosen = [seqs[i] for i in pick(len(seqs), max_points)]
-    rows = store.events_by_seq(run_id, chosen) if len(chosen) < len(seqs) else store.events(
-        run_id, since, types=("metrics",))
-    out: dict[str, Any] = {
-        "run_id": run_id, "status": run["status"], "last_seq": run["last_seq"],
-        "layers": run["layers"] or [],
-        **{k: [e.get(k) for e in rows] for k in ("seq", "step", "time", "loss", "accuracy",
-                                                   "global_grad_norm", "grad_norm", "weight_norm",
-                                                   "update_ratio")},
-    }
+    cols = store.series(run_id, since) if len(chosen) == len(seqs) else store.series(run_id, seqs=chosen)
+    out: dict[str, Any] = {"run_id": run_id, "status": run["status"], "last_seq": run["last_seq"],
+                           "layers": run["layers"] or []}
+    for name, arr in cols.items():
+        out[name] = arr.tolist()  # NaN/inf come out as null (orjson)
+    out["step"] = [int(s) for s in out["step"]]
     val = store.val_points(run_id, since)
     out["val"] = {"step": [v[0] for v in val], "loss": [v[1] for v in val], "accuracy": [v[2] for v in val]}
     out["events"] = store.events(run_id, since, exclude=("metrics",))
