@@ -64,6 +64,7 @@ function topSeq(cols, since) {
 //   event(msg)           a live event of a watched run, in seq order, never twice
 //   connection(status, info)   'connecting' | 'live' | 'reconnecting'
 //   open(reconnected)    the socket is open (after a drop when reconnected)
+//   resync()             the server dropped messages for us (run records may be stale)
 //   gone(id)             /metrics said 404: the run no longer exists
 export class Stream {
   constructor(api, handlers) {
@@ -174,7 +175,10 @@ export class Stream {
         this.on.run(msg);
         return;
       case 'resync':
-        this.syncAll(); // we fell behind and messages were dropped
+        // We fell behind and the server dropped our queue (run.update messages
+        // included): refetch every watched run's gap, and tell the page.
+        this.on.resync?.();
+        this.syncAll();
         return;
     }
     const entry = this.runs.get(msg.run_id);

@@ -28,6 +28,9 @@ const LINE_FIGURES = [
   { id: 'chart-gnorm', ytitle: 'global grad norm', log: true, traces: [{ key: 'gnorm', x: s => s.step, y: s => s.gnorm }] },
 ];
 
+const NO_RUNS = 'select a run in the list to plot it';
+
+// `empty`: a message to show instead of axes, or false.
 function layout({ xtitle = 'step', ytitle, log = false, empty = false, uirevision = 'keep' }) {
   return {
     uirevision,
@@ -38,13 +41,16 @@ function layout({ xtitle = 'step', ytitle, log = false, empty = false, uirevisio
     hovermode: 'closest',
     showlegend: true,
     legend: { orientation: 'h', x: 0, y: 1.02, yanchor: 'bottom', font: { size: 11 } },
-    xaxis: { title: { text: xtitle }, gridcolor: GRID, zeroline: false, automargin: true },
+    xaxis: { title: { text: xtitle }, gridcolor: GRID, zeroline: false, automargin: true, visible: !empty },
     yaxis: {
       title: { text: ytitle }, type: log ? 'log' : 'linear', gridcolor: GRID,
-      zeroline: false, automargin: true, exponentformat: 'power',
+      zeroline: false, automargin: true, exponentformat: 'power', visible: !empty,
+      // Fewer ticks than Plotly's default: on a log axis spanning about a
+      // decade it otherwise labels every digit 2..9 and they overlap.
+      nticks: log ? 6 : 0,
     },
     annotations: empty ? [{
-      text: 'select a run in the list to plot it', showarrow: false,
+      text: empty, showarrow: false,
       xref: 'paper', yref: 'paper', x: 0.5, y: 0.5, font: { color: '#8b949e', size: 13 },
     }] : [],
   };
@@ -83,9 +89,9 @@ export class Charts {
     this.timer = null;
     this.lastLine = 0;
     this.lastSlow = 0;
-    for (const fig of this.lines) Plotly.newPlot(fig.div, [], layout({ ...fig.spec, empty: true }), CONFIG);
-    Plotly.newPlot(this.layersDiv, [], layout({ xtitle: 'layer (forward order)', ytitle: 'grad norm', log: true, empty: true }), CONFIG);
-    Plotly.newPlot(this.heatDiv, [], layout({ ytitle: '', empty: true }), CONFIG);
+    for (const fig of this.lines) Plotly.newPlot(fig.div, [], layout({ ...fig.spec, empty: NO_RUNS }), CONFIG);
+    Plotly.newPlot(this.layersDiv, [], layout({ xtitle: 'layer (forward order)', ytitle: 'grad norm', log: true, empty: NO_RUNS }), CONFIG);
+    Plotly.newPlot(this.heatDiv, [], layout({ ytitle: '', empty: NO_RUNS }), CONFIG);
   }
 
   setRuns(runs) { this.runs = runs; this.touch(); }
@@ -119,8 +125,9 @@ export class Charts {
   }
 
   drawLine(fig) {
+    // Kind-major order: validation markers are drawn after (on top of) every line.
     const traces = [];
-    for (const run of this.runs) for (const t of fig.spec.traces) traces.push({ run, t });
+    for (const t of fig.spec.traces) for (const run of this.runs) traces.push({ run, t });
     const key = traces.map(({ run, t }) =>
       [run.id, t.key, run.name, run.color, run.focused, run.series.version].join('|')).join(';');
     const log = fig.spec.log ? positive : v => v;
@@ -138,11 +145,11 @@ export class Charts {
         x: t.x(run.series).slice(),
         y: t.y(run.series).map(log),
         line: { color: run.color, width: run.focused ? 2.5 : 1.5 },
-        marker: { color: run.color, size: 7, symbol: 'diamond' },
+        marker: { color: run.color, size: 9, symbol: 'diamond', line: { color: '#fff', width: 1 } },
         hovertemplate: `%{fullData.name}<br>step %{x}<br>${fig.spec.ytitle} %{y:.4g}<extra></extra>`,
       }));
       fig.drawn = data.map(d => d.x.length);
-      Plotly.react(fig.div, data, layout({ ...fig.spec, empty: !data.length }), CONFIG);
+      Plotly.react(fig.div, data, layout({ ...fig.spec, empty: !data.length && NO_RUNS }), CONFIG);
       return;
     }
     // Same traces: append only what is new.
@@ -186,7 +193,8 @@ export class Charts {
         hovertemplate: '%{x} (%{customdata})<br>grad norm %{y:.3g}<extra>%{fullData.name}</extra>',
       };
     });
-    const lay = layout({ xtitle: 'layer (forward order)', ytitle: 'grad norm', log: true, empty: !data.length });
+    const empty = !data.length && (this.runs.length ? 'no steps recorded yet' : NO_RUNS);
+    const lay = layout({ xtitle: 'layer (forward order)', ytitle: 'grad norm', log: true, empty });
     Object.assign(lay.xaxis, { type: 'category', categoryorder: 'array', categoryarray: order, tickangle: -35 });
     Plotly.react(this.layersDiv, data, lay, CONFIG);
   }
@@ -209,7 +217,8 @@ export class Charts {
     const run = this.heatRun();
     const s = run?.series;
     if (!s || !s.layers.length || !s.length) {
-      Plotly.react(this.heatDiv, [], layout({ ytitle: '', empty: true }), CONFIG);
+      const empty = run ? `no steps recorded for ${run.name} yet` : NO_RUNS;
+      Plotly.react(this.heatDiv, [], layout({ ytitle: '', empty }), CONFIG);
       return;
     }
     const n = s.length;

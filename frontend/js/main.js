@@ -21,7 +21,7 @@ const runList = new RunList($('#runs tbody'), {
   select: (id, on) => select(id, on),
   focus: id => {
     if (!state.get().selected.includes(id)) select(id, true);
-    state.set({ focus: id });
+    state.set({ focus: id, heatmap: null }); // the heatmap follows the focus again
   },
   stop: id => act(() => api.stopRun(id).then(upsert)),
   remove: id => act(() => api.deleteRun(id).then(() => forget(id))),
@@ -52,6 +52,7 @@ const stream = new Stream(api, {
     // Status changes made while the socket was down are only in the store.
     if (reconnected) loadRuns();
   },
+  resync: () => loadRuns(),
   connection(status, info) {
     const conn = $('#conn');
     conn.className = `conn ${status}`;
@@ -69,6 +70,12 @@ function newestFirst() {
 
 function upsert(run) {
   if (!run?.id) return;
+  // A run.update's summary can be older than the metrics events already
+  // shown for a watched run; keep the newer step's numbers.
+  const old = runs.get(run.id)?.summary;
+  if (old && (old.step ?? -1) > (run.summary?.step ?? -1)) {
+    run.summary = { ...run.summary, step: old.step, loss: old.loss, accuracy: old.accuracy };
+  }
   runs.set(run.id, run);
   render();
 }
@@ -95,12 +102,14 @@ function act(request) {
   request().catch(err => flash(err instanceof ApiError ? `${err.status}: ${err.message}` : String(err)));
 }
 
-function flash(text) {
+// A failure the person should see. `sticky` ones (a wrong token) stay until
+// the next notice; others fade after a few seconds.
+function flash(text, sticky = false) {
   const note = $('#notice');
   note.textContent = text;
   note.hidden = false;
   clearTimeout(flash.timer);
-  flash.timer = setTimeout(() => { note.hidden = true; }, 6000);
+  if (!sticky) flash.timer = setTimeout(() => { note.hidden = true; }, 6000);
 }
 
 // The run whose heatmap is shown: the one chosen, else the focused one, else
@@ -184,14 +193,20 @@ function renderDetail(run) {
   }
 }
 
-// One line for an alert / intervention / finish event; the fields beyond
-// type, seq, step vary by kind, so show whichever say what happened.
+// One line for an event in the details panel (trainer/events.py defines them).
 function describe(e) {
+  const at = e.step != null ? `step ${e.step} · ` : '';
+  switch (e.type) {
+    case 'alert': return `${at}alert: ${e.message ?? e.kind}`;
+    case 'intervention': return `${at}${e.field} ${e.old} → ${e.new}` + (e.source ? ` (by ${e.source})` : '');
+    case 'run.finished': return `${at}finished: ${e.status}` + (e.reason ? `: ${e.reason}` : '');
+    case 'dropped': return `${e.count} steps not sent (${e.first_step}–${e.last_step}): the worker's buffer was full`;
+  }
+  // Unknown kinds: show their plain fields rather than nothing.
   const { type, seq, step, run_id, time, ...rest } = e;
-  const what = rest.message ?? rest.reason ?? Object.entries(rest)
-    .filter(([, v]) => v !== null && typeof v !== 'object')
+  const what = Object.entries(rest).filter(([, v]) => v !== null && typeof v !== 'object')
     .map(([k, v]) => `${k}=${v}`).join(' ');
-  return `${step != null ? `step ${step} · ` : ''}${type}: ${what}`;
+  return `${at}${type}: ${what}`;
 }
 
 // ---- launch form
@@ -233,7 +248,8 @@ async function loadRuns() {
     for (const run of list) runs.set(run.id, run);
     return true;
   } catch (err) {
-    flash(`could not list runs: ${err.message}`);
+    const auth = err instanceof ApiError && (err.status === 401 || err.status === 403);
+    flash(`could not list runs: ${err.message}` + (auth ? ' (open the link with the right ?token=)' : ''), auth);
     return false;
   } finally {
     render();

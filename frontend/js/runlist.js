@@ -117,7 +117,7 @@ export class RunList {
     const badge = q('.badge');
     badge.textContent = run.status;
     badge.className = `badge status-${run.status}`;
-    q('.problem').textContent = problem(run);
+    q('.problem').textContent = q('.problem').title = problem(run);
     q('.step').textContent = fmt.step(s.step) + (run.config?.steps ? ` / ${run.config.steps}` : '');
     q('.loss').textContent = fmt.loss(s.loss);
     q('.acc').textContent = fmt.pct(s.accuracy);

@@ -69,10 +69,11 @@ function same(a, b) {
 
 // ---- run colors: derived from state, shared by the runs list and every chart.
 
-// Tableau 10, reordered so neighbours contrast; readable on white.
+// Tableau 10 with its pale yellow and pink and its grey (which reads as
+// "disabled") swapped for darker hues: every line must stand out on white.
 export const PALETTE = [
   '#4e79a7', '#e15759', '#59a14f', '#f28e2b', '#b07aa1',
-  '#76b7b2', '#edc948', '#9c755f', '#ff9da7', '#637939',
+  '#499894', '#b6992d', '#9c755f', '#d37295', '#5b4fcf',
 ];
 
 function hash(id) {

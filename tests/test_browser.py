@@ -1,0 +1,175 @@
+"""The dashboard in a real Chromium against a real server and real worker processes: launch a
+BatchNorm-on and a BatchNorm-off run from the form, watch their charts grow live, stop them
+from the runs list, and reload the page to get the same comparison back from the URL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+# Points plotted on the loss chart, summed over its traces (Plotly keeps them on the div).
+LOSS_POINTS = "(document.getElementById('chart-loss').data || []).reduce((n, t) => n + t.x.length, 0)"
+LIVE = "document.querySelector('#conn').textContent === 'live'"
+
+
+def _missing(what: str) -> None:
+    # CI must run these tests; a developer without Chromium just skips them.
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI")
+    pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        _missing("Chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("Python Playwright")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page that records uncaught exceptions and console errors in `page.errors`."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1250})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(f"uncaught: {e}"))
+    page.on("console", lambda m: page.errors.append(f"console.error: {m.text}") if m.type == "error" else None)
+    page.set_default_timeout(30_000)
+    yield page
+    page.close()
+
+
+def launch(page: Any, name: str, batchnorm: bool, steps: int) -> None:
+    page.fill("#name", name)
+    page.set_checked("#batchnorm", batchnorm)
+    page.fill("#steps", str(steps))
+    page.click("#start")
+    page.locator("#runs tr[data-run-id]", has_text=name).wait_for()
+
+
+def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: Path) -> None:
+    page.goto(live_server.url + "/")
+    page.wait_for_function(LIVE)
+    page.click("#more summary")  # steps lives in the collapsed "more settings"
+    # Long enough that both are still training while we look; we stop them at the end.
+    launch(page, "bn-on", batchnorm=True, steps=5000)
+    launch(page, "bn-off", batchnorm=False, steps=5000)
+
+    rows = page.locator("#runs tr[data-run-id]")
+    assert rows.count() == 2
+    by_name = {r["name"]: r for r in live_server.client.get("/api/runs").json()}
+    assert by_name["bn-on"]["config"]["batchnorm"] is True
+    assert by_name["bn-off"]["config"]["batchnorm"] is False
+
+    # New runs are selected: one loss trace each, and points arrive while they run.
+    page.wait_for_function("document.getElementById('chart-loss').data.length === 2")
+    page.wait_for_function(f"{LOSS_POINTS} > 0", timeout=60_000)
+    first = page.evaluate(LOSS_POINTS)
+    statuses = page.locator("#runs .badge").all_text_contents()
+    assert "running" in statuses, statuses
+    page.wait_for_function(f"{LOSS_POINTS} > {first}", timeout=60_000)
+    second = page.evaluate(LOSS_POINTS)
+    assert second > first
+
+    # The per-layer picture: BN adds parameters, so the two profiles differ in length;
+    # the heatmap has one row per layer of its run.
+    page.wait_for_function("document.getElementById('chart-layers').data.length === 2")
+    lengths = page.evaluate("document.getElementById('chart-layers').data.map(t => t.x.length)")
+    assert len(set(lengths)) == 2, lengths
+    page.wait_for_function("(document.getElementById('chart-heatmap').data[0]?.z || []).length > 0")
+
+    shot = tmp_path / "dashboard.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("GRADWATCH_SAVE_SCREENSHOT"):
+        shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+
+    # Stop both from the list; the rows say so.
+    for name in ("bn-on", "bn-off"):
+        row = rows.filter(has_text=name)
+        if row.locator(".stop").is_visible():
+            row.locator(".stop").click()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#runs .badge')].every(b => !['queued', 'running'].includes(b.textContent))",
+        timeout=60_000)
+
+    # The URL holds the comparison: a reload draws both runs again, from history.
+    assert "runs=" in page.url
+    page.reload()
+    page.wait_for_function(LIVE)
+    page.wait_for_function("document.getElementById('chart-loss').data.filter(t => t.x.length > 0).length === 2")
+    assert page.locator("#runs input.select:checked").count() == 2
+
+    assert page.errors == []
+
+
+def test_bad_config_shows_the_server_reason_next_to_the_field(live_server: Any, page: Any) -> None:
+    page.goto(live_server.url + "/")
+    page.wait_for_function(LIVE)
+    before = len(live_server.client.get("/api/runs").json())
+    page.click("#more summary")
+    page.fill("#depth", "100")  # the server allows 1..64
+    page.click("#start")
+    error = page.locator('.field-error[data-for="depth"]')
+    error.wait_for()
+    assert "64" in error.text_content()
+    assert page.get_attribute("#depth", "aria-invalid") == "true"
+    assert len(live_server.client.get("/api/runs").json()) == before
+    # Chromium logs the 422 response itself as a console error; nothing else may appear.
+    assert [e for e in page.errors if "422" not in e] == []
+
+
+# Drives api.js's Stream with a fake REST client whose /metrics answers the test releases by
+# hand, so the interleavings that matter happen in a fixed order: live events arriving while
+# history is in flight, duplicates of what history held, and a `resync`.
+STREAM_SCENARIO = """async () => {
+  const { Stream } = await import('/static/js/api.js');
+  const calls = [], live = [], history = [];
+  let release;
+  const api = {
+    metrics: (id, since) => { calls.push(since); return new Promise(r => { release = r; }); },
+  };
+  const stream = new Stream(api, {
+    run() {}, history: (id, cols) => history.push(cols.seq), event: m => live.push(m.seq),
+  });
+  const metrics = seq => stream.receive({ type: 'metrics', run_id: 'r1', seq, step: seq });
+  const tick = () => new Promise(r => setTimeout(r, 0));
+
+  stream.setWatched(['r1']);              // fetch since 0 starts
+  metrics(3); metrics(4);                 // live, while history is in flight: held back
+  release({ seq: [2, 3], events: [{ type: 'run.started', seq: 1 }] });
+  await tick();
+  metrics(4); metrics(5);                 // 4 was delivered already
+  stream.receive({ type: 'resync', run_id: null, seq: null });  // fetch since 5
+  metrics(7); metrics(8);                 // held back again
+  release({ seq: [6, 7], events: [] });
+  await tick();
+  stream.receive({ type: 'metrics', run_id: 'other', seq: 9 });  // not watched
+  return { calls, live, history };
+}"""
+
+
+def test_stream_resumes_by_seq_without_gaps_or_duplicates(live_server: Any, page: Any) -> None:
+    page.goto(live_server.url + "/")
+    result = page.evaluate(STREAM_SCENARIO)
+    assert result["calls"] == [0, 5]                  # from the start, then from the last seq seen
+    assert result["history"] == [[2, 3], [6, 7]]
+    assert result["live"] == [4, 5, 8]                # each seq once, in order, after history
+    assert page.errors == []
