@@ -12,13 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import signal
-import sys
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -26,6 +23,7 @@ from starlette.websockets import WebSocket
 from trainer.events import TERMINAL
 
 from .hub import Hub
+from .launcher import Handle, SubprocessLauncher, ZygoteLauncher
 from .settings import Settings
 from .store import Store
 
@@ -48,7 +46,7 @@ class JobManager:
         self.store = store
         self.hub = hub
         self.queue: deque[str] = deque()
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.procs: dict[str, Handle] = {}  # runs whose worker process we started and watch
         self.conns: dict[str, WebSocket] = {}
         self.conn_closed: dict[str, asyncio.Event] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
@@ -58,6 +56,8 @@ class JobManager:
         self._tasks: set[asyncio.Task] = set()
         self.log_dir = settings.data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.launcher: SubprocessLauncher | ZygoteLauncher = (
+            ZygoteLauncher(self.log_dir / "zygote.log") if settings.prefork else SubprocessLauncher())
 
     # ---- life of the manager ----------------------------------------------------------
 
@@ -69,6 +69,16 @@ class JobManager:
         for run in self.store.list_runs(("running",)):
             self._spawn(self._orphan_watch(run["id"], "the server restarted and the worker did not reconnect"))
         self._spawn(self._scheduler())
+        if isinstance(self.launcher, ZygoteLauncher):
+            self._spawn(self._warm_launcher())
+
+    async def _warm_launcher(self) -> None:
+        """Start the zygote now, so the first run does not pay for its imports."""
+        try:
+            await self.launcher.ensure()
+        except (OSError, TimeoutError) as e:
+            log.warning("pre-forking launcher unavailable (%s); starting each worker fresh", e)
+            self.launcher = SubprocessLauncher()
 
     async def shutdown(self) -> None:
         for run_id in list(self.procs):
@@ -76,10 +86,10 @@ class JobManager:
         deadline = time.monotonic() + 5
         while self.procs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for run_id, proc in list(self.procs.items()):
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        for run_id, handle in list(self.procs.items()):
+            handle.kill()
             self.finalize(run_id, "failed", "the server shut down while the run was running")
+        await self.launcher.close()
         for t in list(self._tasks):
             t.cancel()
 
@@ -124,34 +134,29 @@ class JobManager:
                     continue
                 try:
                     await self._launch(run)
-                except OSError as e:
-                    self.finalize(run_id, "failed", f"could not start the worker: {e}")
+                except (OSError, TimeoutError) as e:
+                    if isinstance(self.launcher, ZygoteLauncher):  # fall back to a fresh interpreter
+                        log.warning("pre-forking launcher failed (%s); starting workers fresh", e)
+                        self.launcher = SubprocessLauncher()
+                        self.queue.appendleft(run_id)
+                    else:
+                        self.finalize(run_id, "failed", f"could not start the worker: {e}")
             self._wake.clear()
             await self._wake.wait()
 
     async def _launch(self, run: dict[str, Any]) -> None:
         run_id = run["id"]
-        env = {**os.environ, "GRADWATCH_RUN_TOKEN": run["token"], "PYTHONUNBUFFERED": "1"}
-        env.pop("GRADWATCH_TOKEN", None)  # the worker needs its run's token only
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        logf = open(self.log_dir / f"{run_id}.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "trainer.worker", "--server", self.settings.self_url,
-                "--run", run_id, "--data-dir", str(self.settings.data_dir / "datasets"),
-                stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
-                start_new_session=True,  # Ctrl-C on the server's terminal does not hit workers
-            )
-        finally:
-            logf.close()
-        self.procs[run_id] = proc
+        argv = ["--server", self.settings.self_url, "--run", run_id,
+                "--data-dir", str(self.settings.data_dir / "datasets")]
+        handle = await self.launcher.launch(argv, {"GRADWATCH_RUN_TOKEN": run["token"]},
+                                            self.log_dir / f"{run_id}.log")
+        self.procs[run_id] = handle
         self.store.update_run(run_id, durable=True, status="running", started=time.time())
         self._publish_run(self.store.get_run(run_id))
-        self._spawn(self._monitor(run_id, proc))
+        self._spawn(self._monitor(run_id, handle))
 
-    async def _monitor(self, run_id: str, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
+    async def _monitor(self, run_id: str, handle: Handle) -> None:
+        code = await handle.wait()
         closed = self.conn_closed.get(run_id)
         if closed is not None and run_id in self.conns:
             with contextlib.suppress(asyncio.TimeoutError):  # let its last batch land first
@@ -160,7 +165,12 @@ class JobManager:
         self._wake.set()
         run = self.store.get_run(run_id)
         if run is not None and run["status"] not in TERMINAL:
-            how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            if code is None:
+                how = "ended (exit code unknown)"
+            elif code < 0:
+                how = f"killed by signal {signal.Signals(-code).name}"
+            else:
+                how = f"exited with code {code}"
             tail = self.log_tail(run_id)
             self.finalize(run_id, "failed", f"worker {how} before finishing" + (f": {tail}" if tail else ""))
 
@@ -194,10 +204,9 @@ class JobManager:
             self._spawn(self._kill_after(run_id, self.settings.stop_grace_s, "stopped"))
         else:  # its worker has not connected yet (or is gone): nothing trained to wait for
             self.finalize(run_id, "stopped", "stopped before training began")
-            proc = self.procs.get(run_id)
-            if proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+            handle = self.procs.get(run_id)
+            if handle is not None:
+                handle.kill()
         return self.store.get_run(run_id)
 
     async def _kill_after(self, run_id: str, grace: float, status: str) -> None:
@@ -207,17 +216,15 @@ class JobManager:
             if run is None or run["status"] in TERMINAL:
                 return
             await asyncio.sleep(0.05)
-        proc = self.procs.get(run_id)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        handle = self.procs.get(run_id)
+        if handle is not None:
+            handle.kill()
         self.finalize(run_id, status, f"the worker did not stop within {grace:g} s and was killed")
 
     async def delete(self, run_id: str) -> None:
-        proc = self.procs.get(run_id)
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        handle = self.procs.get(run_id)
+        if handle is not None:
+            handle.kill()
         with contextlib.suppress(ValueError):
             self.queue.remove(run_id)
         ws = self.conns.get(run_id)
