@@ -57,6 +57,13 @@ def page(browser: Any) -> Iterator[Any]:
     page.close()
 
 
+def open_dashboard(page: Any, server: Any) -> None:
+    # browser_url carries the server's token once (exchanged for a session cookie); a server
+    # without auth has only the plain URL.
+    page.goto(getattr(server, "browser_url", None) or server.url + "/")
+    page.wait_for_function(LIVE)
+
+
 def launch(page: Any, name: str, batchnorm: bool, steps: int) -> None:
     page.fill("#name", name)
     page.set_checked("#batchnorm", batchnorm)
@@ -66,8 +73,7 @@ def launch(page: Any, name: str, batchnorm: bool, steps: int) -> None:
 
 
 def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: Path) -> None:
-    page.goto(live_server.url + "/")
-    page.wait_for_function(LIVE)
+    open_dashboard(page, live_server)
     page.click("#more summary")  # steps lives in the collapsed "more settings"
     # Long enough that both are still training while we look; we stop them at the end.
     launch(page, "bn-on", batchnorm=True, steps=5000)
@@ -96,9 +102,13 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     assert len(set(lengths)) == 2, lengths
     page.wait_for_function("(document.getElementById('chart-heatmap').data[0]?.z || []).length > 0")
 
+    save = bool(os.environ.get("GRADWATCH_SAVE_SCREENSHOT"))
+    if save:  # the README's picture: let the curves take shape first
+        page.wait_for_function(f"{LOSS_POINTS} >= 400", timeout=120_000)
+    page.click("#more summary")  # fold the form back for the picture
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
-    if os.environ.get("GRADWATCH_SAVE_SCREENSHOT"):
+    if save:
         shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
 
     # Stop both from the list; the rows say so.
@@ -121,8 +131,7 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
 
 
 def test_bad_config_shows_the_server_reason_next_to_the_field(live_server: Any, page: Any) -> None:
-    page.goto(live_server.url + "/")
-    page.wait_for_function(LIVE)
+    open_dashboard(page, live_server)
     before = len(live_server.client.get("/api/runs").json())
     page.click("#more summary")
     page.fill("#depth", "100")  # the server allows 1..64
@@ -167,7 +176,7 @@ STREAM_SCENARIO = """async () => {
 
 
 def test_stream_resumes_by_seq_without_gaps_or_duplicates(live_server: Any, page: Any) -> None:
-    page.goto(live_server.url + "/")
+    open_dashboard(page, live_server)
     result = page.evaluate(STREAM_SCENARIO)
     assert result["calls"] == [0, 5]                  # from the start, then from the last seq seen
     assert result["history"] == [[2, 3], [6, 7]]

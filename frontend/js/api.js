@@ -37,6 +37,7 @@ export function createApi(token = null, base = globalThis.location) {
     createRun: (name, config) => request('POST', '/api/runs', { name, config }),
     stopRun: id => request('POST', `${run(id)}/stop`),
     deleteRun: id => request('DELETE', run(id)),
+    changeRun: (id, changes) => request('PATCH', run(id), changes), // l2 / lr / grad_clip, live
     metrics: (id, since = 0, maxPoints = 2000) =>
       request('GET', `${run(id)}/metrics?since=${since}&max_points=${maxPoints}`),
     streamUrl() {

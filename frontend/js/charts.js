@@ -46,8 +46,8 @@ function layout({ xtitle = 'step', ytitle, log = false, empty = false, uirevisio
       title: { text: ytitle }, type: log ? 'log' : 'linear', gridcolor: GRID,
       zeroline: false, automargin: true, exponentformat: 'power', visible: !empty,
       // Fewer ticks than Plotly's default: on a log axis spanning about a
-      // decade it otherwise labels every digit 2..9 and they overlap.
-      nticks: log ? 6 : 0,
+      // decade it otherwise labels every digit 2..9 and they overlap (4 gives 2, 5, 10).
+      nticks: log ? 4 : 0,
     },
     annotations: empty ? [{
       text: empty, showarrow: false,
@@ -195,7 +195,10 @@ export class Charts {
     });
     const empty = !data.length && (this.runs.length ? 'no steps recorded yet' : NO_RUNS);
     const lay = layout({ xtitle: 'layer (forward order)', ytitle: 'grad norm', log: true, empty });
-    Object.assign(lay.xaxis, { type: 'category', categoryorder: 'array', categoryarray: order, tickangle: -35 });
+    // Deep nets have 50+ parameters: let Plotly thin the labels (every point keeps its hover name).
+    Object.assign(lay.xaxis, {
+      type: 'category', categoryorder: 'array', categoryarray: order, tickangle: -35, nticks: 24, tickfont: { size: 10 },
+    });
     Plotly.react(this.layersDiv, data, lay, CONFIG);
   }
 
@@ -247,6 +250,7 @@ export class Charts {
     const lay = layout({ ytitle: '', uirevision: run.id });
     lay.showlegend = false;
     Object.assign(lay.yaxis, { type: 'category', autorange: 'reversed', title: { text: '' } });
+    if (x.length <= 10) lay.xaxis.dtick = 1; // no "step 1.5" ticks on a run's first steps
     Plotly.react(this.heatDiv, data, lay, CONFIG);
   }
 }

@@ -5,7 +5,8 @@ import { createState, assignColors, hashColor } from './state.js';
 import { createApi, ApiError, Stream } from './api.js';
 import { RunSeries } from './series.js';
 import { Charts } from './charts.js';
-import { RunList, problem } from './runlist.js';
+import { RunList } from './runlist.js';
+import { DetailPanel } from './detail.js';
 import { readForm, fillForm, clearErrors, showErrors, detailErrors } from './form.js';
 
 const $ = sel => document.querySelector(sel);
@@ -15,6 +16,7 @@ const state = createState();
 const runs = new Map();   // run id -> run record (docs/api.md), as the server last said
 const series = new Map(); // run id -> RunSeries, for the selected runs only
 const charts = new Charts();
+const form = $('#launch');
 let colors = new Map();
 
 const runList = new RunList($('#runs tbody'), {
@@ -27,30 +29,36 @@ const runList = new RunList($('#runs tbody'), {
   remove: id => act(() => api.deleteRun(id).then(() => forget(id))),
 });
 
+const detail = new DetailPanel($('#detail'), {
+  api,
+  onCopy: run => fillForm(form, run.config ?? {}, run.name ? `${run.name} (copy)` : ''),
+});
+
 const stream = new Stream(api, {
   run(msg) {
     if (msg.type === 'run.deleted') forget(msg.run_id);
     else upsert(msg.run);
   },
   history(id, cols, since) {
-    series.get(id)?.addHistory(cols, since);
+    const s = series.get(id);
+    if (!s) return;
+    s.addHistory(cols, since);
+    const last = s.length - 1;
+    if (last >= 0) latest(id, s.step[last], s.loss[last], s.accuracy[last]);
     charts.touch();
     render();
   },
   event(msg) {
     series.get(msg.run_id)?.addEvent(msg);
-    // Metrics are more frequent than run.update: keep the row's numbers live.
-    const run = runs.get(msg.run_id);
-    if (run && msg.type === 'metrics') {
-      run.summary = { ...run.summary, step: msg.step, loss: msg.loss, accuracy: msg.accuracy };
-    }
+    if (msg.type === 'metrics') latest(msg.run_id, msg.step, msg.loss, msg.accuracy);
     charts.touch();
     render();
   },
   gone: id => forget(id),
   open(reconnected) {
-    // Status changes made while the socket was down are only in the store.
-    if (reconnected) loadRuns();
+    // Status changes made while the socket was down are only in the store;
+    // and if the first list request failed (server not up yet), this retries it.
+    if (reconnected || !listed) loadRuns();
   },
   resync: () => loadRuns(),
   connection(status, info) {
@@ -66,6 +74,13 @@ const stream = new Stream(api, {
 
 function newestFirst() {
   return [...runs.values()].sort((a, b) => (b.created ?? 0) - (a.created ?? 0));
+}
+
+// Metrics arrive every step, run.update less often: keep the row's numbers
+// at the newest step the page has seen.
+function latest(id, step, loss, accuracy) {
+  const run = runs.get(id);
+  if (run && step > (run.summary?.step ?? -1)) run.summary = { ...run.summary, step, loss, accuracy };
 }
 
 function upsert(run) {
@@ -156,7 +171,7 @@ function render() {
     runList.render(newestFirst(), { selected: new Set(selected), focus, colors });
     $('#runs-empty').hidden = runs.size > 0;
     renderHeatmapSelect();
-    renderDetail(runs.get(focus));
+    detail.render(runs.get(focus), colors.get(focus), series.get(focus)?.events);
   }, 100);
 }
 
@@ -172,46 +187,8 @@ function renderHeatmapSelect() {
   pick.disabled = !selected.length;
 }
 
-function renderDetail(run) {
-  const box = $('#detail');
-  box.hidden = !run;
-  if (!run) return;
-  $('#detail-name').textContent = run.name || run.id;
-  $('#detail-name').style.color = colors.get(run.id) ?? '';
-  const badge = $('#detail-status');
-  badge.textContent = run.status;
-  badge.className = `badge status-${run.status}`;
-  $('#detail-problem').textContent = problem(run);
-  const config = Object.entries(run.config ?? {}).map(([k, v]) => `${k}=${v}`).join('  ');
-  if ($('#detail-config').textContent !== config) $('#detail-config').textContent = config;
-  const events = series.get(run.id)?.events ?? [];
-  const lines = events.slice(-20).reverse().map(describe);
-  const list = $('#detail-events');
-  if (list.dataset.key !== lines.join('\n')) {
-    list.dataset.key = lines.join('\n');
-    list.replaceChildren(...lines.map(text => Object.assign(document.createElement('li'), { textContent: text })));
-  }
-}
-
-// One line for an event in the details panel (trainer/events.py defines them).
-function describe(e) {
-  const at = e.step != null ? `step ${e.step} · ` : '';
-  switch (e.type) {
-    case 'alert': return `${at}alert: ${e.message ?? e.kind}`;
-    case 'intervention': return `${at}${e.field} ${e.old} → ${e.new}` + (e.source ? ` (by ${e.source})` : '');
-    case 'run.finished': return `${at}finished: ${e.status}` + (e.reason ? `: ${e.reason}` : '');
-    case 'dropped': return `${e.count} steps not sent (${e.first_step}–${e.last_step}): the worker's buffer was full`;
-  }
-  // Unknown kinds: show their plain fields rather than nothing.
-  const { type, seq, step, run_id, time, ...rest } = e;
-  const what = Object.entries(rest).filter(([, v]) => v !== null && typeof v !== 'object')
-    .map(([k, v]) => `${k}=${v}`).join(' ');
-  return `${at}${type}: ${what}`;
-}
-
 // ---- launch form
 
-const form = $('#launch');
 form.addEventListener('input', ev => { if (ev.target.name) clearErrors(form, ev.target.name); });
 form.addEventListener('submit', async ev => {
   ev.preventDefault();
@@ -233,33 +210,33 @@ form.addEventListener('submit', async ev => {
   }
 });
 $('#defaults').addEventListener('click', () => { form.reset(); clearErrors(form); });
-$('#copy-config').addEventListener('click', () => {
-  const run = runs.get(state.get().focus);
-  if (run) fillForm(form, run.config ?? {}, run.name ? `${run.name} (copy)` : '');
-});
 $('#heatmap-run').addEventListener('change', ev => state.set({ heatmap: ev.target.value || null }));
 
 // ---- start
 
+let listed = false; // has the runs list loaded once
+
+// (Re)load every run record. Metrics-patched numbers survive through upsert().
 async function loadRuns() {
   try {
     const list = await api.listRuns();
-    runs.clear();
-    for (const run of list) runs.set(run.id, run);
-    return true;
+    const ids = new Set(list.map(r => r.id));
+    for (const id of [...runs.keys()]) if (!ids.has(id)) runs.delete(id);
+    for (const run of list) upsert(run);
   } catch (err) {
     const auth = err instanceof ApiError && (err.status === 401 || err.status === 403);
     flash(`could not list runs: ${err.message}` + (auth ? ' (open the link with the right ?token=)' : ''), auth);
-    return false;
-  } finally {
-    render();
+    return;
   }
+  if (!listed) {
+    listed = true;
+    initialSelection();
+  }
+  applyState(); // colors depend on the run records, which are now here
+  render();
 }
 
-async function start() {
-  stream.connect();
-  applyState(); // draw what the URL selected while the list loads
-  if (!(await loadRuns())) return;
+function initialSelection() {
   const { selected } = state.get();
   if (!state.explicit.selected) {
     // First visit without a selection: show what is running, else the newest run.
@@ -270,8 +247,8 @@ async function start() {
     // Drop runs deleted since the link was made.
     state.set({ selected: selected.filter(id => runs.has(id)) });
   }
-  applyState(); // colors depend on the run records, which are now here
-  render();
 }
 
-start();
+stream.connect();
+applyState(); // draw what the URL selected while the list loads
+loadRuns();
