@@ -111,6 +111,25 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     if save:
         shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
 
+    # The person's zoom and legend-hidden traces survive live updates (extendTraces) and
+    # rebuilt traces (react: focusing a run redraws its line thicker).
+    loss = "document.getElementById('chart-loss')"
+    page.locator("#chart-loss g.traces").filter(has_text="bn-on").locator(".legendtoggle").click()
+    page.wait_for_function(f"{loss}.data.find(t => t.name === 'bn-on').visible === 'legendonly'")
+    plot = page.locator("#chart-loss .nsewdrag").bounding_box()
+    page.mouse.move(plot["x"] + 10, plot["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(plot["x"] + plot["width"] / 3, plot["y"] + plot["height"] - 10, steps=4)
+    page.mouse.up()
+    page.wait_for_function(f"{loss}.layout.xaxis.autorange === false")
+    zoom = page.evaluate(f"{loss}.layout.xaxis.range")
+    shown = page.evaluate(LOSS_POINTS)
+    page.wait_for_function(f"{LOSS_POINTS} > {shown}", timeout=60_000)
+    rows.filter(has_text="bn-on").locator("button.focus").click()
+    page.wait_for_function(f"{loss}.data.find(t => t.name === 'bn-on').line.width > 2")
+    assert page.evaluate(f"{loss}.layout.xaxis.range") == zoom
+    assert page.evaluate(f"{loss}.data.find(t => t.name === 'bn-on').visible") == "legendonly"
+
     # Stop both from the list; the rows say so.
     for name in ("bn-on", "bn-off"):
         row = rows.filter(has_text=name)
