@@ -24,7 +24,7 @@ test: $(VENV)/.test-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-installed
-	$(VENV)/bin/ruff check trainer server tests bench
+	$(VENV)/bin/ruff check trainer server tests bench examples
 
 bench: $(VENV)/.test-installed
 	$(PY) bench/probe_overhead.py

@@ -7,7 +7,16 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    create_model,
+    field_validator,
+)
 
 from trainer.config import CHOICES, LIMITS, LIVE_FIELDS, RunConfig
 
@@ -39,10 +48,36 @@ def _config_model() -> type[BaseModel]:
 RunConfigIn = _config_model()
 
 
+MAX_EXTERNAL_CONFIG = 16 * 1024  # bytes of JSON an external run's free-form config may take
+
+
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    # True: the caller's own loop streams into this run (trainer.connect); nothing is launched,
+    # and `config` is the caller's own description of it. Declared before `config`, which reads it.
+    external: bool = False
     config: RunConfigIn = Field(default_factory=RunConfigIn)  # type: ignore[valid-type]
+
+    @field_validator("config", mode="wrap")
+    @classmethod
+    def _external_config_is_free_form(cls, value: Any, handler: ValidatorFunctionWrapHandler,
+                                      info: ValidationInfo) -> Any:
+        """An external run's config is any small JSON object, shown in the dashboard and never
+        interpreted; every other run's is a RunConfig, checked field by field."""
+        if info.data.get("external") is not True:
+            return handler(value)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError("an external run's config must be a JSON object")
+        if len(orjson.dumps(value)) > MAX_EXTERNAL_CONFIG:
+            raise ValueError(f"an external run's config must be at most {MAX_EXTERNAL_CONFIG} bytes of JSON")
+        return value
+
+    def config_dict(self) -> dict[str, Any]:
+        """What the run stores: every RunConfig field, or an external run's object as given."""
+        if self.external:
+            return self.config if isinstance(self.config, dict) else {}
+        return self.config.model_dump()
 
 
 def _live_model() -> type[BaseModel]:
@@ -66,6 +101,11 @@ class Run(BaseModel):
     kind: str
     group_id: str | None
     summary: dict[str, Any]
+
+
+class RunCreated(Run):
+    # Only in the answer to creating an external run: its loop needs it to connect to ingest.
+    token: str | None = Field(None, description="external runs only: the run's ingest token")
 
 
 class Layer(BaseModel):

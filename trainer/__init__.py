@@ -1,6 +1,27 @@
-"""gradwatch's trainer: PyTorch only, importable without the server's packages."""
+"""gradwatch's trainer: PyTorch only, importable without the server's packages.
 
-from .config import RunConfig
-from .probe import watch
+The names below load on first use (PEP 562), so `import trainer.config` or `trainer.presets`
+(the CLI's --help, the server's request schema) does not pay for importing torch.
+"""
 
-__all__ = ["RunConfig", "watch"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .connect import Run, connect
+    from .probe import watch
+
+_EXPORTS = {"RunConfig": ".config", "watch": ".probe", "connect": ".connect", "Run": ".connect"}
+
+__all__ = ["Run", "RunConfig", "connect", "watch"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # also replaces the submodule `connect` that importing it bound here
+        return value
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")

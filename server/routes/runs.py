@@ -12,18 +12,21 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
-from ..schemas import Metrics, Run, RunChange, RunCreate
+from ..schemas import Metrics, Run, RunChange, RunCreate, RunCreated
 from ..store import SERIES_LAYERS, Store
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
-@router.post("", status_code=201, response_model=Run)
+@router.post("", status_code=201, response_model=RunCreated, response_model_exclude_unset=True)
 def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
+    if body.external:  # the caller's own loop (trainer.connect): nothing to queue or launch
+        run = jobs.create(body.name, body.config_dict(), kind="external")
+        return {**jobs.view(run), "token": run["token"]}  # the one answer that carries it
     if jobs.queued_count >= settings.max_queued:
         raise HTTPException(429, f"{jobs.queued_count} runs are already queued (limit {settings.max_queued}); "
                                  "wait for some to finish or stop them")
-    run = jobs.create(body.name, body.config.model_dump())
+    run = jobs.create(body.name, body.config_dict())
     return jobs.view(run)
 
 

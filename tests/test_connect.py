@@ -1,0 +1,164 @@
+"""Your own loop in the dashboard: examples/own_loop.py (trainer.connect) against a real server,
+through a dashboard Stop and through a server restart in the middle of the run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, LiveServer, wait_for
+
+EXAMPLE = ROOT / "examples" / "own_loop.py"
+
+
+def start_example(server: LiveServer, steps: int, name: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           # 2 cores shared with the server and its workers: torch's spinning intra-op threads
+           # would make this tiny model ~10x slower, not faster.
+           "OMP_NUM_THREADS": "1"}
+    env.pop("GRADWATCH_TOKEN", None)
+    cmd = [sys.executable, str(EXAMPLE), "--server", server.url, "--steps", str(steps), "--name", name]
+    if server.token:
+        cmd += ["--token", server.token]
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def run_named(server: LiveServer, name: str) -> dict | None:
+    return next((r for r in server.client.get("/api/runs").json() if r["name"] == name), None)
+
+
+def full_history(server: LiveServer, run_id: str) -> dict:
+    return server.client.get(f"/api/runs/{run_id}/metrics", params={"max_points": 100_000}).json()
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the example did not finish within {timeout:g} s: {log.read_text()[-2000:]}")
+    out = log.read_text()
+    assert proc.returncode == 0, out[-2000:]
+    return out
+
+
+def test_the_own_loop_example_streams_every_step_live_and_completes(live_server: LiveServer, tmp_path: Path) -> None:
+    name = f"own-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "example.log"
+    proc = start_example(live_server, 1500, name, log)
+    try:
+        live = wait_for(lambda: (lambda r: r if r and r["summary"].get("step", 0) > 0 else None)(
+            run_named(live_server, name)), timeout=120, what="the external run to show steps")
+        assert live["kind"] == "external" and live["config"]["model"] == "torchvision mlp"
+        assert "token" not in live  # the ingest token is only in the create answer
+        out = finish(proc, log)
+    finally:
+        proc.kill()
+    run = live_server.wait_status(live["id"], ("completed",), timeout=30)
+    assert f"streaming run {run['id']}" in out and "all steps stored" in out
+    assert run["summary"]["step"] == 1500 and run["finished"] >= run["started"]
+    hist = full_history(live_server, run["id"])
+    assert hist["step"] == list(range(1, 1501))
+    assert hist["layers"][0]["module"] == "Linear" and len(hist["grad_norm"][0]) == len(hist["layers"])
+    assert all(v is not None and v > 0 for v in hist["grad_norm"][-1])
+    assert hist["loss"][-1] < hist["loss"][0]  # the loss recorded with run.record() reached the server
+    assert hist["val"]["step"] == list(range(100, 1501, 100))
+    kinds = [e["type"] for e in hist["events"]]
+    assert kinds[0] == "run.started" and kinds[-1] == "run.finished" and "dropped" not in kinds
+
+
+def test_stop_in_the_dashboard_ends_the_loop_stopped(live_server: LiveServer, tmp_path: Path) -> None:
+    name = f"stoppable-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "example.log"
+    proc = start_example(live_server, 1_000_000, name, log)
+    try:
+        run = wait_for(lambda: (lambda r: r if r and r["summary"].get("step", 0) >= 20 else None)(
+            run_named(live_server, name)), timeout=120, what="the external run to train")
+        assert live_server.client.post(f"/api/runs/{run['id']}/stop").status_code == 200
+        finish(proc, log, timeout=60)  # run.should_stop turned true, the loop broke out, finish() acked
+    finally:
+        proc.kill()
+    stopped = live_server.wait_status(run["id"], ("stopped",), timeout=10)
+    assert stopped["error"] == "stopped on request"
+    hist = full_history(live_server, run["id"])
+    assert hist["step"] == list(range(1, len(hist["step"]) + 1)) and len(hist["step"]) < 1_000_000
+    assert hist["events"][-1].get("source") != "server"  # the loop said so itself; nobody was killed
+
+
+def test_a_server_restart_mid_run_loses_no_step(tmp_path: Path) -> None:
+    """The loop keeps training while the server is away; its sender resends after the restart."""
+    steps = 3000
+    server = LiveServer(tmp_path / "data").start()
+    log = tmp_path / "example.log"
+    proc = start_example(server, steps, "survivor", log)
+    try:
+        try:
+            run = wait_for(lambda: (lambda r: r if r and r["summary"].get("step", 0) >= 50 else None)(
+                run_named(server, "survivor")), timeout=120, what="the external run to train")
+        finally:
+            server.stop()
+        down = time.time()
+        assert proc.poll() is None, "the example should still be training when the server goes"
+        wait_for(lambda: time.time() - down > 1.0, what="a second of training with no server")
+        up = time.time()
+        again = LiveServer(tmp_path / "data", port=server.port, token=server.token).start()
+        try:
+            finish(proc, log)
+            done = again.wait_status(run["id"], ("completed",), timeout=30)
+            hist = full_history(again, run["id"])
+        finally:
+            again.stop()
+    finally:
+        proc.kill()
+    assert done["summary"]["step"] == steps
+    assert hist["step"] == list(range(1, steps + 1))  # none missing, none doubled
+    assert hist["seq"] == sorted(set(hist["seq"]))
+    # some of those steps were taken while no server was there to receive them
+    assert any(down < t < up for t in hist["time"])
+    assert [e["type"] for e in hist["events"]].count("run.finished") == 1
+
+
+def test_creating_an_external_run_returns_its_ingest_token_once(live_server: LiveServer) -> None:
+    r = live_server.client.post("/api/runs", json={"name": "ext", "external": True,
+                                                   "config": {"arch": "resnet50", "lr": 0.1, "tags": ["a"]}})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["kind"] == "external" and created["status"] == "running"
+    assert created["config"] == {"arch": "resnet50", "lr": 0.1, "tags": ["a"]}  # stored as given
+    assert isinstance(created["token"], str) and len(created["token"]) >= 16
+    assert "token" not in live_server.run(created["id"])
+    assert all("token" not in run for run in live_server.client.get("/api/runs").json())
+    local = live_server.client.post("/api/runs", json={"config": {"dataset": "synthetic", "steps": 5}}).json()
+    assert "token" not in local and local["kind"] == "local"
+    # an external config is free-form but must be a small object
+    for bad in ({"external": True, "config": [1, 2]}, {"external": True, "config": {"x": "y" * 20_000}}):
+        r = live_server.client.post("/api/runs", json=bad)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config"], r.text
+    # a local run's config is still checked field by field
+    r = live_server.client.post("/api/runs", json={"config": {"arch": "resnet50"}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "arch"
+    live_server.client.post(f"/api/runs/{created['id']}/stop")
+    live_server.wait_status(created["id"], ("stopped",))
+
+
+def test_connect_names_an_unreachable_server_and_a_wrong_token(live_server: LiveServer, tmp_path: Path) -> None:
+    from trainer.connect import ApiError, connect
+
+    with pytest.raises(ConnectionError, match="cannot reach the gradwatch server"):
+        connect("http://127.0.0.1:9", name="nowhere")
+    server = live_server if live_server.token else LiveServer(tmp_path / "data", token="right-token-123").start()
+    try:
+        with pytest.raises(ApiError) as err:
+            connect(server.url, token="wrong-token-456", name="refused")
+        assert err.value.status == 401 and "token" in str(err.value)
+        assert not [r for r in server.client.get("/api/runs").json() if r["name"] == "refused"]
+    finally:
+        if server is not live_server:
+            server.stop()

@@ -1,0 +1,201 @@
+"""Your own training loop, live in the dashboard: `connect()` makes an external run, `watch()`
+streams every step of it.
+
+    from trainer import connect
+    run = connect("http://127.0.0.1:8000", token=..., name="my-resnet", config={"lr": 0.1})
+    run.watch(model, optimizer)          # every optimizer.step() is now a step in the dashboard
+    for x, y in batches:
+        if run.should_stop:              # someone pressed Stop in the dashboard
+            break
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        run.record(loss)                 # optional: the loss beside the gradients (no host sync)
+        optimizer.step()
+    run.finish()                         # run.finished, then waits (bounded) for the server's acks
+
+One REST call (`POST /api/runs` with `"external": true`) creates the run and returns its ingest
+token. After that the run speaks the ingest protocol of the built-in workers, through the same
+`IngestClient`: a sender thread, a bounded outbox, a per-run `seq`, and a resend of everything
+unacknowledged after a reconnect. The training loop never waits on the network: while the
+server is away, events wait in the outbox (when it is full, metrics are coalesced away and a
+`dropped` event says so) and go out when it is back. Only `connect()` itself, once, and
+`finish()`, bounded by its timeout, wait for the server.
+
+The REST call is plain urllib (trainer/rest.py): the trainer stays importable without the
+server's packages.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import time
+from typing import Any
+from urllib.parse import quote
+
+import torch
+from torch import nn
+
+from . import events
+from .loop import Control, _Alerts
+from .models import count_params
+from .probe import Probe, first_nonfinite, watch
+from .rest import ApiError, api_request
+from .worker import IngestClient
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class Run:
+    """An external run on a gradwatch server, fed by this process's own training loop."""
+
+    def __init__(self, base_url: str, record: dict[str, Any], ingest_token: str,
+                 max_pending: int = 100_000, alert_factor: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.id: str = record["id"]
+        self.name: str = record["name"]
+        self.config: dict[str, Any] = record.get("config") or {}
+        self.control = Control()  # the server's Stop (and live changes) land here
+        ws_base = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        self.client = IngestClient(f"{ws_base}/api/ingest/{quote(self.id)}", ingest_token,
+                                   control=self.control, max_pending=max_pending)
+        self.probe: Probe | None = None
+        self.summary: dict[str, Any] = {"step": 0, "loss": None, "accuracy": None, "val_accuracy": None,
+                                        "val_loss": None, "global_grad_norm": None,
+                                        "diverged_step": None, "diverged_layer": None}
+        self._alerts = _Alerts(alert_factor)
+        self._val: tuple[float, float] | None = None
+        self._started = time.perf_counter()
+        self._finished = False
+        # A script that ends without finish() still gets its buffered steps stored, and a reason.
+        atexit.register(self._at_exit)
+
+    @property
+    def url(self) -> str:
+        """The dashboard, with this run selected (add your ?token= to open it)."""
+        return f"{self.base_url}/?runs={self.id}&focus={self.id}"
+
+    @property
+    def should_stop(self) -> bool:
+        """True once someone asked this run to stop (the dashboard's Stop, `POST .../stop`)."""
+        return self.control.stop_requested
+
+    # ---- streaming --------------------------------------------------------------------
+
+    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> Probe:
+        """Hook optimizer.step(): from now on every step is sent, per-layer statistics included."""
+        if self.probe is not None:
+            raise RuntimeError(f"run {self.id} already watches a model; call watch() once per run")
+        self.probe = watch(model, optimizer, on_step=self._on_step)
+        device = str(self.probe.params[0].device)
+        self.emit(events.run_started(self.probe.layers, device, count_params(model), self.config))
+        return self.probe
+
+    def record(self, loss: torch.Tensor | None = None, accuracy: torch.Tensor | None = None,
+               val_loss: float | None = None, val_accuracy: float | None = None) -> None:
+        """This step's loss/accuracy (device tensors: no host sync), before optimizer.step().
+
+        val_loss/val_accuracy (numbers, when you evaluate) go with the next step sent."""
+        if self.probe is None:
+            raise RuntimeError("call run.watch(model, optimizer) before run.record()")
+        self.probe.record(loss, accuracy)
+        if val_loss is not None or val_accuracy is not None:
+            self._val = (math.nan if val_loss is None else float(val_loss),
+                         math.nan if val_accuracy is None else float(val_accuracy))
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Send one wire-format event (trainer.events); never blocks. Used by watch() and by
+        `gradwatch train --server`, whose loop makes the events itself."""
+        if self._finished:
+            return
+        if event["type"] == events.RUN_FINISHED:
+            self._finished = True
+        self.client.emit(event)
+
+    def _on_step(self, stats: dict[str, Any]) -> None:
+        val, self._val = self._val, None
+        event = events.metrics(stats, val)
+        self.emit(event)
+        step = stats["step"]
+        self.summary.update(step=step, loss=stats["loss"], accuracy=stats["accuracy"],
+                            global_grad_norm=stats["global_grad_norm"])
+        if val is not None:
+            self.summary.update(val_loss=val[0], val_accuracy=val[1])
+        bad_layer = first_nonfinite(self.probe.names, stats["grad_norm"])
+        if self.summary["diverged_step"] is None and (bad_layer or not _finite_or_nan(stats["loss"])):
+            # Your loop decides whether to go on; the dashboard shows where it went wrong.
+            self.summary.update(diverged_step=step, diverged_layer=bad_layer)
+            where = f"; first non-finite gradient: {bad_layer}" if bad_layer else ""
+            self.emit(events.alert(step, "nonfinite", f"non-finite loss or gradient at step {step}{where}"))
+        median = self._alerts.check(stats["global_grad_norm"])
+        if median is not None:
+            self.emit(events.alert(step, "explosion",
+                                   f"global gradient norm {stats['global_grad_norm']:.3g} is over "
+                                   f"{self._alerts.factor:g}x its running median {median:.3g}",
+                                   value=stats["global_grad_norm"], median=median))
+
+    # ---- the end ----------------------------------------------------------------------
+
+    def finish(self, status: str | None = None, reason: str | None = None, timeout: float = 30.0) -> bool:
+        """Send run.finished and wait up to `timeout` s for the server to store everything.
+
+        status defaults to "stopped" after a stop request, else "completed" (or pass "failed",
+        "diverged"). Returns True when every event was acknowledged; calling it again is harmless."""
+        if self.probe is not None:
+            self.probe.close()  # the last step's values (CUDA: still in flight), then unhook
+        if not self._finished:
+            if status is None:
+                status = "stopped" if self.should_stop else "completed"
+            if reason is None and status == "stopped" and self.should_stop:
+                reason = "stopped on request"
+            seconds = time.perf_counter() - self._started
+            summary = {**self.summary, "seconds": seconds,
+                       "steps_per_s": self.summary["step"] / seconds if seconds > 0 else None}
+            self.emit(events.run_finished(status, reason, summary))
+        atexit.unregister(self._at_exit)
+        return self.client.close(timeout=timeout)
+
+    def _at_exit(self) -> None:
+        self.finish("failed", "the script exited without calling run.finish()", timeout=10)
+
+    @property
+    def error(self) -> str | None:
+        """Why the server refused this run's events for good (bad token, run deleted), if it did."""
+        return self.client.fatal
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.finish()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("stopped", "interrupted (Ctrl-C)")
+        else:
+            self.finish("failed", f"{exc_type.__name__}: {exc}")
+
+
+def _finite_or_nan(x: float) -> bool:
+    """A loss that was never recorded is NaN: not a divergence."""
+    return math.isnan(x) or math.isfinite(x)
+
+
+def connect(url: str = DEFAULT_URL, token: str | None = None, name: str | None = None,
+            config: dict[str, Any] | None = None, max_pending: int = 100_000, timeout: float = 10.0,
+            alert_factor: float = 10.0) -> Run:
+    """Create an external run on the gradwatch server at `url` and return it, ready to `watch()`.
+
+    token: the server's GRADWATCH_TOKEN (default: that environment variable).
+    config: anything that describes your run (a small JSON object); the dashboard shows it.
+    max_pending: events buffered while the server is away; beyond it metrics are coalesced.
+    Raises ConnectionError when the server cannot be reached, ApiError when it refuses."""
+    token = token if token is not None else os.environ.get("GRADWATCH_TOKEN") or None
+    body = {"name": name, "config": config or {}, "external": True}
+    record = api_request(url, "POST", "/api/runs", token, body, timeout=timeout)
+    ingest_token = record.get("token")
+    if not ingest_token:
+        raise ApiError("POST", url.rstrip("/") + "/api/runs", 201,
+                       "the server did not return an ingest token: is it a gradwatch with external runs?")
+    return Run(url, record, ingest_token, max_pending=max_pending, alert_factor=alert_factor)
