@@ -1,11 +1,30 @@
-"""`gradwatch serve|train|runs|export` — the console script."""
+"""`gradwatch serve|train|runs|export` — the console script.
+
+Each command imports what it needs when it runs: `gradwatch --help` and `gradwatch runs` do not
+pay for torch or the web server."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from .settings import Settings, SettingsError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EPILOG = """\
+examples:
+  gradwatch serve                                    dashboard on http://127.0.0.1:8000
+  gradwatch train --depth 8 --batchnorm --steps 300  a run here, with a progress bar
+  gradwatch train --preset explosion --server http://127.0.0.1:8000
+                                                     ...also streamed live to the dashboard
+  gradwatch runs                                     the server's runs and their status
+  gradwatch export 4f2c9a1b --format csv             every step of a run, to a file
+
+The server's URL and token come from --server/--token, or GRADWATCH_URL/GRADWATCH_TOKEN."""
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -27,16 +46,194 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gradwatch", description="Live per-layer training diagnostics.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the dashboard and API")
+# ---- train -----------------------------------------------------------------------------
+
+def _presets() -> dict[str, dict[str, Any]] | None:
+    """trainer.presets.PRESETS (name -> config dict), or None where this version has none."""
+    try:
+        from trainer.presets import PRESETS
+    except ImportError:
+        return None
+    return PRESETS
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.__main__ import config_from_args, format_summary, run_headless
+    from trainer.config import ConfigError
+
+    base: dict[str, Any] = {}
+    if args.preset:
+        presets = _presets()
+        if presets is None:
+            return _fail("presets are not in this version of gradwatch (no trainer/presets.py); "
+                         "give the config as flags instead")
+        if args.preset not in presets:
+            return _fail(f"no preset {args.preset!r}; there are: {', '.join(sorted(presets))}")
+        base = dict(presets[args.preset])
+    try:
+        cfg = config_from_args(args, base)
+    except ConfigError as e:
+        return _fail(f"bad config: {e}")
+
+    run = None
+    if args.server:
+        from trainer.connect import connect
+        from trainer.rest import ApiError
+
+        try:
+            run = connect(args.server, token=args.token, name=args.name or args.preset, config=cfg.to_dict())
+        except (ConnectionError, ApiError) as e:
+            return _fail(_explain(e))
+        print(f"gradwatch: streaming run {run.id} to {run.url}", file=sys.stderr, flush=True)
+    try:
+        result = run_headless(cfg, args.data_dir, emit_also=run.emit if run else None,
+                              control=run.control if run else None)
+    except KeyboardInterrupt:
+        if run:
+            run.finish("stopped", "interrupted (Ctrl-C)", timeout=10)
+        print("gradwatch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the run fails with its reason, here and on the server
+        if run:
+            run.finish("failed", f"{type(e).__name__}: {e}", timeout=10)
+        return _fail(f"{type(e).__name__}: {e}")
+    print(format_summary(result), flush=True)
+    if run and not run.finish(timeout=60):
+        return _fail(f"run {run.id}: the server did not store every step ({run.error or 'timed out'})")
+    return 0 if result["status"] == "completed" else 1
+
+
+# ---- runs and export: REST -------------------------------------------------------------
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from trainer.rest import ApiError, api_request
+
+    try:
+        runs = api_request(args.server, "GET", "/api/runs", args.token)
+    except (ConnectionError, ApiError) as e:
+        return _fail(_explain(e))
+    if args.status:
+        runs = [r for r in runs if r["status"] in args.status]
+    if args.json:
+        import orjson
+
+        sys.stdout.buffer.write(orjson.dumps(runs, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    if not runs:
+        print("no runs" + (f" with status {', '.join(args.status)}" if args.status else ""))
+        return 0
+    rows = [("ID", "NAME", "STATUS", "KIND", "STEP", "LOSS", "CREATED")]
+    for r in runs:
+        s = r.get("summary") or {}
+        steps = r["config"].get("steps")
+        step = f"{s.get('step', 0)}/{steps}" if isinstance(steps, int) else str(s.get("step", 0))
+        loss = "-" if s.get("loss") is None else f"{s['loss']:.4g}"
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))
+        rows.append((r["id"], r["name"][:30], r["status"], r.get("kind", "local"), step, loss, created))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from trainer.rest import ApiError, api_request
+
+    path = f"/api/runs/{quote(args.run, safe='')}/export?format={args.format}"
+    try:
+        body = api_request(args.server, "GET", path, args.token, timeout=120, raw=True)
+    except (ConnectionError, ApiError) as e:
+        return _fail(_explain(e))
+    if args.out == "-":
+        sys.stdout.buffer.write(body)
+        return 0
+    out = Path(args.out or f"gradwatch-{args.run}.{args.format}")
+    out.write_bytes(body)
+    print(f"gradwatch: wrote run {args.run} ({len(body):,} bytes of {args.format}) to {out}", file=sys.stderr)
+    return 0
+
+
+def _explain(e: Exception) -> str:
+    status = getattr(e, "status", None)
+    if status == 401:
+        return f"{e}\n  the server needs its token: pass --token or set GRADWATCH_TOKEN"
+    if isinstance(e, ConnectionError):
+        return f"{e}\n  is `gradwatch serve` running there? (--server URL or GRADWATCH_URL)"
+    return str(e)
+
+
+def _fail(message: str) -> int:
+    print(f"gradwatch: {message}", file=sys.stderr)
+    return 2
+
+
+# ---- the parser ------------------------------------------------------------------------
+
+def _server_flags(p: argparse.ArgumentParser, default: str | None) -> None:
+    where = f"(default: $GRADWATCH_URL or {default})" if default else "(default: train here only)"
+    p.add_argument("--server", metavar="URL", default=os.environ.get("GRADWATCH_URL", default) if default else None,
+                   help=f"the gradwatch server {where}")
+    p.add_argument("--token", default=os.environ.get("GRADWATCH_TOKEN") or None,
+                   help="the server's GRADWATCH_TOKEN (default: $GRADWATCH_TOKEN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainer.__main__ import config_parser
+
+    ap = argparse.ArgumentParser(prog="gradwatch", description="Live per-layer training diagnostics for PyTorch.",
+                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the dashboard and API",
+                           description="Serve the dashboard and the API; runs train in worker processes.")
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1, or GRADWATCH_HOST)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000, or GRADWATCH_PORT)")
     serve.add_argument("--data-dir", default=None, help="store, logs, datasets (default ./gradwatch-data)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
-    args = ap.parse_args(argv)
+
+    presets = _presets()
+    names = f": {', '.join(sorted(presets))}" if presets else " (none in this version)"
+    train = sub.add_parser(
+        "train", help="train one run here, with a progress bar",
+        description="Train one run in this process, with a progress bar and a summary at the end. "
+                    "The config comes from a preset, then the flags (a flag overrides the preset). "
+                    "With --server the run also streams live to that dashboard, as an external run "
+                    "its Stop button can stop.")
+    train.add_argument("--preset", metavar="NAME", help=f"start from a named config{names}")
+    train.add_argument("--name", help="the run's name in the dashboard (default: the preset, or the run id)")
+    train.add_argument("--data-dir", metavar="DIR", default=str(Path("gradwatch-data") / "datasets"),
+                       help="where downloaded datasets are cached (default: gradwatch-data/datasets, "
+                            "the server's cache)")
+    _server_flags(train, None)
+    config_parser(train.add_argument_group("run config (RunConfig fields; see README)"))
+    train.set_defaults(func=cmd_train)
+
+    runs = sub.add_parser("runs", help="list the server's runs with their status",
+                          description="List the server's runs, newest first.")
+    _server_flags(runs, DEFAULT_URL)
+    runs.add_argument("--status", action="append",
+                      choices=["queued", "running", "completed", "stopped", "failed", "diverged"],
+                      help="only runs with this status (repeat for several)")
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON (as GET /api/runs)")
+    runs.set_defaults(func=cmd_runs)
+
+    export = sub.add_parser("export", help="download every step of a run as CSV or JSON",
+                            description="Download every stored step of a run: csv has one row per step "
+                                        "(per-layer columns named STAT:LAYER); json has everything, "
+                                        "the run, its layers, the columnar metrics and its events.")
+    export.add_argument("run", metavar="RUN", help="the run id (see `gradwatch runs`)")
+    export.add_argument("--format", choices=["csv", "json"], default="csv", help="file format (default: csv)")
+    export.add_argument("--out", metavar="FILE", help="where to write it; - for stdout (default: gradwatch-RUN.FORMAT)")
+    _server_flags(export, DEFAULT_URL)
+    export.set_defaults(func=cmd_export)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -6,29 +6,39 @@ Every RunConfig field is a flag; the events are printed as a progress bar and a 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from . import config as config_module
 from .config import CHOICES, ConfigError, RunConfig
-from .loop import train
 
 
-def config_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add one flag per RunConfig field (shared with `gradwatch train`)."""
+def _field_comments() -> dict[str, str]:
+    """Each RunConfig field's own comment in trainer/config.py: the flat config documents itself."""
+    source = Path(config_module.__file__).read_text()
+    return dict(re.findall(r"^    (\w+): \w+ = .*?  # (.*)$", source, re.MULTILINE))
+
+
+def config_parser(parser: Any) -> Any:
+    """Add one flag per RunConfig field (shared with `gradwatch train`), helped by its comment."""
     defaults = RunConfig()
+    comments = _field_comments()
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        text = f"{comments.get(f.name, '')} (default: {default})".strip().replace("%", "%%")
         if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default: {default})")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
-            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
-                                help=f"(default: {default})")
+            choices = CHOICES.get(f.name)
+            parser.add_argument(flag, type=kind, default=None, choices=choices, help=text,
+                                metavar="{" + ",".join(choices) + "}" if choices else f.type.upper())
     return parser
 
 
@@ -41,7 +51,11 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     return RunConfig.from_dict(values)
 
 
-def run_headless(cfg: RunConfig, data_dir: str | None = None, emit_also: Any = None) -> dict[str, Any]:
+def run_headless(cfg: RunConfig, data_dir: str | None = None, emit_also: Any = None,
+                 control: Any = None) -> dict[str, Any]:
+    """Train cfg here with a progress bar; `emit_also` sees every event, `control` may stop it."""
+    from .loop import train  # torch: imported when a run starts, not for `gradwatch --help`
+
     bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def emit(event: dict[str, Any]) -> None:
@@ -54,7 +68,7 @@ def run_headless(cfg: RunConfig, data_dir: str | None = None, emit_also: Any = N
             bar.write(f"alert at step {event['step']}: {event['message']}")
 
     try:
-        result = train(cfg, emit, data_dir=data_dir)
+        result = train(cfg, emit, control, data_dir=data_dir)
     finally:
         bar.close()
     return result
