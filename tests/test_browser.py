@@ -1,6 +1,7 @@
 """The dashboard in a real Chromium against a real server and real worker processes: launch a
-BatchNorm-on and a BatchNorm-off run from the form, watch their charts grow live, stop them
-from the runs list, and reload the page to get the same comparison back from the URL."""
+BatchNorm-on and a BatchNorm-off run from the form, watch their charts grow live, zoom and hide
+a trace, stop the runs from the list, reload the page to get the same comparison back from the
+URL, then unselect and delete one. Plus the form's 422 messages and api.js's resume by seq."""
 
 from __future__ import annotations
 
@@ -145,6 +146,17 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     page.wait_for_function(LIVE)
     page.wait_for_function("document.getElementById('chart-loss').data.filter(t => t.x.length > 0).length === 2")
     assert page.locator("#runs input.select:checked").count() == 2
+
+    # Unselecting removes the run's traces (and its id from the URL); deleting takes two clicks.
+    bn_off = rows.filter(has_text="bn-off")
+    bn_off.locator("input.select").uncheck()
+    page.wait_for_function("document.getElementById('chart-loss').data.length === 1")
+    assert bn_off.get_attribute("data-run-id") not in page.url
+    bn_off.locator(".delete").click()
+    assert rows.count() == 2  # armed, not yet deleted
+    bn_off.locator(".delete").click()
+    page.wait_for_function("document.querySelectorAll('#runs tr[data-run-id]').length === 1")
+    assert [r["name"] for r in live_server.client.get("/api/runs").json()] == ["bn-on"]
 
     assert page.errors == []
 

@@ -60,6 +60,10 @@ function layout({ xtitle = 'step', ytitle, log = false, empty = false, uirevisio
 const positive = v => (v > 0 ? v : null);
 const log10 = v => (v > 0 ? Math.log10(v) : null);
 
+// A trace's `uid` ties it to its person-made state (hidden, ...) across
+// react(). Plotly also uses it in CSS selectors, so: a letter first, no colons.
+const uid = (runId, kind) => `t-${runId.replace(/[^\w-]/g, '_')}-${kind}`;
+
 // Merge the runs' layer-name lists into one order that keeps each run's
 // forward order: runs with and without BatchNorm have different parameter
 // lists, and a shared name (the same Linear) lines up at the same x.
@@ -136,7 +140,7 @@ export class Charts {
       // The set of traces changed (or a run's buffer was rebuilt): replace them.
       fig.key = key;
       const data = traces.map(({ run, t }) => ({
-        uid: `${run.id}:${t.key}`,
+        uid: uid(run.id, t.key),
         type: 'scatter',
         mode: t.mode ?? 'lines',
         name: run.name + (t.suffix ?? ''),
@@ -181,7 +185,7 @@ export class Charts {
       const s = run.series;
       const grad = s.lastGrad();
       return {
-        uid: run.id,
+        uid: uid(run.id, 'layers'),
         type: 'scatter',
         mode: 'lines+markers',
         name: `${run.name} @ step ${s.lastStep()}`,
