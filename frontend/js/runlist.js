@@ -6,7 +6,7 @@ const ACTIVE = new Set(['queued', 'running']);
 
 const fmt = {
   step: v => (v == null ? '—' : String(v)),
-  loss: v => (v == null ? '—' : Number(v).toPrecision(4)),
+  loss: v => (v == null ? '—' : Math.abs(v) < 1e-3 && v !== 0 ? Number(v).toExponential(2) : Number(v).toPrecision(4)),
   pct: v => (v == null ? '—' : `${(100 * v).toFixed(1)}%`),
 };
 
