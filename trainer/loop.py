@@ -102,7 +102,7 @@ def train(
     pending_val: dict[int, tuple[float, float]] = {}
     outcome: list[tuple[str, str | None]] = []  # set by on_step when the run must end
 
-    probe = watch(model, opt)
+    probe = watch(model, opt, stats_every=cfg.stats_every)
     names = probe.names
     emit(events.run_started(probe.layers, str(device), models.count_params(model), cfg.to_dict()))
 
