@@ -90,8 +90,8 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     page.wait_for_function("document.getElementById('chart-loss').data.length === 2")
     page.wait_for_function(f"{LOSS_POINTS} > 0", timeout=60_000)
     first = page.evaluate(LOSS_POINTS)
-    statuses = page.locator("#runs .badge").all_text_contents()
-    assert "running" in statuses, statuses
+    # The table redraws on its own ~10 Hz clock, so wait for it rather than read it at once.
+    page.wait_for_function("[...document.querySelectorAll('#runs .badge')].some(b => b.textContent === 'running')")
     page.wait_for_function(f"{LOSS_POINTS} > {first}", timeout=60_000)
     second = page.evaluate(LOSS_POINTS)
     assert second > first
@@ -145,7 +145,7 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     page.reload()
     page.wait_for_function(LIVE)
     page.wait_for_function("document.getElementById('chart-loss').data.filter(t => t.x.length > 0).length === 2")
-    assert page.locator("#runs input.select:checked").count() == 2
+    page.wait_for_function("document.querySelectorAll('#runs input.select:checked').length === 2")
 
     # Unselecting removes the run's traces (and its id from the URL); deleting takes two clicks.
     bn_off = rows.filter(has_text="bn-off")
