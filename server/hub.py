@@ -13,6 +13,9 @@ from typing import Any
 import orjson
 
 
+RUN_RECORD_TYPES = ("run.update", "run.deleted")
+
+
 class Subscriber:
     def __init__(self, runs: set[str] | None, maxsize: int) -> None:
         self.runs = runs  # None = every run
@@ -42,8 +45,11 @@ class Hub:
         if not self.subscribers:
             return
         data = orjson.dumps(message)  # serialised once for every subscriber
+        # Run records go to everyone (a filtered page still keeps its runs list live);
+        # events only to those who asked for that run.
+        everyone = message.get("type") in RUN_RECORD_TYPES
         for sub in self.subscribers:
-            if sub.wants(run_id):
+            if everyone or sub.wants(run_id):
                 self._offer(sub, data)
 
     def _offer(self, sub: Subscriber, data: bytes) -> None:
