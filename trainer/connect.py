@@ -84,11 +84,12 @@ class Run:
 
     # ---- streaming --------------------------------------------------------------------
 
-    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> Probe:
-        """Hook optimizer.step(): from now on every step is sent, per-layer statistics included."""
+    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer, stats_every: int = 10) -> Probe:
+        """Hook optimizer.step(): from now on every step is sent, per-layer statistics included
+        (and every `stats_every` steps the costlier ones: activations, BatchNorm drift)."""
         if self.probe is not None:
             raise RuntimeError(f"run {self.id} already watches a model; call watch() once per run")
-        self.probe = watch(model, optimizer, on_step=self._on_step)
+        self.probe = watch(model, optimizer, on_step=self._on_step, stats_every=stats_every)
         device = str(self.probe.params[0].device)
         self.emit(events.run_started(self.probe.layers, device, count_params(model), self.config))
         return self.probe
