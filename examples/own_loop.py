@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -29,7 +30,8 @@ def build(name: str) -> nn.Module:
     if name == "mlp":
         return torchvision.ops.MLP(64, [128, 128, 10], norm_layer=nn.BatchNorm1d)
     net = torchvision.models.resnet18(num_classes=10)  # random init: no weights to download
-    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 3, 1), net)
+    # 64 pixels -> a 3-channel 8x8 image; named, so the dashboard's layers read "resnet.conv1.weight"
+    return nn.Sequential(OrderedDict(image=nn.Unflatten(1, (1, 8, 8)), rgb=nn.Conv2d(1, 3, 1), resnet=net))
 
 
 def main() -> int:

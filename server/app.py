@@ -9,12 +9,14 @@ from pathlib import Path
 
 import plotly
 from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import __version__
 from .hub import Hub
 from .jobs import JobManager
+from .middleware import Guard, scrub_token_logs, validation_error
 from .routes import groups, health, ingest, runs, stream
 from .security import require_token
 from .settings import Settings, SettingsError
@@ -26,6 +28,8 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    settings.ensure_token()  # auth is always on
+    scrub_token_logs()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,4 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(PLOTLY_JS, media_type="text/javascript")
 
     app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
+    app.add_middleware(Guard, settings=settings)  # Host, token, Origin, JSON-only, body size
+    app.add_exception_handler(RequestValidationError, validation_error)
     return app

@@ -34,13 +34,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
+        settings.check_data_dir()
     except SettingsError as e:
         print(f"gradwatch: {e}", file=sys.stderr)
         return 2
-    url = f"http://{'[' + settings.host + ']' if ':' in settings.host else settings.host}:{settings.port}/"
-    if settings.token:
-        url += f"?token={settings.token}"
-    print(f"gradwatch: serving the dashboard on {url}  (data in {settings.data_dir})", flush=True)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # an address a browser can open
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}/"
+    # As Jupyter: the token is in the link; opening it once signs the browser in (a cookie).
+    token = settings.token if settings.token_generated else "<GRADWATCH_TOKEN>"
+    print(f"gradwatch: serving the dashboard; open {url}?token={token}  (data in {settings.data_dir})", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 ws_max_size=8 * 1024 * 1024)
     return 0

@@ -24,6 +24,7 @@ from trainer.events import TERMINAL
 
 from .hub import Hub
 from .launcher import Handle, SubprocessLauncher, ZygoteLauncher
+from .liveness import Liveness
 from .settings import Settings
 from .store import Store
 
@@ -56,6 +57,7 @@ class JobManager:
         self._tasks: set[asyncio.Task] = set()
         self.log_dir = settings.data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.liveness = Liveness(self)  # heartbeats: silent workers become stalled, then failed
         self.launcher: SubprocessLauncher | ZygoteLauncher = (
             ZygoteLauncher(self.log_dir / "zygote.log") if settings.prefork else SubprocessLauncher())
 
@@ -66,9 +68,10 @@ class JobManager:
         for their still-living workers to reconnect, then are resolved as failed."""
         for run in reversed(self.store.list_runs(("queued",))):
             self.queue.append(run["id"])
-        for run in self.store.list_runs(("running",)):
+        for run in self.store.list_runs(("running", "stalled")):
             self._spawn(self._orphan_watch(run["id"], "the server restarted and the worker did not reconnect"))
         self._spawn(self._scheduler())
+        self._spawn(self.liveness.run())
         if isinstance(self.launcher, ZygoteLauncher):
             self._spawn(self._warm_launcher())
 

@@ -66,16 +66,17 @@ class ZygoteLauncher:
         self._ready: asyncio.Future[None] | None = None
         self._reader: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._start_lock = asyncio.Lock()
 
     async def ensure(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            return
-        with open(self.log_path, "ab") as logf:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "trainer.zygote", stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=logf, env=worker_env(), start_new_session=True)
-        self._ready = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read(self.proc))
+        async with self._start_lock:  # the warm-up and the first launch may both get here: one zygote
+            if self.proc is None or self.proc.returncode is not None:
+                with open(self.log_path, "ab") as logf:
+                    self.proc = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "trainer.zygote", stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE, stderr=logf, env=worker_env(), start_new_session=True)
+                self._ready = asyncio.get_running_loop().create_future()
+                self._reader = asyncio.create_task(self._read(self.proc))
         await asyncio.wait_for(asyncio.shield(self._ready), 120)
 
     async def launch(self, argv: list[str], env: dict[str, str], log_path: Path) -> Handle:

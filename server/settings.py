@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +20,16 @@ class Settings:
     host: str = "127.0.0.1"  # bind address; loopback by default
     port: int = 8000  # HTTP port (workers on this host connect back to it)
     data_dir: Path = Path("gradwatch-data")  # SQLite store, worker logs, dataset cache
-    token: str | None = None  # when set, every /api route but health needs it
+    token: str | None = None  # every route but health and the page shell needs it; made at start if unset
     max_concurrent: int = 2  # worker processes training at once; more runs wait queued
     max_queued: int = 100  # runs waiting beyond that are refused with 429
     stop_grace_s: float = 10.0  # a stop request waits this long for the worker before killing it
     reattach_grace_s: float = 15.0  # after a restart, how long a still-running worker has to reconnect
-    allowed_hosts: list[str] = field(default_factory=list)  # extra Host names accepted
+    allowed_hosts: list[str] = field(default_factory=list)  # extra Host names accepted (.example.com: and subdomains)
+    allowed_origins: list[str] = field(default_factory=list)  # extra browser origins (https://x:8000) besides our own
+    heartbeat_timeout_s: float = 10.0  # a connected worker silent this long is `stalled` (it beats every second)
+    stalled_timeout_s: float = 60.0  # a run stalled this long more is `failed`, its worker killed
+    token_generated: bool = False  # True when no token was given and one was made at start
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -33,6 +38,7 @@ class Settings:
         conv = {
             "host": str, "port": int, "data_dir": Path, "token": str, "max_concurrent": int,
             "max_queued": int, "stop_grace_s": float, "reattach_grace_s": float,
+            "heartbeat_timeout_s": float, "stalled_timeout_s": float,
         }
         for name, kind in conv.items():
             raw = env.get(f"GRADWATCH_{name.upper()}")
@@ -42,13 +48,22 @@ class Settings:
                 setattr(s, name, kind(raw))
             except ValueError as e:
                 raise SettingsError(f"GRADWATCH_{name.upper()}={raw!r}: {e}") from e
-        if env.get("GRADWATCH_ALLOWED_HOSTS"):
-            s.allowed_hosts = [h.strip() for h in env["GRADWATCH_ALLOWED_HOSTS"].split(",") if h.strip()]
+        for name in ("allowed_hosts", "allowed_origins"):
+            if env.get(f"GRADWATCH_{name.upper()}"):
+                setattr(s, name, [h.strip() for h in env[f"GRADWATCH_{name.upper()}"].split(",") if h.strip()])
         for name, value in overrides.items():
             if value is not None:
                 setattr(s, name, Path(value) if name == "data_dir" else value)
         s.validate()
+        s.ensure_token()
         return s
+
+    def ensure_token(self) -> str:
+        """Auth is always on: without GRADWATCH_TOKEN, a random token for this server's life."""
+        if self.token is None:
+            self.token = secrets.token_urlsafe(24)
+            self.token_generated = True
+        return self.token
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -59,6 +74,26 @@ class Settings:
             raise SettingsError(f"GRADWATCH_MAX_QUEUED must be 0 or more, got {self.max_queued}")
         if self.token is not None and len(self.token) < 8:
             raise SettingsError("GRADWATCH_TOKEN must be at least 8 characters")
+        if self.token is None and not self.loopback:
+            raise SettingsError(
+                f"refusing to listen on {self.host} without GRADWATCH_TOKEN: anyone who can reach this port "
+                "could start jobs on this machine. Set GRADWATCH_TOKEN to a long random secret "
+                "(e.g. `openssl rand -hex 16`), or listen on 127.0.0.1")
+        for name in ("heartbeat_timeout_s", "stalled_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"GRADWATCH_{name.upper()} must be more than 0, got {getattr(self, name)}")
+
+    def check_data_dir(self) -> None:
+        """The data dir exists (or can be made) and takes a write: else a clear SettingsError now,
+        not a traceback from deep inside the first request."""
+        probe = self.data_dir / ".gradwatch-write-test"
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise SettingsError(f"data dir {self.data_dir} is not writable ({e.strerror or e}): "
+                                "choose another with --data-dir or GRADWATCH_DATA_DIR") from e
 
     @property
     def loopback(self) -> bool:

@@ -4,6 +4,7 @@ real worker processes) and helpers that wait on conditions instead of sleeping."
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -42,8 +43,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
 class LiveServer:
     data_dir: Path
     port: int = field(default_factory=free_port)
-    token: str | None = None
+    # Auth is always on: every test server has its own token, and `client` sends it.
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     env: dict[str, str] = field(default_factory=dict)
+    log_level: str = "warning"  # "info" adds uvicorn's access log
     proc: subprocess.Popen | None = None
     client: httpx.Client | None = None
 
@@ -53,17 +56,14 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env.pop("GRADWATCH_TOKEN", None)
-        if self.token:
-            env["GRADWATCH_TOKEN"] = self.token
+        env["GRADWATCH_TOKEN"] = self.token
         self.log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), "--log-level", "warning"],
+             "--data-dir", str(self.data_dir), "--log-level", self.log_level],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
         wait_for(self._healthy, timeout=60, what=f"server on port {self.port} to answer /api/health")
         return self
 
@@ -106,7 +106,15 @@ class LiveServer:
         return wait_for(lambda: (lambda r: r if r["status"] in statuses else None)(self.run(run_id)),
                         timeout=timeout, interval=0.1, what=f"run {run_id} to become {'/'.join(statuses)}")
 
-    def ws_url(self, path: str) -> str:
+    @property
+    def browser_url(self) -> str:
+        """What a person opens: the token is exchanged for a session cookie and leaves the URL."""
+        return f"{self.url}/?token={self.token}"
+
+    def ws_url(self, path: str, auth: bool = True) -> str:
+        """A websocket URL; with auth, carrying ?token= (as non-browser clients may)."""
+        if auth and not path.startswith("/api/ingest/"):
+            path += ("&" if "?" in path else "?") + f"token={self.token}"
         return f"ws://127.0.0.1:{self.port}{path}"
 
 

@@ -141,13 +141,13 @@ def test_a_token_guards_every_api_route_and_websocket(tmp_path) -> None:
         assert anon.get("/api/runs", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
         assert server.client.get("/api/runs").status_code == 200
         with pytest.raises(InvalidStatus):
-            connect(server.ws_url("/api/stream"), open_timeout=10)
-        with connect(server.ws_url("/api/stream"), open_timeout=10,
+            connect(server.ws_url("/api/stream", auth=False), open_timeout=10)
+        with connect(server.ws_url("/api/stream", auth=False), open_timeout=10,
                      additional_headers={"Authorization": "Bearer s3cret-token-123"}) as ws:
             run = server.create_run(FAST)
             first = orjson.loads(ws.recv(timeout=30))
             assert first["run_id"] == run["id"]
-        with connect(server.ws_url("/api/stream?token=s3cret-token-123"), open_timeout=10):
+        with connect(server.ws_url("/api/stream?token=s3cret-token-123", auth=False), open_timeout=10):
             pass
         # a worker's ingest socket takes only its own run's token
         with pytest.raises(InvalidStatus):

@@ -14,6 +14,7 @@ ALERT = "alert"
 INTERVENTION = "intervention"
 RUN_FINISHED = "run.finished"
 DROPPED = "dropped"
+HEARTBEAT = "heartbeat"  # sender -> server when idle, about every second; not an event (no seq, not stored)
 
 # Final statuses a run can end in.
 TERMINAL = ("completed", "stopped", "failed", "diverged")

@@ -28,6 +28,8 @@ from .config import RunConfig
 from .loop import Control, train
 
 MAX_BATCH = 512  # events per websocket message
+HEARTBEAT_S = 1.0  # an idle sender says it is alive this often; the server marks a silent run `stalled`
+HEARTBEAT = orjson.dumps({"type": events.HEARTBEAT})  # not an event: no seq, not stored
 
 
 class IngestClient:
@@ -119,18 +121,28 @@ class IngestClient:
         self.hello_ready.set()
         reader = threading.Thread(target=self._read, args=(ws,), daemon=True, name="gradwatch-reader")
         reader.start()
+        # From this thread, not the training loop's: the beat says the process lives and its
+        # connection works even while one step takes minutes.
+        last_send = time.monotonic()
         while reader.is_alive():
             with self._cond:
-                while self._sent >= self._seq and not self._closing and reader.is_alive():
+                while self._sent >= self._seq and not self._closing and reader.is_alive() \
+                        and time.monotonic() - last_send < HEARTBEAT_S:
                     self._cond.wait(0.2)
                 if self._closing and self._acked >= self._seq:
                     return
                 batch = [e for s, e in self._outbox if s > self._sent][:MAX_BATCH]
+                if not batch and self._closing:  # all sent, waiting for the last acks
+                    self._cond.wait(0.05)
             if batch:
                 # Serialised here, off the training thread.
                 ws.send(b'{"type":"batch","events":' + orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY) + b"}")
                 with self._cond:
                     self._sent = max(self._sent, batch[-1]["seq"])
+                last_send = time.monotonic()
+            elif time.monotonic() - last_send >= HEARTBEAT_S:
+                ws.send(HEARTBEAT)
+                last_send = time.monotonic()
         # The reader ended: the connection is gone; _run reconnects and resends after _acked.
 
     def _read(self, ws: Any) -> None:

@@ -2,6 +2,7 @@
 
 server → worker, on connect: {"type": "hello", "run_id", "acked_seq", "config"}
 worker → server: {"type": "batch", "events": [{"type", "seq", ...}, ...]}
+                 {"type": "heartbeat"} when it has nothing to send for a second (not stored, not acked)
 server → worker: {"type": "ack", "seq": last stored seq}, and {"type": "control", ...}
 The run's own token is checked before accept(); a wrong one is closed with 1008.
 """
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
-from trainer.events import TERMINAL
+from trainer.events import HEARTBEAT, TERMINAL
 
 from ..security import bearer, token_matches
 
@@ -38,6 +39,7 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
         await ws.close(code=status.WS_1008_POLICY_VIOLATION)
         return
     jobs.attach(run_id, ws)
+    jobs.liveness.seen(run_id)
     try:
         await ws.send_json({"type": "hello", "run_id": run_id, "acked_seq": run["last_seq"],
                             "config": run["config"]})
@@ -50,6 +52,9 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
             if len(data) > MAX_INGEST_MESSAGE:
                 await ws.close(code=status.WS_1009_MESSAGE_TOO_BIG)
                 break
+            jobs.liveness.seen(run_id)
+            if len(data) < 64 and _is_heartbeat(data):
+                continue
             events = _parse_batch(data)
             if events is None:
                 await ws.close(code=status.WS_1003_UNSUPPORTED_DATA, reason="expected a batch of events")
@@ -62,6 +67,14 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
         jobs.detach(run_id, ws)
         with contextlib.suppress(Exception):
             await ws.close()
+
+
+def _is_heartbeat(data: bytes) -> bool:
+    try:
+        msg = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(msg, dict) and msg.get("type") == HEARTBEAT
 
 
 def _parse_batch(data: bytes) -> list[dict[str, Any]] | None:
