@@ -162,3 +162,44 @@ def test_connect_names_an_unreachable_server_and_a_wrong_token(live_server: Live
     finally:
         if server is not live_server:
             server.stop()
+
+
+TINY_LOOP = """
+import torch
+from trainer import connect
+
+def train(run, steps=5):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run.watch(model, opt)
+    for _ in range(steps):
+        loss = model(torch.randn(16, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        run.record(loss)
+        opt.step()
+"""
+
+
+def test_an_exception_or_a_forgotten_finish_ends_the_run_failed_with_every_step(live_server: LiveServer) -> None:
+    scope: dict = {}
+    exec(TINY_LOOP, scope)  # the same five-step loop, here and in a script below
+    with pytest.raises(RuntimeError, match="boom"), \
+            scope["connect"](live_server.url, token=live_server.token, name="boom") as run:
+        scope["train"](run)
+        raise RuntimeError("boom")
+    failed = live_server.wait_status(run.id, ("failed",), timeout=10)
+    assert failed["error"] == "RuntimeError: boom" and failed["summary"]["step"] == 5
+
+    # A script that never calls finish(): its buffered steps still land, and the reason says why.
+    script = TINY_LOOP + f"""
+run = connect({live_server.url!r}, token={live_server.token!r}, name="forgetful")
+train(run)
+print(run.id)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    forgetful = live_server.wait_status(done.stdout.strip(), ("failed",), timeout=10)
+    assert forgetful["error"] == "the script exited without calling run.finish()"
+    assert full_history(live_server, forgetful["id"])["step"] == [1, 2, 3, 4, 5]
