@@ -17,7 +17,7 @@ from . import __version__
 from .hub import Hub
 from .jobs import JobManager
 from .middleware import Guard, scrub_token_logs, validation_error
-from .routes import groups, health, ingest, runs, stream
+from .routes import groups, health, ingest, presets, runs, stream
 from .security import require_token
 from .settings import Settings, SettingsError
 from .store import Store
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(runs.router, dependencies=guarded)
     app.include_router(groups.router, dependencies=guarded)
+    app.include_router(presets.router, dependencies=guarded)
     app.include_router(stream.router)  # websockets check the token themselves, before accept()
     app.include_router(ingest.router)
 

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from trainer.config import CHOICES, LIMITS, LIVE_FIELDS, RunConfig
+from trainer.presets import PRESETS, resolve
 
 _PY = {"bool": bool, "int": int, "float": float, "str": str}
 
@@ -57,7 +58,16 @@ class RunCreate(BaseModel):
     # True: the caller's own loop streams into this run (trainer.connect); nothing is launched,
     # and `config` is the caller's own description of it. Declared before `config`, which reads it.
     external: bool = False
+    # A preset (trainer/presets.py) fills the config; the fields given in `config` override it.
+    preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
     config: RunConfigIn = Field(default_factory=RunConfigIn)  # type: ignore[valid-type]
+
+    @field_validator("preset")
+    @classmethod
+    def _no_preset_for_external_runs(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("external") is True:
+            raise ValueError("an external run trains its own model: it takes no preset")
+        return value
 
     @field_validator("config", mode="wrap")
     @classmethod
@@ -77,6 +87,9 @@ class RunCreate(BaseModel):
         """What the run stores: every RunConfig field, or an external run's object as given."""
         if self.external:
             return self.config if isinstance(self.config, dict) else {}
+        if self.preset is not None:  # the preset, then only the fields the caller gave
+            given = self.config.model_dump(include=self.config.model_fields_set)
+            return resolve(self.preset, given).to_dict()  # ConfigError on a bad combination
         return self.config.model_dump()
 
 

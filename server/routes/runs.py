@@ -11,6 +11,8 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from trainer.config import ConfigError
+
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
 from ..schemas import Metrics, Run, RunChange, RunCreate, RunCreated
 from ..store import SERIES_LAYERS, Store
@@ -26,7 +28,11 @@ def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> dict[st
     if jobs.queued_count >= settings.max_queued:
         raise HTTPException(429, f"{jobs.queued_count} runs are already queued (limit {settings.max_queued}); "
                                  "wait for some to finish or stop them")
-    run = jobs.create(body.name, body.config_dict())
+    try:
+        config = body.config_dict()
+    except ConfigError as e:  # a preset with overrides that do not fit together (e.g. too many parameters)
+        raise HTTPException(422, [{"loc": ["body", "config", e.field], "msg": e.reason, "type": "value_error"}]) from e
+    run = jobs.create(body.name or body.preset, config)
     return jobs.view(run)
 
 
