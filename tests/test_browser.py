@@ -21,6 +21,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 # Points plotted on the loss chart, summed over its traces (Plotly keeps them on the div).
 LOSS_POINTS = "(document.getElementById('chart-loss').data || []).reduce((n, t) => n + t.x.length, 0)"
+# The loss chart's runs: one legend entry each (a smoothed line; its faint raw line has none).
+LOSS_RUNS = "document.getElementById('chart-loss').data.filter(t => t.showlegend !== false)"
 LIVE = "document.querySelector('#conn').textContent === 'live'"
 
 
@@ -87,7 +89,7 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     assert by_name["bn-off"]["config"]["batchnorm"] is False
 
     # New runs are selected: one loss trace each, and points arrive while they run.
-    page.wait_for_function("document.getElementById('chart-loss').data.length === 2")
+    page.wait_for_function(f"{LOSS_RUNS}.length === 2")
     page.wait_for_function(f"{LOSS_POINTS} > 0", timeout=60_000)
     first = page.evaluate(LOSS_POINTS)
     # The table redraws on its own ~10 Hz clock, so wait for it rather than read it at once.
@@ -144,13 +146,13 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     assert "runs=" in page.url
     page.reload()
     page.wait_for_function(LIVE)
-    page.wait_for_function("document.getElementById('chart-loss').data.filter(t => t.x.length > 0).length === 2")
+    page.wait_for_function(f"{LOSS_RUNS}.filter(t => t.x.length > 0).length === 2")
     page.wait_for_function("document.querySelectorAll('#runs input.select:checked').length === 2")
 
     # Unselecting removes the run's traces (and its id from the URL); deleting takes two clicks.
     bn_off = rows.filter(has_text="bn-off")
     bn_off.locator("input.select").uncheck()
-    page.wait_for_function("document.getElementById('chart-loss').data.length === 1")
+    page.wait_for_function(f"{LOSS_RUNS}.length === 1")
     assert bn_off.get_attribute("data-run-id") not in page.url
     bn_off.locator(".delete").click()
     assert rows.count() == 2  # armed, not yet deleted

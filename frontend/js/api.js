@@ -40,6 +40,14 @@ export function createApi(token = null, base = globalThis.location) {
     changeRun: (id, changes) => request('PATCH', run(id), changes), // l2 / lr / grad_clip, live
     metrics: (id, since = 0, maxPoints = 2000) =>
       request('GET', `${run(id)}/metrics?since=${since}&max_points=${maxPoints}`),
+    // Layer x step min/max buckets of one statistic (grad_norm | weight_norm | update_ratio).
+    heatmap: (id, stat, maxPoints) => request('GET', `${run(id)}/heatmap?stat=${stat}&max_points=${maxPoints}`),
+    // A plain link: the browser downloads it itself (the session cookie rides
+    // along), so a big run never sits in the page's memory.
+    exportUrl: (id, format) => `${run(id)}/export?format=${format}`,
+    createGroup: body => request('POST', '/api/groups', body),
+    listGroups: () => request('GET', '/api/groups'),
+    group: id => request('GET', `/api/groups/${encodeURIComponent(id)}`),
     streamUrl() {
       const url = new URL('/api/stream', base.href);
       url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -67,10 +75,12 @@ function topSeq(cols, since) {
 //   open(reconnected)    the socket is open (after a drop when reconnected)
 //   resync()             the server dropped messages for us (run records may be stale)
 //   gone(id)             /metrics said 404: the run no longer exists
+// `maxPoints()`: how many steps of history to ask for (about the charts' width).
 export class Stream {
-  constructor(api, handlers) {
+  constructor(api, handlers, { maxPoints = () => 2000 } = {}) {
     this.api = api;
     this.on = handlers;
+    this.maxPoints = maxPoints;
     this.runs = new Map(); // run id -> {lastSeq, pending, inFlight, again, retry}
     this.ws = null;
     this.attempt = 0;      // consecutive failed connects, for the backoff
@@ -99,7 +109,7 @@ export class Stream {
     entry.pending = [];
     let failed = false;
     try {
-      const cols = await this.api.metrics(id, entry.lastSeq);
+      const cols = await this.api.metrics(id, entry.lastSeq, this.maxPoints());
       if (this.runs.get(id) !== entry) return; // unwatched while fetching
       const since = entry.lastSeq;
       entry.lastSeq = topSeq(cols, since);

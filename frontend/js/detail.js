@@ -1,5 +1,5 @@
 // The details panel of the focused run: status and why it ended badly, its
-// config, its recent events (alerts, interventions, the finish), and, while
+// config, CSV/JSON export links, its recent events (alerts, interventions, the finish), and, while
 // it runs, a small form that changes l2 / lr / grad_clip before its next step
 // (PATCH /api/runs/{id}; the worker applies it and logs an intervention).
 
@@ -41,6 +41,8 @@ export class DetailPanel {
       name: q('.detail-name'), status: q('.badge'), problem: q('.problem'), config: q('.config'),
       events: q('.events'), change: q('form.live'), changeError: q('form.live .form-error'),
     };
+    this.api = api;
+    this.exports = [...root.querySelectorAll('a.export')];
     q('.copy-config').addEventListener('click', () => this.run && onCopy(this.run));
     this.el.change.addEventListener('submit', ev => { ev.preventDefault(); this.apply(api); });
   }
@@ -78,6 +80,10 @@ export class DetailPanel {
     el.status.textContent = run.status;
     el.status.className = `badge status-${run.status}`;
     el.problem.textContent = problem(run);
+    for (const a of this.exports) {
+      a.href = this.api.exportUrl(run.id, a.dataset.format);
+      a.download = `gradwatch-${run.id}.${a.dataset.format}`;
+    }
     const config = Object.entries(run.config ?? {}).map(([k, v]) => `${k}=${v}`).join('  ');
     if (el.config.textContent !== config) el.config.textContent = config;
 

@@ -1,12 +1,19 @@
 // Wiring: the URL state, the REST/websocket client, the run records and
-// their buffers, the runs table, the launch form and the charts.
+// their buffers, and the page's parts (runs table, launch form, details
+// panel, group card, chips, settings, scrubber, charts).
 
-import { createState, assignColors, hashColor } from './state.js';
+import { createState } from './state.js';
+import { assignColors, hashColor } from './colors.js';
 import { createApi, ApiError, Stream } from './api.js';
 import { RunSeries } from './series.js';
 import { Charts } from './charts.js';
 import { RunList } from './runlist.js';
 import { DetailPanel } from './detail.js';
+import { GroupPanel, ablationBody, gridOf } from './group.js';
+import { renderChips } from './chips.js';
+import { Scrubber } from './scrubber.js';
+import { runMarks } from './markers.js';
+import { downloadPng } from './plot.js';
 import { readForm, fillForm, clearErrors, showErrors, detailErrors } from './form.js';
 
 const $ = sel => document.querySelector(sel);
@@ -15,16 +22,18 @@ const api = createApi(new URLSearchParams(location.search).get('token'));
 const state = createState();
 const runs = new Map();   // run id -> run record (docs/api.md), as the server last said
 const series = new Map(); // run id -> RunSeries, for the selected runs only
-const charts = new Charts();
+const charts = new Charts(api);
 const form = $('#launch');
 let colors = new Map();
+let groups = [];          // GET /api/groups
+let group = null;         // GET /api/groups/{state.group}, or null
+
+// Steps of history to ask for: about two per pixel of the line charts.
+const historyPoints = () => Math.max(400, Math.min(2000, 2 * ($('#chart-loss').clientWidth || 600)));
 
 const runList = new RunList($('#runs tbody'), {
   select: (id, on) => select(id, on),
-  focus: id => {
-    if (!state.get().selected.includes(id)) select(id, true);
-    state.set({ focus: id, heatmap: null }); // the heatmap follows the focus again
-  },
+  focus: id => focus(id),
   stop: id => act(() => api.stopRun(id).then(upsert)),
   remove: id => act(() => api.deleteRun(id).then(() => forget(id))),
 });
@@ -33,6 +42,13 @@ const detail = new DetailPanel($('#detail'), {
   api,
   onCopy: run => fillForm(form, run.config ?? {}, run.name ? `${run.name} (copy)` : ''),
 });
+
+const groupPanel = new GroupPanel($('#group'), $('#group-pick'), {
+  onPick: id => pickGroup(id),
+  onFocus: id => focus(id),
+});
+
+const scrubber = new Scrubber($('#scrubber'), step => state.set({ step }));
 
 const stream = new Stream(api, {
   run(msg) {
@@ -44,15 +60,15 @@ const stream = new Stream(api, {
     if (!s) return;
     s.addHistory(cols, since);
     const last = s.length - 1;
-    if (last >= 0) latest(id, s.step[last], s.loss[last], s.accuracy[last]);
+    if (last >= 0) latest(id, s.step.get(last), s.loss.get(last), s.accuracy.get(last));
     charts.touch();
     render();
   },
   event(msg) {
     series.get(msg.run_id)?.addEvent(msg);
     if (msg.type === 'metrics') latest(msg.run_id, msg.step, msg.loss, msg.accuracy);
+    else render(); // a marker, a status: the views below change
     charts.touch();
-    render();
   },
   gone: id => forget(id),
   open(reconnected) {
@@ -68,7 +84,7 @@ const stream = new Stream(api, {
       ? `reconnecting in ${(info.delay / 1000).toFixed(1)} s` + (info.reason ? ` (${info.reason})` : '')
       : status;
   },
-});
+}, { maxPoints: historyPoints });
 
 // ---- runs and selection
 
@@ -80,7 +96,11 @@ function newestFirst() {
 // at the newest step the page has seen.
 function latest(id, step, loss, accuracy) {
   const run = runs.get(id);
-  if (run && step > (run.summary?.step ?? -1)) run.summary = { ...run.summary, step, loss, accuracy };
+  const num = v => (Number.isFinite(v) ? v : null);
+  if (run && step > (run.summary?.step ?? -1)) {
+    run.summary = { ...run.summary, step, loss: num(loss), accuracy: num(accuracy) };
+    render();
+  }
 }
 
 function upsert(run) {
@@ -91,18 +111,23 @@ function upsert(run) {
   if (old && (old.step ?? -1) > (run.summary?.step ?? -1)) {
     run.summary = { ...run.summary, step: old.step, loss: old.loss, accuracy: old.accuracy };
   }
+  const known = runs.has(run.id);
   runs.set(run.id, run);
+  if (run.group_id && !groups.some(g => g.id === run.group_id)) loadGroups();
+  if (group && run.group_id === group.id && (!known || !group.cells.some(c => c.run_id === run.id))) refreshGroup();
   render();
 }
 
 function forget(id) {
   runs.delete(id);
-  const { selected, focus, heatmap } = state.get();
+  charts.forget(id);
+  const { selected, focus: f, heatmap } = state.get();
   state.set({
     selected: selected.filter(s => s !== id),
-    focus: focus === id ? null : focus,
+    focus: f === id ? null : f,
     heatmap: heatmap === id ? null : heatmap,
   });
+  if (group?.cells.some(c => c.run_id === id)) refreshGroup();
   render();
 }
 
@@ -110,6 +135,11 @@ function select(id, on) {
   const selected = state.get().selected.filter(s => s !== id);
   if (on) selected.push(id); // last = most recently selected
   state.set({ selected });
+}
+
+function focus(id) {
+  if (!state.get().selected.includes(id)) select(id, true);
+  state.set({ focus: id, heatmap: null }); // the heatmap follows the focus again
 }
 
 // A button's request: show a failure instead of swallowing it.
@@ -130,54 +160,131 @@ function flash(text, sticky = false) {
 // The run whose heatmap is shown: the one chosen, else the focused one, else
 // the most recently selected.
 function heatmapRun() {
-  const { selected, focus, heatmap } = state.get();
+  const { selected, focus: f, heatmap } = state.get();
   if (selected.includes(heatmap)) return heatmap;
-  if (selected.includes(focus)) return focus;
+  if (selected.includes(f)) return f;
   return selected[selected.length - 1] ?? null;
 }
 
+// ---- groups
+
+async function loadGroups() {
+  if (loadGroups.busy) return;
+  loadGroups.busy = true;
+  try {
+    groups = await api.listGroups();
+  } catch (err) {
+    console.warn('gradwatch: listing groups failed:', err);
+  } finally {
+    loadGroups.busy = false;
+  }
+  render();
+}
+
+// Refetch the shown group (its cells, their summaries), coalesced.
+function refreshGroup() {
+  if (refreshGroup.timer) return;
+  refreshGroup.timer = setTimeout(async () => {
+    refreshGroup.timer = null;
+    const id = state.get().group;
+    if (!id) { setGroup(null); return; }
+    try {
+      const g = await api.group(id);
+      if (state.get().group === id) setGroup(g);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) state.set({ group: null });
+      else console.warn('gradwatch: loading group failed:', err);
+    }
+  }, 50);
+}
+
+function setGroup(g) {
+  group = g;
+  const grid = g ? gridOf(g) : { rows: 1, cols: 1, cells: [] };
+  charts.setGroup(grid.cells, grid);
+  for (const run of g?.runs ?? []) if (!runs.has(run.id)) runs.set(run.id, run);
+  render();
+}
+
+// Picking a group selects its runs (overlaid on the main charts) and shows its card.
+async function pickGroup(id) {
+  if (!id) { state.set({ group: null }); return; }
+  try {
+    const g = await api.group(id);
+    for (const run of g.runs) upsert(run);
+    const ids = g.runs.map(r => r.id);
+    state.set({ group: id, selected: ids, focus: ids.includes(state.get().focus) ? state.get().focus : ids[0] ?? null, heatmap: null });
+    setGroup(g);
+  } catch (err) {
+    flash(err instanceof ApiError ? `${err.status}: ${err.message}` : String(err));
+  }
+}
+
+// While cells train, the group's answer (best validation accuracy) is refetched now and then.
+setInterval(() => {
+  if (group?.cells.some(c => ['queued', 'running'].includes(runs.get(c.run_id)?.status ?? c.status))) refreshGroup();
+}, 3000);
+
+// ---- state -> charts
+
 // State changed: keep buffers, the stream's filter and the charts in step.
 function applyState() {
-  const { selected, focus } = state.get();
+  const { selected } = state.get();
   for (const id of series.keys()) if (!selected.includes(id)) series.delete(id);
   for (const id of selected) if (!series.has(id)) series.set(id, new RunSeries(id));
   stream.setWatched(selected);
-  colors = assignColors([...runs.values()], selected);
-  charts.setRuns(selected.map(id => ({
-    id,
-    name: runs.get(id)?.name || id,
-    color: colors.get(id) ?? hashColor(id),
-    focused: id === focus,
-    series: series.get(id),
-  })));
-  charts.setHeatmapRun(heatmapRun());
+  updateViews();
 }
 
-state.subscribe(() => { applyState(); render(); });
+// What the charts draw for each selected run: its buffers, color, and markers.
+function updateViews() {
+  const { selected, focus: f, smooth, scale, step, stat } = state.get();
+  colors = assignColors([...runs.values()], selected);
+  charts.setRuns(selected.map(id => {
+    const s = series.get(id);
+    const run = runs.get(id);
+    return {
+      id, name: run?.name || id, color: colors.get(id) ?? hashColor(id), focused: id === f, series: s,
+      marks: runMarks(s, run), marksKey: `${s.marksVersion}|${run?.status}|${run?.summary?.diverged_step}`,
+    };
+  }));
+  charts.setView({ smooth, scale, step, stat, heatRun: heatmapRun() });
+}
+
+state.subscribe((s, changed) => {
+  if (changed.includes('group')) refreshGroup();
+  applyState();
+  render();
+});
 
 // ---- rendering (coalesced: run.update and metrics can come every step)
 
 let renderTimer = null;
-let lastNames = '';
 function render() {
   if (renderTimer) return;
   renderTimer = setTimeout(() => {
     renderTimer = null;
-    const { selected, focus } = state.get();
-    colors = assignColors([...runs.values()], selected);
-    // A run record arriving (or renamed) for a selected run changes legends and colors.
-    const names = selected.map(id => `${id}=${runs.get(id)?.name ?? ''}${colors.get(id)}`).join(',');
-    if (names !== lastNames) { lastNames = names; applyState(); }
-    runList.render(newestFirst(), { selected: new Set(selected), focus, colors });
+    const { selected, focus: f } = state.get();
+    updateViews();
+    runList.render(newestFirst(), { selected: new Set(selected), focus: f, colors });
     $('#runs-empty').hidden = runs.size > 0;
     renderHeatmapSelect();
-    detail.render(runs.get(focus), colors.get(focus), series.get(focus)?.events);
+    renderSettings();
+    renderChips($('#chips'), selected.map(id => ({
+      id, name: runs.get(id)?.name || id, color: colors.get(id), focused: id === f, config: runs.get(id)?.config ?? {},
+    })), focus);
+    renderScrubber();
+    groupPanel.setGroups(groups, state.get().group);
+    if (groupPanel.render(group, { runs, series, colors, focus: f }) && group) {
+      globalThis.Plotly.Plots.resize($('#chart-group')); // drawn while hidden: size it now
+    }
+    detail.render(runs.get(f), colors.get(f), series.get(f)?.events);
   }, 100);
 }
 
 function renderHeatmapSelect() {
   const pick = $('#heatmap-run');
-  const { selected } = state.get();
+  const { selected, stat } = state.get();
   const want = selected.map(id => `${id}:${runs.get(id)?.name ?? id}`).join(',');
   if (pick.dataset.options !== want) {
     pick.dataset.options = want;
@@ -185,32 +292,84 @@ function renderHeatmapSelect() {
   }
   pick.value = heatmapRun() ?? '';
   pick.disabled = !selected.length;
+  $('#heatmap-stat').value = stat;
 }
 
-// ---- launch form
+function renderSettings() {
+  const { smooth, scale } = state.get();
+  const slider = $('#smooth');
+  if (document.activeElement !== slider) slider.value = smooth;
+  $('#smooth-value').textContent = smooth.toFixed(2);
+  for (const b of document.querySelectorAll('[data-scale]')) b.setAttribute('aria-pressed', String(b.dataset.scale === scale));
+}
+
+function renderScrubber() {
+  const { selected, step } = state.get();
+  let min = null, max = null;
+  const marks = [];
+  for (const id of selected) {
+    const s = series.get(id);
+    if (!s?.length) continue;
+    min = min == null ? s.firstStep() : Math.min(min, s.firstStep());
+    max = max == null ? s.lastStep() : Math.max(max, s.lastStep());
+    for (const m of runMarks(s, runs.get(id))) marks.push({ ...m, color: colors.get(id) });
+  }
+  scrubber.render({ min, max, step, marks });
+}
+
+// ---- launch form and the ablation button
 
 form.addEventListener('input', ev => { if (ev.target.name) clearErrors(form, ev.target.name); });
 form.addEventListener('submit', async ev => {
   ev.preventDefault();
-  clearErrors(form);
-  const read = readForm(form);
-  if (read.errors) { showErrors(form, read.errors); return; }
-  const start = $('#start');
-  start.disabled = true;
-  try {
-    const run = await api.createRun(read.name, read.config);
+  await submit($('#start'), read => api.createRun(read.name, read.config), run => {
     upsert(run);
     select(run.id, true); // a new run is what the person wants to watch
     state.set({ focus: run.id });
+  });
+});
+
+$('#ablate').addEventListener('click', () => submit($('#ablate'), read => api.createGroup(ablationBody(read.name, read.config)), g => {
+  for (const run of g.runs) upsert(run);
+  groups = [g, ...groups.filter(x => x.id !== g.id)];
+  const ids = g.runs.map(r => r.id);
+  state.set({ group: g.id, selected: ids, focus: ids[0] ?? null, heatmap: null, step: null });
+  setGroup(g);
+}));
+
+// Read the form, send it, show the server's 422 next to the fields it names.
+async function submit(button, send, done) {
+  clearErrors(form);
+  const read = readForm(form);
+  if (read.errors) { showErrors(form, read.errors); return; }
+  button.disabled = true;
+  try {
+    done(await send(read));
   } catch (err) {
     if (err instanceof ApiError && err.status === 422) showErrors(form, detailErrors(err.detail));
     else showErrors(form, [{ field: null, msg: err instanceof ApiError ? `${err.status}: ${err.message}` : String(err) }]);
   } finally {
-    start.disabled = false;
+    button.disabled = false;
   }
-});
+}
+
 $('#defaults').addEventListener('click', () => { form.reset(); clearErrors(form); });
+
+// ---- chart settings and downloads
+
 $('#heatmap-run').addEventListener('change', ev => state.set({ heatmap: ev.target.value || null }));
+$('#heatmap-stat').addEventListener('change', ev => state.set({ stat: ev.target.value }));
+$('#smooth').addEventListener('input', ev => {
+  state.set({ smooth: Number(ev.target.value) });
+  $('#smooth-value').textContent = Number(ev.target.value).toFixed(2);
+});
+for (const b of document.querySelectorAll('[data-scale]')) b.addEventListener('click', () => state.set({ scale: b.dataset.scale }));
+document.addEventListener('click', ev => {
+  const b = ev.target.closest('button.png');
+  if (!b) return;
+  const div = document.getElementById(b.dataset.chart);
+  downloadPng(div, b.dataset.chart.replace(/^chart-/, '')).catch(err => flash(`PNG: ${err.message ?? err}`));
+});
 
 // ---- start
 
@@ -237,8 +396,10 @@ async function loadRuns() {
 }
 
 function initialSelection() {
-  const { selected } = state.get();
-  if (!state.explicit.selected) {
+  const { selected, group: g } = state.get();
+  if (!state.explicit.selected && g) {
+    pickGroup(g); // a link to a group: its runs
+  } else if (!state.explicit.selected) {
     // First visit without a selection: show what is running, else the newest run.
     const all = newestFirst();
     const active = all.filter(r => r.status === 'running' || r.status === 'queued').slice(0, 4);
@@ -249,6 +410,11 @@ function initialSelection() {
   }
 }
 
+// For tests and the benchmark: the page's state and its drawing clock.
+globalThis.gradwatch = { state, runs, series, charts, get group() { return group; } };
+
 stream.connect();
 applyState(); // draw what the URL selected while the list loads
+if (state.get().group) refreshGroup();
 loadRuns();
+loadGroups();

@@ -1,28 +1,92 @@
 // Per-run columnar buffers: history from /metrics and live `metrics` events
-// land in the same arrays, which the charts hand to Plotly. No DOM.
+// land in the same typed arrays, which the charts read. No DOM.
 //
 // api.js guarantees what arrives here is in seq order and never twice; this
-// module only appends, and thins the arrays when they grow past MAX_POINTS so
-// a 100k-step run does not make every redraw slower.
+// module only appends, and thins the arrays (every other point) when they grow
+// past `cap`, so a 100k-step run does not make every redraw slower.
+// Non-finite values arrive as null (JSON has no NaN) and are stored as NaN.
 
-const MAX_POINTS = 4000;
+export const LAYER_STATS = ['grad_norm', 'weight_norm', 'update_ratio'];
+const MAX_EVENTS = 200;  // the details panel's list
+const MAX_ALERTS = 500;  // alert markers kept per run (the newest)
+
+// A growable Float64Array (or a rows x width Float32Array matrix when width > 1).
+class Column {
+  constructor(width = 1, Type = Float64Array) {
+    this.width = width;
+    this.Type = Type;
+    this.buf = new Type(64 * width);
+    this.length = 0;
+  }
+
+  grow() {
+    const next = new this.Type(this.buf.length * 2);
+    next.set(this.buf);
+    this.buf = next;
+  }
+
+  push(v) {
+    if ((this.length + 1) * this.width > this.buf.length) this.grow();
+    this.buf[this.length++] = v ?? NaN;
+  }
+
+  pushRow(row) {
+    if ((this.length + 1) * this.width > this.buf.length) this.grow();
+    const at = this.length * this.width;
+    for (let i = 0; i < this.width; i++) this.buf[at + i] = row?.[i] ?? NaN;
+    this.length++;
+  }
+
+  get(i) { return this.buf[i]; }
+  row(i) { return this.buf.subarray(i * this.width, (i + 1) * this.width); }
+  values() { return this.buf.subarray(0, this.length * this.width); }
+
+  // Keep the rows whose index passes `keep`, in place.
+  filter(keep) {
+    let out = 0;
+    for (let i = 0; i < this.length; i++) {
+      if (!keep(i)) continue;
+      if (out !== i) this.buf.copyWithin(out * this.width, i * this.width, (i + 1) * this.width);
+      out++;
+    }
+    this.length = out;
+  }
+}
+
+// A value as Plotly wants it: NaN becomes null (a gap).
+export const num = v => (Number.isFinite(v) ? v : null);
 
 export class RunSeries {
-  constructor(id) {
+  constructor(id, cap = 4000) {
     this.id = id;
-    this.version = 0; // bumped when arrays are rebuilt rather than appended to
-    this.layers = []; // [{name, module, shape}] in forward order
-    this.step = [];
-    this.loss = [];
-    this.accuracy = [];
-    this.gnorm = [];  // global gradient norm
-    this.grad = [];   // one row per step: per-layer gradient norms, aligned with layers
+    this.cap = cap;
+    this.version = 0;   // bumped when arrays are rebuilt rather than appended to
+    this.layers = [];   // [{name, module, shape}] in forward order
+    this.step = new Column();
+    this.loss = new Column();
+    this.accuracy = new Column();
+    this.gnorm = new Column(); // global gradient norm
+    this.stats = {};           // grad_norm / weight_norm / update_ratio: rows x layers
+    this.resetLayers(0);
     this.valStep = [];
     this.valAccuracy = [];
-    this.events = []; // alert / intervention / run.finished / status, for the details panel
+    this.events = [];          // recent non-metrics events, for the details panel
+    this.interventions = [];   // every intervention: markers on the charts
+    this.alerts = [];          // the newest alerts: markers
+    this.finished = null;      // the run.finished event, once it came
+    this.marksVersion = 0;     // bumped when an event that draws a marker arrives
   }
 
   get length() { return this.step.length; }
+
+  resetLayers(width) {
+    for (const k of LAYER_STATS) {
+      const old = this.stats[k];
+      this.stats[k] = new Column(width, Float32Array);
+      // Steps stored before the layer list came (it comes first, normally) keep their place.
+      for (let i = 0; i < (old?.length ?? 0); i++) this.stats[k].pushRow(null);
+    }
+  }
 
   // A /metrics answer. `since` is the seq it was asked from; events at or
   // below it were handed on before and are skipped.
@@ -30,7 +94,8 @@ export class RunSeries {
     if (cols.layers?.length) this.setLayers(cols.layers);
     const n = cols.step?.length ?? 0;
     for (let i = 0; i < n; i++) {
-      this.push(cols.step[i], cols.loss?.[i], cols.accuracy?.[i], cols.global_grad_norm?.[i], cols.grad_norm?.[i]);
+      this.push(cols.step[i], cols.loss?.[i], cols.accuracy?.[i], cols.global_grad_norm?.[i],
+        cols.grad_norm?.[i], cols.weight_norm?.[i], cols.update_ratio?.[i]);
     }
     const val = cols.val ?? {};
     for (let i = 0; i < (val.step?.length ?? 0); i++) this.pushVal(val.step[i], val.accuracy?.[i]);
@@ -43,31 +108,45 @@ export class RunSeries {
     switch (msg.type) {
       case 'run.started':
         if (msg.layers?.length) this.setLayers(msg.layers);
-        break;
+        return;
       case 'metrics':
-        this.push(msg.step, msg.loss, msg.accuracy, msg.global_grad_norm, msg.grad_norm);
+        this.push(msg.step, msg.loss, msg.accuracy, msg.global_grad_norm,
+          msg.grad_norm, msg.weight_norm, msg.update_ratio);
         if (msg.val_accuracy !== undefined) this.pushVal(msg.step, msg.val_accuracy);
         this.thin();
+        return;
+      case 'intervention':
+        this.interventions.push(msg);
         break;
-      default:
-        this.events.push(msg);
-        if (this.events.length > 200) this.events.splice(0, this.events.length - 200);
+      case 'alert':
+        this.alerts.push(msg);
+        if (this.alerts.length > MAX_ALERTS) this.alerts.splice(0, this.alerts.length - MAX_ALERTS);
+        break;
+      case 'run.finished':
+        this.finished = msg;
+        break;
     }
+    this.events.push(msg);
+    if (this.events.length > MAX_EVENTS) this.events.splice(0, this.events.length - MAX_EVENTS);
+    this.marksVersion++;
   }
 
   setLayers(layers) {
     const same = layers.length === this.layers.length && layers.every((l, i) => l.name === this.layers[i].name);
-    if (!same) { this.layers = layers; this.version++; }
+    if (same) return;
+    this.layers = layers;
+    this.resetLayers(layers.length);
+    this.version++;
   }
 
-  // Non-finite values arrive as null (JSON has no NaN); they stay null, which
-  // Plotly draws as a gap.
-  push(step, loss, accuracy, gnorm, grad) {
+  push(step, loss, accuracy, gnorm, grad, weight, update) {
     this.step.push(step);
-    this.loss.push(loss ?? null);
-    this.accuracy.push(accuracy ?? null);
-    this.gnorm.push(gnorm ?? null);
-    this.grad.push(grad ?? []);
+    this.loss.push(loss);
+    this.accuracy.push(accuracy);
+    this.gnorm.push(gnorm);
+    this.stats.grad_norm.pushRow(grad);
+    this.stats.weight_norm.pushRow(weight);
+    this.stats.update_ratio.pushRow(update);
   }
 
   pushVal(step, accuracy) {
@@ -79,18 +158,36 @@ export class RunSeries {
   // Keep every other point once the buffer is full: coarser history, same
   // shape, and the latest step always kept.
   thin() {
-    if (this.step.length <= MAX_POINTS) return;
-    const keep = (_, i, a) => i % 2 === 0 || i === a.length - 1;
-    for (const k of ['step', 'loss', 'accuracy', 'gnorm', 'grad']) this[k] = this[k].filter(keep);
+    if (this.length <= this.cap) return;
+    const last = this.length - 1;
+    const keep = i => i % 2 === 0 || i === last;
+    for (const c of [this.step, this.loss, this.accuracy, this.gnorm, ...Object.values(this.stats)]) c.filter(keep);
     this.version++;
   }
 
-  // Latest per-layer gradient norms (the layer-profile chart).
-  lastGrad() {
-    return this.grad.length ? this.grad[this.grad.length - 1] : [];
+  lastStep() {
+    return this.length ? this.step.get(this.length - 1) : null;
   }
 
-  lastStep() {
-    return this.step.length ? this.step[this.step.length - 1] : null;
+  firstStep() {
+    return this.length ? this.step.get(0) : null;
   }
+
+  // Index of the last stored step at or before `step` (the latest when step
+  // is null), or -1 when there is none.
+  indexAt(step) {
+    const n = this.length;
+    if (!n) return -1;
+    if (step == null) return n - 1;
+    let lo = 0, hi = n - 1, found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.step.get(mid) <= step) { found = mid; lo = mid + 1; } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  // Steps (plain array, for Plotly) and one scalar column from index `from` on.
+  xs(from = 0) { return Array.from(this.step.buf.subarray(from, this.length)); }
+  ys(key, from = 0) { return Array.from(this[key].buf.subarray(from, this.length), num); }
 }

@@ -1,0 +1,81 @@
+/* global Plotly */
+// Per-layer profiles (x = layer in forward order, y = a statistic, log) of
+// the selected runs at one step: the latest while following live, or the
+// step the scrubber chose. Gradient norm shows vanishing (falling to the
+// left) or exploding (rising) gradients; weight norm and update ratio show
+// which layers L2 shrinks and which barely learn. Rebuilt whole with react()
+// (a few hundred points), keeping the person's zoom.
+
+import { CONFIG, NO_RUNS, layout, mergeOrder, positive, uid } from './plot.js';
+import { markLayout } from './markers.js';
+
+export const PROFILE_SPECS = [
+  { id: 'chart-layers', name: 'grad-norm-per-layer', stat: 'grad_norm', ytitle: 'grad norm' },
+  { id: 'chart-weights', name: 'weight-norm-per-layer', stat: 'weight_norm', ytitle: 'weight norm' },
+  { id: 'chart-updates', name: 'update-ratio-per-layer', stat: 'update_ratio', ytitle: '‖Δw‖ / ‖w‖' },
+];
+
+export class ProfileFigure {
+  constructor(div, spec) {
+    this.div = div;
+    this.spec = spec;
+    this.key = null;
+    Plotly.newPlot(div, [], this.layout(NO_RUNS, []), CONFIG);
+  }
+
+  layout(empty, order) {
+    const lay = layout({ xtitle: 'layer (forward order)', ytitle: this.spec.ytitle, log: true, empty });
+    // Deep nets have 50+ parameters: let Plotly thin the labels (every point keeps its hover name).
+    Object.assign(lay.xaxis, {
+      type: 'category', categoryorder: 'array', categoryarray: order, tickangle: -35, nticks: 24, tickfont: { size: 10 },
+    });
+    return lay;
+  }
+
+  // The row each run shows: its last stored step at or before view.step.
+  rows(runs, view) {
+    return runs.map(run => ({ run, i: run.series.layers.length ? run.series.indexAt(view.step) : -1 }));
+  }
+
+  keyNow(runs, view) {
+    return this.rows(runs, view).map(({ run, i }) =>
+      [run.id, run.name, run.color, run.focused, run.series.version, i, run.series.length ? run.series.step.get(Math.max(i, 0)) : '', run.marksKey].join('|')).join(';');
+  }
+
+  stale(runs, view) { return this.keyNow(runs, view) !== this.key; }
+
+  draw(runs, view) {
+    const key = this.keyNow(runs, view);
+    if (key === this.key) return;
+    this.key = key;
+    const shown = this.rows(runs, view).filter(r => r.i >= 0);
+    const order = mergeOrder(shown.map(({ run }) => run.series.layers.map(l => l.name)));
+    const data = shown.map(({ run, i }) => {
+      const s = run.series;
+      const row = s.stats[this.spec.stat].row(i);
+      return {
+        uid: uid(run.id, this.spec.stat),
+        type: 'scatter',
+        mode: 'lines+markers',
+        name: `${run.name} @ step ${s.step.get(i)}`,
+        legendgroup: run.id,
+        x: s.layers.map(l => l.name),
+        y: Array.from(row, positive),
+        customdata: s.layers.map(l => `${l.module} ${JSON.stringify(l.shape)}`),
+        line: { color: run.color, width: run.focused ? 2.5 : 1.5 },
+        marker: { color: run.color, size: 5 },
+        hovertemplate: `%{x} (%{customdata})<br>${this.spec.ytitle} %{y:.3g}<extra>%{fullData.name}</extra>`,
+      };
+    });
+    let empty = false;
+    if (!data.length) empty = runs.length ? (view.step == null ? 'no steps recorded yet' : `no steps at or before ${view.step}`) : NO_RUNS;
+    const lay = this.layout(empty, order);
+    // Where a run diverged: its layer, marked.
+    for (const { run } of shown) {
+      const m = markLayout(run.marks, run.color, { layerAxis: true });
+      lay.shapes.push(...m.shapes);
+      lay.annotations.push(...m.annotations);
+    }
+    Plotly.react(this.div, data, lay, CONFIG);
+  }
+}
