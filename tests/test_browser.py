@@ -7,64 +7,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .browserkit import LIVE, browser_fixture, open_dashboard, page_fixture  # noqa: F401 - fixtures
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
 # Points plotted on the loss chart, summed over its traces (Plotly keeps them on the div).
 LOSS_POINTS = "(document.getElementById('chart-loss').data || []).reduce((n, t) => n + t.x.length, 0)"
 # The loss chart's runs: one legend entry each (a smoothed line; its faint raw line has none).
 LOSS_RUNS = "document.getElementById('chart-loss').data.filter(t => t.showlegend !== false)"
-LIVE = "document.querySelector('#conn').textContent === 'live'"
-
-
-def _missing(what: str) -> None:
-    # CI must run these tests; a developer without Chromium just skips them.
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is required in CI")
-    pytest.skip(f"{what} is not installed")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        _missing("Chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("Python Playwright")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh page that records uncaught exceptions and console errors in `page.errors`."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1250})
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(f"uncaught: {e}"))
-    page.on("console", lambda m: page.errors.append(f"console.error: {m.text}") if m.type == "error" else None)
-    page.set_default_timeout(30_000)
-    yield page
-    page.close()
-
-
-def open_dashboard(page: Any, server: Any) -> None:
-    # browser_url carries the server's token once (exchanged for a session cookie); a server
-    # without auth has only the plain URL.
-    page.goto(getattr(server, "browser_url", None) or server.url + "/")
-    page.wait_for_function(LIVE)
 
 
 def launch(page: Any, name: str, batchnorm: bool, steps: int) -> None:

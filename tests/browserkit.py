@@ -1,0 +1,60 @@
+"""What the browser tests share: a headless Chromium (module-scoped), a fresh page per test that
+records its errors, and opening the dashboard. A missing Chromium or Playwright fails in CI
+(env CI set) and skips elsewhere.
+
+Test modules import the fixtures under their function names (`browser_fixture`, `page_fixture`);
+pytest knows them as `browser` and `page`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+LIVE = "document.querySelector('#conn').textContent === 'live'"
+
+
+def _missing(what: str) -> None:
+    # CI must run these tests; a developer without Chromium just skips them.
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI")
+    pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture() -> Iterator[Any]:
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        _missing("Chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("Python Playwright")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(name="page")
+def page_fixture(browser: Any) -> Iterator[Any]:
+    """A fresh page that records uncaught exceptions and console errors in `page.errors`."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1250})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(f"uncaught: {e}"))
+    page.on("console", lambda m: page.errors.append(f"console.error: {m.text}") if m.type == "error" else None)
+    page.set_default_timeout(30_000)
+    yield page
+    page.close()
+
+
+def open_dashboard(page: Any, server: Any, query: str = "") -> None:
+    """Open the page (the token rides once in the URL and becomes a session cookie; `query`
+    adds state, e.g. "&runs=a,b") and wait for the live connection."""
+    page.goto(server.browser_url + query)
+    page.wait_for_function(LIVE)

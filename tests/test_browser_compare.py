@@ -1,0 +1,278 @@
+"""Compare and intervene, in a real Chromium against a real server and real workers (issue 4):
+the "Ablate BN × L2" button starts four runs that train live side by side in the group view;
+changing L2 on a running run draws a marker on each of its charts; a reload (or the copied
+link) restores the comparison from the URL; export and PNG download files. Plus the pure
+modules behind the charts (smoothing, config diff, the group grid, markers, URL state)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .browserkit import browser_fixture, open_dashboard, page_fixture  # noqa: F401 - fixtures
+from .conftest import LiveServer, wait_for
+
+pytestmark = pytest.mark.browser
+
+FAST = {"dataset": "synthetic", "depth": 2, "width": 16, "eval_every": 20}
+# Traces of a figure that carry a legend entry / belong to a run (uid "t-<run id>-...").
+RUNS_OF = "(id) => document.getElementById(id).data.filter(t => t.showlegend !== false)"
+POINTS_OF_RUN = """([fig, run]) => document.getElementById(fig).data
+    .filter(t => (t.uid || '').startsWith('t-' + run + '-')).reduce((n, t) => n + t.x.length, 0)"""
+LABELS = "(id) => (document.getElementById(id).layout.annotations || []).map(a => a.text)"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    # Four workers at once: the four cells of the ablation train side by side.
+    s = LiveServer(tmp_path_factory.mktemp("compare") / "data", env={"GRADWATCH_MAX_CONCURRENT": "4"}).start()
+    yield s
+    s.stop()
+
+
+def fill_form(page: Any, name: str, steps: int, l2: str = "0", batchnorm: bool = False) -> None:
+    page.fill("#name", name)
+    page.set_checked("#batchnorm", batchnorm)
+    page.fill("#l2", l2)
+    if not page.is_visible("#steps"):
+        page.click("#more summary")
+    page.select_option("#dataset", FAST["dataset"])
+    page.fill("#depth", str(FAST["depth"]))
+    page.fill("#width", str(FAST["width"]))
+    page.fill("#eval_every", str(FAST["eval_every"]))
+    page.fill("#steps", str(steps))
+
+
+def stop_all(server: LiveServer) -> None:
+    for run in server.client.get("/api/runs").json():
+        if run["status"] in ("queued", "running"):
+            server.client.post(f"/api/runs/{run['id']}/stop")
+
+
+def test_ablation_button_starts_four_runs_that_train_live_in_the_group_view(server: LiveServer, page: Any) -> None:
+    open_dashboard(page, server)
+    fill_form(page, "abl", steps=100_000, l2="0")
+    page.click("#ablate")
+
+    # The group: BatchNorm off/on x L2 0 / 0.01 (the form said 0), one run each.
+    page.locator("#group tbody tr").nth(3).wait_for()
+    groups = server.client.get("/api/groups").json()
+    assert len(groups) == 1
+    group = server.client.get(f"/api/groups/{groups[0]['id']}").json()
+    cells = {(r["config"]["batchnorm"], r["config"]["l2"]): r["id"] for r in group["runs"]}
+    assert set(cells) == {(False, 0), (False, 0.01), (True, 0), (True, 0.01)}
+    assert all(r["config"]["width"] == 16 and r["config"]["dataset"] == "synthetic" for r in group["runs"])
+    # The URL names the group and its four runs.
+    page.wait_for_function(f"location.search.includes('group={group['id']}')")
+    assert all(run_id in page.url for run_id in cells.values())
+
+    # All four train at once: the summary table says so, and each cell's panel of the small
+    # multiples and its line on the main charts grow while we watch.
+    page.wait_for_function(
+        "[...document.querySelectorAll('#group tbody .badge')].filter(b => b.textContent === 'running').length === 4",
+        timeout=60_000)
+    counts = {}
+    for run_id in cells.values():
+        page.wait_for_function(f"({POINTS_OF_RUN})(['chart-group', '{run_id}']) > 0", timeout=60_000)
+        counts[run_id] = page.evaluate(f"({POINTS_OF_RUN})(['chart-group', '{run_id}'])")
+    for run_id, before in counts.items():
+        page.wait_for_function(f"({POINTS_OF_RUN})(['chart-group', '{run_id}']) > {before}", timeout=60_000)
+        page.wait_for_function(f"({POINTS_OF_RUN})(['chart-loss', '{run_id}']) > 0")
+    assert page.evaluate(f"({RUNS_OF})('chart-loss').length") == 4
+    # Panels sit on the BN x L2 grid: rows BatchNorm off/on, columns L2 0/0.01.
+    titles = page.evaluate("document.getElementById('chart-group').layout.annotations"
+                           ".filter(a => a.name === 'panel-title').map(a => a.text)")
+    assert titles == ["batchnorm off · l2 0", "batchnorm off · l2 0.01",
+                      "batchnorm on · l2 0", "batchnorm on · l2 0.01"]
+    # The chips name only what differs between the four.
+    page.wait_for_function("document.querySelectorAll('#chips .chip').length === 4")
+    fields = page.evaluate("[...new Set([...document.querySelectorAll('#chips .diff')].map(d => d.dataset.field))]")
+    assert sorted(fields) == ["batchnorm", "l2"]
+    # The summary table fills in as they go.
+    page.wait_for_function(
+        "[...document.querySelectorAll('#group tbody td.step')].every(td => Number(td.textContent) > 0)")
+
+    stop_all(server)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#group tbody .badge')].every(b => b.textContent === 'stopped')", timeout=60_000)
+    assert page.errors == []
+
+
+def test_changing_l2_on_a_running_run_draws_a_marker_on_its_charts(server: LiveServer, page: Any) -> None:
+    open_dashboard(page, server)
+    fill_form(page, "live-l2", steps=100_000, l2="0")
+    page.click("#start")
+    run_id = wait_for(lambda: next((r["id"] for r in server.client.get("/api/runs").json()
+                                    if r["name"] == "live-l2"), None), what="the run")
+    # A new run is selected and focused: its details panel offers the live change.
+    live = page.locator("#detail form.live")
+    live.wait_for()
+    page.wait_for_function(f"({POINTS_OF_RUN})(['chart-loss', '{run_id}']) > 5", timeout=60_000)
+    live.locator("input[name=l2]").fill("0.5")
+    live.locator(".apply").click()
+
+    iv = wait_for(lambda: [e for e in server.client.get(f"/api/runs/{run_id}/metrics").json()["events"]
+                           if e["type"] == "intervention"], what="the intervention event")
+    step = iv[0]["step"]
+    # Every step-indexed chart of the run draws it: a dashed line at its step, labelled.
+    for fig in ("chart-loss", "chart-acc", "chart-gnorm", "chart-heatmap"):
+        page.wait_for_function(f"({LABELS})('{fig}').includes('l2 0→0.5')", timeout=30_000)
+        shapes = page.evaluate(f"document.getElementById('{fig}').layout.shapes")
+        assert any(s["name"] == "intervention l2 0→0.5" and s["x0"] == step and s["line"]["dash"] == "dash"
+                   for s in shapes), (fig, shapes)
+    # The scrubber's timeline too, and the details panel lists it.
+    page.wait_for_function("document.querySelectorAll('#scrubber .tick.intervention').length === 1")
+    page.locator("#detail .events li", has_text="l2 0 → 0.5").wait_for()
+    # The live inputs now hold the new value.
+    page.wait_for_function("document.querySelector('#detail form.live input[name=l2]').value === '0.5'")
+
+    stop_all(server)
+    assert page.errors == []
+
+
+def test_a_reload_or_the_copied_link_restores_the_comparison(server: LiveServer, browser: Any, page: Any) -> None:
+    a = server.create_run({**FAST, "steps": 60, "batchnorm": False}, name="cmp-bn-off")
+    b = server.create_run({**FAST, "steps": 60, "batchnorm": True}, name="cmp-bn-on")
+    for r in (a, b):
+        server.wait_status(r["id"], ("completed",))
+    open_dashboard(page, server)
+    rows = page.locator("#runs tr[data-run-id]")
+    # Whatever was selected on arrival, compare exactly these two, focus one, and set the views.
+    page.evaluate("gradwatch.state.set({selected: []})")
+    for r in (a, b):
+        rows.filter(has_text=r["name"]).locator("input.select").check()
+    rows.filter(has_text="cmp-bn-on").locator("button.focus").click()
+    page.wait_for_function(f"({RUNS_OF})('chart-loss').filter(t => t.x.length > 0).length === 2")
+    page.evaluate("""() => { const s = document.getElementById('smooth');
+                             s.value = '0.9'; s.dispatchEvent(new Event('input', {bubbles: true})); }""")
+    page.click("[data-scale=log]")
+    page.evaluate("""() => { const s = document.getElementById('scrub');
+                             s.value = '30'; s.dispatchEvent(new Event('input', {bubbles: true})); }""")
+    page.select_option("#heatmap-stat", "update_ratio")
+    page.wait_for_function("location.search.includes('stat=update_ratio')")
+    url = page.url
+    for part in (f"runs={a['id']},{b['id']}", f"focus={b['id']}", "smooth=0.9", "scale=log", "step=30"):
+        assert part in url, (part, url)
+
+    def same_view(p: Any) -> None:
+        p.wait_for_function(f"({RUNS_OF})('chart-loss').filter(t => t.x.length > 0).length === 2")
+        p.wait_for_function("document.querySelectorAll('#runs input.select:checked').length === 2")
+        checked = p.evaluate("[...document.querySelectorAll('#runs input.select:checked')]"
+                             ".map(c => c.closest('tr').dataset.runId)")
+        assert sorted(checked) == sorted([a["id"], b["id"]])
+        assert p.evaluate("document.getElementById('chart-loss').layout.yaxis.type") == "log"
+        assert p.evaluate("document.getElementById('smooth').value") == "0.9"
+        p.wait_for_function("document.querySelector('#scrubber .step-label').textContent.startsWith('30 of')")
+        p.wait_for_function("document.getElementById('chart-layers').data.every(t => / @ step 30$/.test(t.name))")
+        p.wait_for_function("document.querySelector('#detail .detail-name').textContent === 'cmp-bn-on'")
+        p.wait_for_function("(document.getElementById('chart-heatmap').data[0]?.colorbar?.title?.text || '')"
+                            ".includes('update ratio')")
+        # The chips say what the two differ in.
+        p.wait_for_function("[...document.querySelectorAll('#chips .diff')].map(d => d.textContent).join() "
+                            "=== 'batchnorm off,batchnorm on'")
+
+    page.reload()
+    same_view(page)
+    assert page.url == url
+    # The copied link, in a browser without the session: the token comes along once.
+    other = browser.new_page(viewport={"width": 1400, "height": 1250})
+    other.errors = []
+    other.on("pageerror", lambda e: other.errors.append(str(e)))
+    other.goto(url.replace("/?", f"/?token={server.token}&", 1))
+    same_view(other)
+    assert other.errors == [] and page.errors == []
+    other.close()
+
+
+def test_export_and_png_download_files(server: LiveServer, page: Any, tmp_path: Path) -> None:
+    run = server.create_run({**FAST, "steps": 40}, name="to-export")
+    server.wait_status(run["id"], ("completed",))
+    page.goto(f"{server.browser_url}&runs={run['id']}&focus={run['id']}")
+    page.wait_for_function(f"({POINTS_OF_RUN})(['chart-loss', '{run['id']}']) > 0")
+
+    with page.expect_download() as download:
+        page.click("#detail a.export[data-format=csv]")
+    assert download.value.suggested_filename == f"gradwatch-{run['id']}.csv"
+    path = tmp_path / "run.csv"
+    download.value.save_as(path)
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("seq,step,time,loss,accuracy,global_grad_norm")
+    assert len(lines) == 1 + 40  # a header and one row per step
+
+    with page.expect_download() as download:
+        page.click("#detail a.export[data-format=json]")
+    download.value.save_as(tmp_path / "run.json")
+    assert (tmp_path / "run.json").read_bytes().startswith(b"{")
+
+    with page.expect_download() as download:
+        page.click("button.png[data-chart=chart-loss]")
+    assert download.value.suggested_filename == "gradwatch-loss.png"
+    download.value.save_as(tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.errors == []
+
+
+# The pure modules, in the page's own JavaScript engine.
+MODULES = """async () => {
+  const { ema } = await import('/static/js/smooth.js');
+  const { differingFields, commonPrefix } = await import('/static/js/chips.js');
+  const { ablationBody, gridOf } = await import('/static/js/group.js');
+  const { runMarks } = await import('/static/js/markers.js');
+  const { parseState, formatState } = await import('/static/js/state.js');
+  const { assignColors, distance } = await import('/static/js/colors.js');
+  const { RunSeries } = await import('/static/js/series.js');
+
+  const s = new RunSeries('r', 8);
+  for (let i = 1; i <= 9; i++) s.addEvent({ type: 'metrics', step: i * 10, loss: 1 / i, grad_norm: [i] });
+  s.addEvent({ type: 'intervention', step: 35, field: 'l2', old: 0, new: 0.5 });
+  for (const step of [50, 51, 52, 90]) s.addEvent({ type: 'alert', step, message: 'spike' });
+  const group = { vary: { batchnorm: [false, true], l2: [0, 0.01] }, seeds: null, cells: [
+    { run_id: 'd', values: { batchnorm: true, l2: 0.01 } }, { run_id: 'a', values: { batchnorm: false, l2: 0 } },
+    { run_id: 'c', values: { batchnorm: true, l2: 0 } }, { run_id: 'b', values: { batchnorm: false, l2: 0.01 } }] };
+  const runs = ['a1', 'b2', 'c3', 'd4'].map((id, i) => ({ id, created: i }));
+  const colors = [...assignColors(runs, runs.map(r => r.id)).values()];
+  return {
+    ema: ema([1, null, 1, 3], 0.5).values,
+    emaResumed: ema([3], 0.5, ema([1, null, 1], 0.5).state).values,
+    diff: differingFields([{ a: 1, b: true, c: 'x' }, { a: 1, b: false, c: 'x' }, { a: 1, b: true, c: 'y' }]),
+    prefix: [commonPrefix(['BN × L2: batchnorm=off', 'BN × L2: batchnorm=on']), commonPrefix(['run-a', 'run-b'])],
+    ablate: [ablationBody('', { l2: 0, depth: 3 }).vary, ablationBody('x', { l2: 0.3 }).vary.l2],
+    grid: gridOf(group),
+    thinned: [s.length, s.firstStep(), s.lastStep(), s.indexAt(55), s.indexAt(5), s.indexAt(null)],
+    marks: runMarks(s, { status: 'diverged', config: { steps: 100 },
+                         summary: { diverged_step: 95, diverged_layer: 'fc1.weight' } })
+      .map(m => [m.kind, m.step, m.label]),
+    state: [parseState('?runs=a,b&smooth=0.9&scale=log&step=12&stat=nope'),
+            formatState({ ...parseState('').state, selected: ['a'], smooth: 0.6, step: 7 }, '?token=t')],
+    minColorDistance: Math.min(...colors.flatMap((c, i) => colors.slice(i + 1).map(d => distance(c, d)))),
+    distinct: new Set(colors).size,
+  };
+}"""
+
+
+def test_frontend_modules_compute_what_the_charts_show(server: LiveServer, page: Any) -> None:
+    open_dashboard(page, server)
+    r = page.evaluate(MODULES)
+    # TensorBoard's debiased EMA: starts at the first value, a gap stays a gap, and resuming
+    # from the saved state gives what one pass gives.
+    assert r["ema"][:3] == [1, None, 1] and r["ema"][3] == pytest.approx((0.5 * 0.75 + 0.5 * 3) / 0.875)
+    assert r["emaResumed"] == [r["ema"][3]]
+    assert r["diff"] == ["b", "c"]
+    assert r["prefix"] == ["BN × L2: ", ""]
+    assert r["ablate"] == [{"batchnorm": [False, True], "l2": [0, 0.01]}, [0, 0.3]]
+    assert r["grid"]["rows"] == 2 and r["grid"]["cols"] == 2
+    assert {c["runId"]: c["panel"] for c in r["grid"]["cells"]} == {"a": 1, "b": 2, "c": 3, "d": 4}
+    # 9 points over a cap of 8: every other kept, the last one too.
+    assert r["thinned"] == [5, 10, 90, 2, -1, 4]
+    # Alerts a step apart merge into one marker; divergence names its layer.
+    assert r["marks"] == [["intervention", 35, "l2 0→0.5"], ["alert", 50, "⚠×3"], ["alert", 90, "⚠"],
+                          ["diverged", 95, "diverged in fc1.weight"]]
+    state, search = r["state"]
+    assert state["state"]["selected"] == ["a", "b"] and state["state"]["smooth"] == 0.9
+    assert state["state"]["scale"] == "log" and state["state"]["step"] == 12 and state["state"]["stat"] == "grad_norm"
+    assert search == "?token=t&runs=a&step=7"  # defaults stay out of the link
+    assert r["distinct"] == 4 and r["minColorDistance"] > 100
+    assert page.errors == []
