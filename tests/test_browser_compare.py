@@ -276,3 +276,32 @@ def test_frontend_modules_compute_what_the_charts_show(server: LiveServer, page:
     assert search == "?token=t&runs=a&step=7"  # defaults stay out of the link
     assert r["distinct"] == 4 and r["minColorDistance"] > 100
     assert page.errors == []
+
+
+def test_a_preset_fills_the_form_and_stays_editable(server: LiveServer, page: Any) -> None:
+    presets = {p["name"]: p for p in server.client.get("/api/presets").json()}
+    explosion = presets["explosion"]
+    open_dashboard(page, server)
+    page.select_option("#preset", "explosion")
+    # Its explanation shows; every field of its config is in the form.
+    page.locator("#preset-about .explain").wait_for()
+    assert page.text_content("#preset-about .title") == explosion["title"]
+    assert page.input_value("#depth") == str(explosion["config"]["depth"])
+    assert float(page.input_value("#lr")) == explosion["config"]["lr"]
+    assert not page.is_checked("#batchnorm")
+    # A variant fills its changes on top, and says what to expect.
+    bn = next(v for v in explosion["variants"] if v["config"] == {"batchnorm": True})
+    page.click(f"#preset-about button.variant[data-variant='{bn['name']}']")
+    assert page.is_checked("#batchnorm")
+    page.locator("#preset-about .expect", has_text=bn["expect"]).wait_for()
+    # The person can still change anything before starting.
+    if not page.is_visible("#steps"):
+        page.click("#more summary")
+    page.fill("#steps", "3")
+    page.fill("#eval_every", "0")
+    page.click("#start")
+    run = wait_for(lambda: next((r for r in server.client.get("/api/runs").json()
+                                 if r["name"] == f"explosion {bn['name']}"), None), what="the preset's run")
+    assert run["config"]["depth"] == explosion["config"]["depth"] and run["config"]["batchnorm"] is True
+    assert run["config"]["steps"] == 3
+    assert page.errors == []

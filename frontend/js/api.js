@@ -45,6 +45,7 @@ export function createApi(token = null, base = globalThis.location) {
     // A plain link: the browser downloads it itself (the session cookie rides
     // along), so a big run never sits in the page's memory.
     exportUrl: (id, format) => `${run(id)}/export?format=${format}`,
+    listPresets: () => request('GET', '/api/presets'),
     createGroup: body => request('POST', '/api/groups', body),
     listGroups: () => request('GET', '/api/groups'),
     group: id => request('GET', `/api/groups/${encodeURIComponent(id)}`),

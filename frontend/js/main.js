@@ -14,6 +14,7 @@ import { renderChips } from './chips.js';
 import { Scrubber } from './scrubber.js';
 import { runMarks } from './markers.js';
 import { downloadPng } from './plot.js';
+import { PresetPicker } from './presets.js';
 import { readForm, fillForm, clearErrors, showErrors, detailErrors } from './form.js';
 
 const $ = sel => document.querySelector(sel);
@@ -353,7 +354,13 @@ async function submit(button, send, done) {
   }
 }
 
-$('#defaults').addEventListener('click', () => { form.reset(); clearErrors(form); });
+$('#defaults').addEventListener('click', () => {
+  form.reset();
+  clearErrors(form);
+  $('#preset-about').hidden = true;
+});
+
+const presets = new PresetPicker($('#preset'), $('#preset-about'), (config, name) => fillForm(form, config, name));
 
 // ---- chart settings and downloads
 
@@ -418,3 +425,4 @@ applyState(); // draw what the URL selected while the list loads
 if (state.get().group) refreshGroup();
 loadRuns();
 loadGroups();
+presets.load(api);
