@@ -153,6 +153,11 @@ class JobManager:
                 "--data-dir", str(self.settings.data_dir / "datasets")]
         handle = await self.launcher.launch(argv, {"GRADWATCH_RUN_TOKEN": run["token"]},
                                             self.log_dir / f"{run_id}.log")
+        now = self.store.get_run(run_id)
+        if now is None or now["status"] != "queued":  # stopped or deleted while its worker started
+            handle.kill()
+            self._spawn(handle.wait())  # reaped; the run keeps the status it was given
+            return
         self.procs[run_id] = handle
         self.store.update_run(run_id, durable=True, status="running", started=time.time())
         self._publish_run(self.store.get_run(run_id))
