@@ -50,8 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # ---- train -----------------------------------------------------------------------------
 
-def _presets() -> dict[str, dict[str, Any]] | None:
-    """trainer.presets.PRESETS (name -> config dict), or None where this version has none."""
+def _presets() -> dict[str, Any] | None:
+    """trainer.presets.PRESETS (name -> Preset: .config, .title), or None in a version without."""
     try:
         from trainer.presets import PRESETS
     except ImportError:
@@ -71,7 +71,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "give the config as flags instead")
         if args.preset not in presets:
             return _fail(f"no preset {args.preset!r}; there are: {', '.join(sorted(presets))}")
-        base = dict(presets[args.preset])
+        preset = presets[args.preset]
+        base = dict(preset.config)
+        print(f"gradwatch: preset {preset.name}: {preset.title}", file=sys.stderr)
     try:
         cfg = config_from_args(args, base)
     except ConfigError as e:
@@ -79,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run = None
     if args.server:
-        from trainer.connect import connect
+        from trainer.external import connect
         from trainer.rest import ApiError
 
         try:
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     presets = _presets()
-    names = f": {', '.join(sorted(presets))}" if presets else " (none in this version)"
+    names = f": {', '.join(presets)}" if presets else " (none in this version)"
     train = sub.add_parser(
         "train", help="train one run here, with a progress bar",
         description="Train one run in this process, with a progress bar and a summary at the end. "

@@ -149,7 +149,10 @@ def test_creating_an_external_run_returns_its_ingest_token_once(live_server: Liv
 
 
 def test_connect_names_an_unreachable_server_and_a_wrong_token(live_server: LiveServer, tmp_path: Path) -> None:
-    from trainer.connect import ApiError, connect
+    import trainer
+    from trainer.external import ApiError, connect
+
+    assert trainer.connect is connect  # the function, whichever import came first
 
     with pytest.raises(ConnectionError, match="cannot reach the gradwatch server"):
         connect("http://127.0.0.1:9", name="nowhere")

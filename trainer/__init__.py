@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import RunConfig
-    from .connect import Run, connect
+    from .external import Run, connect
     from .probe import watch
 
-_EXPORTS = {"RunConfig": ".config", "watch": ".probe", "connect": ".connect", "Run": ".connect"}
+# `connect` lives in trainer/external.py: a submodule named `connect` would be bound over this
+# function by the first `import trainer.connect`, whichever came first.
+_EXPORTS = {"RunConfig": ".config", "watch": ".probe", "connect": ".external", "Run": ".external"}
 
 __all__ = ["Run", "RunConfig", "connect", "watch"]
 
@@ -22,6 +24,6 @@ __all__ = ["Run", "RunConfig", "connect", "watch"]
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value  # also replaces the submodule `connect` that importing it bound here
+        globals()[name] = value  # looked up once
         return value
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")

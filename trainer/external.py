@@ -1,5 +1,5 @@
-"""Your own training loop, live in the dashboard: `connect()` makes an external run, `watch()`
-streams every step of it.
+"""External runs: your own training loop, live in the dashboard. `connect()` (exported as
+`trainer.connect`) makes the run, `run.watch()` streams every step of it.
 
     from trainer import connect
     run = connect("http://127.0.0.1:8000", token=..., name="my-resnet", config={"lr": 0.1})
