@@ -40,8 +40,8 @@ async def stream(ws: WebSocket) -> None:
     sub = hub.subscribe(runs or None)
     replay = _replay(ws.app.state.jobs, sub, since)  # no await since subscribe: see the docstring
     try:
-        for data in replay:
-            await ws.send_text(data.decode())
+        for text in replay:
+            await ws.send_text(text)
         del replay
         async with asyncio.TaskGroup() as tg:
             sender = tg.create_task(_send_loop(ws, sub))
@@ -68,7 +68,7 @@ def _parse_since(raw: str | None) -> dict[str, int] | None:
     return out
 
 
-def _replay(jobs, sub, since: dict[str, int]) -> list[bytes]:  # noqa: ANN001
+def _replay(jobs, sub, since: dict[str, int]) -> list[str]:  # noqa: ANN001
     """The stored events each resumed run missed, then its current record (its status may have
     changed without an event: stalled and back)."""
     store, out = jobs.store, []
@@ -77,20 +77,19 @@ def _replay(jobs, sub, since: dict[str, int]) -> list[bytes]:  # noqa: ANN001
         if run is None or not sub.wants(run_id):
             continue
         if run["last_seq"] - seq > REPLAY_MAX:
-            out.append(orjson.dumps({"type": "resync", "run_id": run_id, "seq": seq}))
+            out.append(orjson.dumps({"type": "resync", "run_id": run_id, "seq": seq}).decode())
         else:
             for e in store.events(run_id, seq):
                 e["run_id"] = run_id
-                out.append(orjson.dumps(e))
+                out.append(orjson.dumps(e).decode())
         out.append(orjson.dumps({"type": "run.update", "run_id": run_id, "seq": run["last_seq"],
-                                 "run": jobs.view(run)}))
+                                 "run": jobs.view(run)}).decode())
     return out
 
 
 async def _send_loop(ws: WebSocket, sub) -> None:  # noqa: ANN001
     while True:
-        data = await sub.queue.get()
-        await ws.send_text(data.decode())
+        await ws.send_text(await sub.get())
 
 
 async def _receive_loop(ws: WebSocket, sub) -> None:  # noqa: ANN001
