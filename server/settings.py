@@ -30,6 +30,7 @@ class Settings:
     heartbeat_timeout_s: float = 10.0  # a connected worker silent this long is `stalled` (it beats every second)
     stalled_timeout_s: float = 60.0  # a run stalled this long more is `failed`, its worker killed
     token_generated: bool = False  # True when no token was given and one was made at start
+    prefork: bool = True  # fork workers from a process with torch imported (starts runs in ms, not s)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -48,6 +49,11 @@ class Settings:
                 setattr(s, name, kind(raw))
             except ValueError as e:
                 raise SettingsError(f"GRADWATCH_{name.upper()}={raw!r}: {e}") from e
+        if env.get("GRADWATCH_PREFORK"):
+            raw = env["GRADWATCH_PREFORK"].lower()
+            if raw not in ("0", "1", "true", "false", "yes", "no"):
+                raise SettingsError(f"GRADWATCH_PREFORK={raw!r}: expected 1/0, true/false or yes/no")
+            s.prefork = raw in ("1", "true", "yes")
         for name in ("allowed_hosts", "allowed_origins"):
             if env.get(f"GRADWATCH_{name.upper()}"):
                 setattr(s, name, [h.strip() for h in env[f"GRADWATCH_{name.upper()}"].split(",") if h.strip()])
