@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import time
@@ -52,6 +53,8 @@ class JobManager:
         self.conn_closed: dict[str, asyncio.Event] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.pending_control: dict[str, list[dict[str, Any]]] = {}  # for workers not connected yet
+        # Workers training at once share the cores: more torch threads than cores only thrash.
+        self.worker_threads = settings.worker_threads or max(1, (os.cpu_count() or 1) // settings.max_concurrent)
         self._last_update: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -151,7 +154,8 @@ class JobManager:
         run_id = run["id"]
         argv = ["--server", self.settings.self_url, "--run", run_id,
                 "--data-dir", str(self.settings.data_dir / "datasets")]
-        handle = await self.launcher.launch(argv, {"GRADWATCH_RUN_TOKEN": run["token"]},
+        handle = await self.launcher.launch(argv, {"GRADWATCH_RUN_TOKEN": run["token"],
+                                                   "GRADWATCH_TORCH_THREADS": str(self.worker_threads)},
                                             self.log_dir / f"{run_id}.log")
         now = self.store.get_run(run_id)
         if now is None or now["status"] != "queued":  # stopped or deleted while its worker started
@@ -191,8 +195,11 @@ class JobManager:
         return "\n".join(text[-lines:])
 
     async def _orphan_watch(self, run_id: str, reason: str) -> None:
-        """A run with no worker process of ours: failed unless its worker (re)connects in time."""
-        await asyncio.sleep(self.settings.reattach_grace_s)
+        """A run with no worker process of ours: failed unless its worker (re)connects in time.
+        A user's own loop (external) gets longer: a laptop that sleeps should not lose its run."""
+        run = self.store.get_run(run_id)
+        external = run is not None and run["kind"] == "external"
+        await asyncio.sleep(self.settings.external_grace_s if external else self.settings.reattach_grace_s)
         run = self.store.get_run(run_id)
         if run is not None and run["status"] not in TERMINAL and run_id not in self.conns \
                 and run_id not in self.procs:

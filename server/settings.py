@@ -31,6 +31,8 @@ class Settings:
     stalled_timeout_s: float = 60.0  # a run stalled this long more is `failed`, its worker killed
     token_generated: bool = False  # True when no token was given and one was made at start
     prefork: bool = True  # fork workers from a process with torch imported (starts runs in ms, not s)
+    external_grace_s: float = 600.0  # how long a user's own loop (external run) may stay disconnected
+    worker_threads: int = 0  # torch CPU threads per worker; 0 = cores / max_concurrent (no oversubscription)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -39,7 +41,8 @@ class Settings:
         conv = {
             "host": str, "port": int, "data_dir": Path, "token": str, "max_concurrent": int,
             "max_queued": int, "stop_grace_s": float, "reattach_grace_s": float,
-            "heartbeat_timeout_s": float, "stalled_timeout_s": float,
+            "heartbeat_timeout_s": float, "stalled_timeout_s": float, "external_grace_s": float,
+            "worker_threads": int,
         }
         for name, kind in conv.items():
             raw = env.get(f"GRADWATCH_{name.upper()}")
@@ -85,7 +88,9 @@ class Settings:
                 f"refusing to listen on {self.host} without GRADWATCH_TOKEN: anyone who can reach this port "
                 "could start jobs on this machine. Set GRADWATCH_TOKEN to a long random secret "
                 "(e.g. `openssl rand -hex 16`), or listen on 127.0.0.1")
-        for name in ("heartbeat_timeout_s", "stalled_timeout_s"):
+        if self.worker_threads < 0:
+            raise SettingsError(f"GRADWATCH_WORKER_THREADS must be 0 (automatic) or more, got {self.worker_threads}")
+        for name in ("heartbeat_timeout_s", "stalled_timeout_s", "external_grace_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"GRADWATCH_{name.upper()} must be more than 0, got {getattr(self, name)}")
 

@@ -180,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None, help="where datasets are downloaded/cached")
     args = ap.parse_args(argv)
     token = os.environ.get("GRADWATCH_RUN_TOKEN", "")
+    threads = os.environ.get("GRADWATCH_TORCH_THREADS")
+    if threads:  # set by the server so that workers training at once do not oversubscribe the cores
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
     base = args.server.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     client = IngestClient(f"{base}/api/ingest/{args.run}", token)
     if not client.hello_ready.wait(60) or client.hello is None:
