@@ -50,39 +50,65 @@ DEAD_CAN_BE_ZERO = (nn.ReLU, nn.ReLU6)
 
 
 class _Norms:
-    """L2 norms of a fixed layout of tensors (shapes, dtypes) as one float32 1-D device tensor."""
+    """L2 norms of a fixed layout of tensors (shapes, dtypes), as one float32 1-D device tensor.
+
+    The norms come out in `order` (input indices), not in input order: reordering is left to the
+    host, where it costs nothing. CUDA: `torch._foreach_norm` (fused kernels), input order. CPU,
+    where `_foreach_norm` is a loop of one reduction per tensor: one reduction per group of small
+    same-shaped tensors, stacked, when that makes fewer calls (a tensor of more than STACK_MAX
+    elements is reduced alone: its own work dwarfs the call, and stacking would copy it)."""
+
+    STACK_MAX = 4096  # elements: above ~16 KB the copy costs more than the call it saves
 
     def __init__(self, like: list[torch.Tensor]) -> None:
-        self.fused = like[0].device.type != "cpu"
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[Any, list[int]] = {}
         for i, t in enumerate(like):
-            groups.setdefault((tuple(t.shape), t.dtype), []).append(i)
-        self.groups = [(idx, math.prod(shape)) for (shape, _), idx in groups.items()]
-        order = [i for idx, _ in self.groups for i in idx]
-        inverse = [0] * len(order)
-        for pos, i in enumerate(order):
-            inverse[i] = pos
-        self.perm = None if order == sorted(order) else torch.tensor(inverse, device=like[0].device)
+            key = (tuple(t.shape), t.dtype) if t.numel() <= self.STACK_MAX else ("alone", i)
+            groups.setdefault(key, []).append(i)
+        stacked = [idx for idx in groups.values() if len(idx) > 1]
+        self.alone = [idx[0] for idx in groups.values() if len(idx) == 1]
+        # Rough CPU costs in µs: _foreach_norm loops in C++ (~2 a tensor, then a stack, ~3); a
+        # Python-level call ~3 (a stacked group takes two: stack, norm; then one cat).
+        grouped_cost = 3 * (2 * len(stacked) + 1) + (2 * len(self.alone) + 3 if self.alone else 0)
+        self.fused = like[0].device.type != "cpu" or 2 * len(like) + 3 <= grouped_cost
+        if self.fused:
+            stacked, self.alone = [], list(range(len(like)))
+        self.stacked = [(idx, tuple(range(1, like[idx[0]].ndim + 1))) for idx in stacked]
+        self.order = [i for idx in stacked for i in idx] + self.alone
+        self.inverse = [0] * len(self.order)  # input index -> position in the output
+        for pos, i in enumerate(self.order):
+            self.inverse[i] = pos
 
     def __call__(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         if self.fused:
             return torch.stack(torch._foreach_norm(tensors, dtype=torch.float32))
-        parts = [torch.linalg.vector_norm(torch.stack([tensors[i] for i in idx]).reshape(len(idx), m),
-                                          dim=1, dtype=torch.float32) for idx, m in self.groups]
-        out = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return out if self.perm is None else out.index_select(0, self.perm)
+        parts = []
+        for idx, dims in self.stacked:
+            if dims:
+                parts.append(torch.linalg.vector_norm(torch.stack([tensors[i] for i in idx]), dim=dims,
+                                                      dtype=torch.float32))
+            else:  # 0-d tensors: the norm is the absolute value
+                parts.append(torch.stack([tensors[i] for i in idx]).abs().float())
+        if self.alone:
+            parts.append(torch.stack(torch._foreach_norm([tensors[i] for i in self.alone], dtype=torch.float32)))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def host_order(self, values: list[float]) -> list[float]:
+        """Norms read back from the device, put back in input order."""
+        return values if self.fused else [values[k] for k in self.inverse]
 
 
 def _activation_stats(out: torch.Tensor, dead_possible: bool) -> torch.Tensor:
     """[mean, std, dead fraction] of one activation output, on its device (no sync).
 
-    A unit is an index along dim 1 (features of a Linear, channels of a conv); it is dead when
-    its output is 0 for every example (and position) of the batch."""
+    std is the unbiased one over all elements, taken in two passes (torch.std_mean is ~6x slower
+    on the CPU). A unit is an index along dim 1 (features of a Linear, channels of a conv); it is
+    dead when its output is <= 0 for every example (and position) of the batch."""
     o = out.detach().float()
-    std, mean = torch.std_mean(o)
+    mean = o.mean()
+    std = torch.linalg.vector_norm(o - mean) / math.sqrt(max(o.numel() - 1, 1))
     if dead_possible and o.ndim >= 2:
-        alive = torch.any(o > 0, dim=(0, *range(2, o.ndim)))
-        dead = 1.0 - alive.float().mean()
+        dead = (o.amax(dim=(0, *range(2, o.ndim))) <= 0).float().mean()
     else:
         dead = torch.full((), math.nan, device=o.device)
     return torch.stack([mean, std, dead])
@@ -108,6 +134,10 @@ class Probe:
         self.optimizer = optimizer
         self._device = self.params[0].device
         self._both = _Norms(self.params + self.params)  # grads, then weights
+        n = len(self.params)
+        self._grad_pos = torch.tensor(self._both.inverse[:n], device=self._device)
+        self._is_grad = torch.tensor([float(i < n) for i in self._both.order], device=self._device)
+        self._pre_order: _Norms | None = None  # how this step's _pre is ordered (None: input order)
         self._norms = _Norms(self.params)  # momentum buffers or weight differences
         self._pre: torch.Tensor | None = None  # this step's grad norms then weight norms, once computed
         self._pre_key: tuple | None = None  # which gradients they were computed from
@@ -165,16 +195,18 @@ class Probe:
     def record(self, loss: torch.Tensor | None = None, accuracy: torch.Tensor | None = None) -> None:
         """Hand this step's loss/accuracy (device tensors, no sync) to the next transfer."""
         if loss is not None:
-            self._loss = loss.detach().float().reshape(1)
+            self._loss = loss.detach().reshape(1)  # torch.cat makes it float32 with the rest
         if accuracy is not None:
-            self._acc = accuracy.detach().float().reshape(1)
+            self._acc = accuracy.detach().reshape(1)
 
     def grad_norms(self) -> torch.Tensor:
         """Per-parameter gradient norms of the current gradients (1-D device tensor, cached)."""
-        return self._pre_norms_now()[: len(self.params)]
+        pre = self._pre_norms_now()
+        n = len(self.params)
+        return pre[:n] if self._pre_order is None else pre.index_select(0, self._grad_pos)
 
     def _pre_norms_now(self) -> torch.Tensor:
-        """Gradient norms then weight norms (2n), computed once per step in one pass."""
+        """Gradient norms and weight norms (2n), computed once per step in one pass."""
         grads = [p.grad for p in self.params]
         key = self._grads_key(grads)
         if self._pre is None or key != self._pre_key:
@@ -182,9 +214,10 @@ class Probe:
                 gn = torch.stack([torch.zeros((), device=p.device) if g is None else
                                   torch.linalg.vector_norm(g, dtype=torch.float32)
                                   for p, g in zip(self.params, grads, strict=True)])
-                self._pre = torch.cat([gn, self._norms(self.params)])
+                wn = torch.stack(torch._foreach_norm(self.params, dtype=torch.float32))
+                self._pre, self._pre_order = torch.cat([gn, wn]), None  # input order
             else:
-                self._pre = self._both(grads + self.params)
+                self._pre, self._pre_order = self._both(grads + self.params), self._both
             self._pre_key = key
         return self._pre
 
@@ -234,8 +267,9 @@ class Probe:
         grads_present = all(p.grad is not None for p in self.params)
         scale = getattr(optimizer, "grad_scale", None)  # fused optimizer under a GradScaler
         if scale is not None:
-            n = len(self.params)
-            self._pre = torch.cat([self._pre[:n] / scale, self._pre[n:]])
+            is_grad = self._is_grad if self._pre_order is not None else torch.cat(
+                [torch.ones(len(self.params)), torch.zeros(len(self.params))]).to(self._device)
+            self._pre = self._pre / (1 + is_grad * (scale - 1))
         groups = optimizer.param_groups
         self._use_bufs = self._sgd and grads_present and all(
             g["momentum"] > 0 and not g["nesterov"] and not g.get("fused") and not g.get("differentiable")
@@ -252,12 +286,14 @@ class Probe:
         meta: dict[str, Any] = {"step": step, "time": time.time()}
         if self._use_bufs:  # SGD stepped w -= lr * buf: the update's norm is lr * ‖buf‖
             state = optimizer.state
-            dn = self._norms([state[p]["momentum_buffer"] for p in self.params])
+            dn, dn_order = self._norms([state[p]["momentum_buffer"] for p in self.params]), self._norms
             lrs = [g["lr"] for g in optimizer.param_groups]
             meta["update_scale"] = [lrs[gi] for gi in self._group]
         else:
             torch._foreach_sub_(self._before, self.params)  # w_before - w_after
-            dn = self._norms(self._before)
+            dn, dn_order = self._norms(self._before), self._norms
+        meta["pre_order"] = self._pre_order
+        meta["dn_order"] = dn_order
         parts = [self._pre, dn, self._loss, self._acc]
         if self._is_stats_step(step):
             parts += self._stats_tensors(meta, optimizer)
@@ -316,7 +352,11 @@ class Probe:
 
     def _publish(self, values: list[float], meta: dict[str, Any]) -> None:
         n = len(self.params)
-        gn, wn, dn = values[:n], values[n : 2 * n], values[2 * n : 3 * n]
+        pre, dn = values[: 2 * n], values[2 * n : 3 * n]
+        if meta["pre_order"] is not None:
+            pre = meta["pre_order"].host_order(pre)
+        dn = meta["dn_order"].host_order(dn)
+        gn, wn = pre[:n], pre[n:]
         loss, acc = values[3 * n], values[3 * n + 1]
         scale = meta.get("update_scale")
         if scale is not None:
@@ -346,6 +386,8 @@ class Probe:
 
         a = len(self._acts)
         acts, drift = values[: 3 * a], values[3 * a :]
+        if self._bn_norms is not None:
+            drift = self._bn_norms.host_order(drift)
         eff = []
         for (_, _, f), lr in zip(self._bn_idx, feed_lr, strict=True):
             w = at(f)
