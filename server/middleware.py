@@ -16,7 +16,9 @@ Every HTTP answer also carries headers that keep the page out of frames and refe
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -198,10 +200,23 @@ async def _deny_websocket(scope: Scope, send: Send, status: int | None, detail: 
 
 
 async def validation_error(request: Any, exc: Any) -> Response:
-    """FastAPI's 422, but serialised with orjson: a rejected `Infinity` or `NaN` (Python's json
-    accepts them) would make the default handler's strict JSON encoder fail with a 500."""
-    return Response(orjson.dumps({"detail": jsonable_encoder(exc.errors())}), status_code=422,
+    """FastAPI's 422, for any input at all. The default handler answers 500 when the rejected
+    input it echoes is `Infinity`/`NaN` (Python's json parses them); orjson would also refuse
+    lone surrogates and integers past 64 bits. Non-finite numbers become null, the rest is
+    escaped to ASCII."""
+    detail = _finite(jsonable_encoder(exc.errors()))
+    return Response(json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False), status_code=422,
                     media_type="application/json")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 # ---- logs never show a token --------------------------------------------------------------

@@ -79,7 +79,11 @@ class RunCreate(BaseModel):
             return handler(value)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ValueError("an external run's config must be a JSON object")
-        if len(orjson.dumps(value)) > MAX_EXTERNAL_CONFIG:
+        try:
+            size = len(orjson.dumps(value))
+        except TypeError as e:  # a lone surrogate, an integer past 64 bits: not storable JSON
+            raise ValueError(f"an external run's config must be plain JSON: {e}") from None
+        if size > MAX_EXTERNAL_CONFIG:
             raise ValueError(f"an external run's config must be at most {MAX_EXTERNAL_CONFIG} bytes of JSON")
         return value
 
@@ -90,7 +94,8 @@ class RunCreate(BaseModel):
         if self.preset is not None:  # the preset, then only the fields the caller gave
             given = self.config.model_dump(include=self.config.model_fields_set)
             return resolve(self.preset, given).to_dict()  # ConfigError on a bad combination
-        return self.config.model_dump()
+        # Field by field it is valid (pydantic); RunConfig also checks the whole (parameter budget).
+        return RunConfig.from_dict(self.config.model_dump()).to_dict()
 
 
 def _live_model() -> type[BaseModel]:

@@ -76,7 +76,7 @@ def _short(v: Any) -> str:
 
 
 @router.post("", status_code=201)
-def create_group(body: GroupCreate, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> dict[str, Any]:
+async def create_group(body: GroupCreate, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> dict[str, Any]:
     cells = expand(body)
     if jobs.queued_count + len(cells) > settings.max_queued:
         raise HTTPException(429, f"{len(cells)} more runs would pass the queue limit of {settings.max_queued}")

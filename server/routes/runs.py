@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/runs", tags=["runs"])
 
 
 @router.post("", status_code=201, response_model=RunCreated, response_model_exclude_unset=True)
-def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
+async def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
     if body.external:  # the caller's own loop (trainer.connect): nothing to queue or launch
         run = jobs.create(body.name, body.config_dict(), kind="external")
         return {**jobs.view(run), "token": run["token"]}  # the one answer that carries it
