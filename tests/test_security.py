@@ -221,6 +221,9 @@ def test_unknown_fields_and_out_of_range_numbers_are_422(server: LiveServer) -> 
                                if "inf" not in str(body) else b'{"config": {"l2": Infinity}}',
                                headers={"Content-Type": "application/json"})
         assert r.status_code == 422, (body, r.text)
+    # Each field in range, the whole over the parameter budget: refused before any worker starts.
+    r = server.client.post("/api/runs", json={"config": {"depth": 64, "width": 2048}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "width", r.text
 
 
 def test_queued_runs_are_capped_with_429(server: LiveServer) -> None:

@@ -1,0 +1,227 @@
+"""Live fan-out under load: R runs x C browser clients on this machine.
+
+    .venv/bin/python bench/stream_load.py                        # 4 runs x 20 clients x 50 steps/s, 20 s
+    .venv/bin/python bench/stream_load.py --rate 400 --seconds 15  # push the fan-out
+    .venv/bin/python bench/stream_load.py --source real          # real training workers instead
+
+A real server (uvicorn, its own process, a token) on a free port. Each run is fed either by a
+paced feeder process speaking the ingest protocol through the trainer's own IngestClient (what
+every worker and trainer.connect use), emitting one `metrics` event per step at --rate steps/s
+with --layers per-layer arrays (8, like the default 3-deep MLP: ~1 KiB per event); or, with
+--source real, by a real worker training the tiny synthetic MLP as fast as it can. C websocket
+clients (asyncio, spread over --client-procs processes) subscribe to every run, as dashboards do.
+
+Reported: worker-step-to-browser latency (receive time minus the event's `time`, taken by the
+worker when the step's values were read; one clock, one machine) p50/p99/max over every metrics
+event every client got; deliveries/s (messages received by all clients); the server process's
+CPU time over the measurement, and deliveries per server CPU-second ("per core"); resyncs (a
+client that fell behind). Clients and feeders share the machine's cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FAST = {"dataset": "synthetic", "depth": 3, "width": 16, "steps": 1_000_000, "eval_every": 0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+# ---- feeders: one process per run --------------------------------------------------------
+
+
+def feed(url: str, run_id: str, token: str, rate: float, layers: int, stop: mp.Event) -> None:
+    from trainer.worker import IngestClient
+
+    ws = url.replace("http://", "ws://", 1)
+    client = IngestClient(f"{ws}/api/ingest/{run_id}", token)
+    assert client.hello_ready.wait(30) and client.hello is not None, client.fatal
+    client.emit({"type": "run.started", "time": time.time(), "device": "cpu",
+                 "layers": [{"name": f"fc{i}.weight", "module": "Linear", "shape": [16, 16]} for i in range(layers)]})
+    t0, step = time.perf_counter(), 0
+    while not stop.is_set():
+        step += 1
+        g = [0.5 + (step * 7 + i) % 13 / 10 for i in range(layers)]
+        client.emit({"type": "metrics", "step": step, "time": time.time(), "loss": 1 / step, "accuracy": 0.5,
+                     "global_grad_norm": 1.0, "grad_norm": g, "weight_norm": g, "update_ratio": g})
+        delay = t0 + step / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    client.emit({"type": "run.finished", "time": time.time(), "status": "completed", "reason": None,
+                 "summary": {"step": step}})
+    client.close(timeout=30)
+
+
+# ---- clients: asyncio websockets, several per process ------------------------------------
+
+
+async def _client(url: str, window: tuple[float, float], out: dict) -> None:
+    from websockets.asyncio.client import connect
+
+    async with connect(url, max_size=None, max_queue=None) as ws:
+        out["connected"] += 1
+        async for raw in ws:
+            now = time.time()
+            if now > window[1]:
+                break
+            if now < window[0]:
+                continue
+            out["messages"] += 1
+            m = orjson.loads(raw)
+            if m["type"] == "metrics":
+                out["lags"].append(now - m["time"])
+            elif m["type"] == "resync":
+                out["resyncs"] += 1
+
+
+def clients(url: str, n: int, window: tuple[float, float], results: mp.Queue) -> None:
+    out = {"connected": 0, "messages": 0, "resyncs": 0, "lags": []}
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(_client(url, window, out)) for _ in range(n)]
+        await asyncio.wait(tasks, timeout=window[1] - time.time() + 5)
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(main())
+    results.put(out)
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict:
+    port, token = free_port(), secrets.token_urlsafe(16)
+    data = Path(args.data_dir or f"/tmp/gradwatch-bench-{port}")
+    env = {**os.environ, "GRADWATCH_TOKEN": token, "GRADWATCH_MAX_CONCURRENT": str(args.runs)}
+    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--data-dir",
+                               str(data), "--log-level", "warning"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    procs: list[mp.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if api.get("/api/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+            time.sleep(0.1)
+        ctx = mp.get_context("spawn")
+        results: mp.Queue = ctx.Queue()
+        stop = ctx.Event()
+        run_ids = []
+        for i in range(args.runs):
+            if args.source == "real":
+                r = api.post("/api/runs", json={"name": f"bench-{i}", "config": FAST})
+            else:
+                r = api.post("/api/runs", json={"name": f"bench-{i}", "external": True, "config": {}})
+            assert r.status_code == 201, r.text
+            run_ids.append(r.json()["id"])
+            if args.source == "paced":
+                procs.append(ctx.Process(target=feed, args=(url, r.json()["id"], r.json()["token"], args.rate,
+                                                            args.layers, stop)))
+                procs[-1].start()
+        deadline = time.monotonic() + 120  # every run streaming before anything is measured
+        while not all(api.get(f"/api/runs/{i}").json()["last_seq"] >= 2 for i in run_ids):
+            assert time.monotonic() < deadline, "the runs did not start streaming"
+            time.sleep(0.2)
+        start = time.time() + args.connect_s  # the clients connect, then we measure
+        window = (start, start + args.seconds)
+        per = [args.clients // args.client_procs + (i < args.clients % args.client_procs)
+               for i in range(args.client_procs)]
+        for n in per:
+            procs.append(ctx.Process(target=clients, args=(f"{url.replace('http', 'ws', 1)}/api/stream?token={token}",
+                                                           n, window, results)))
+            procs[-1].start()
+        time.sleep(max(0.0, start - time.time()))
+        cpu0 = cpu_seconds(server.pid)
+        time.sleep(max(0.0, window[1] - time.time()))
+        cpu1 = cpu_seconds(server.pid)
+        outs = [results.get(timeout=60) for _ in per]
+        steps = [api.get(f"/api/runs/{i}").json()["summary"].get("step", 0) for i in run_ids]
+        stop.set()
+        for i in run_ids:
+            if args.source == "real":
+                api.post(f"/api/runs/{i}/stop")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+        api.close()
+        server.terminate()
+        server.wait(30)
+    lags = sorted(x for o in outs for x in o["lags"])
+    messages = sum(o["messages"] for o in outs)
+
+    def q(p: float) -> float:
+        return lags[min(len(lags) - 1, int(p * len(lags)))] * 1000 if lags else float("nan")
+
+    cpu = cpu1 - cpu0
+    return {
+        "source": args.source, "runs": args.runs, "clients": args.clients, "rate": args.rate if args.source == "paced"
+        else None, "layers": args.layers, "seconds": args.seconds,
+        "connected": sum(o["connected"] for o in outs), "steps_per_run_at_end": steps,
+        "metrics_delivered": len(lags), "deliveries_per_s": round(messages / args.seconds),
+        "latency_ms": {"p50": round(q(0.50), 1), "p99": round(q(0.99), 1), "max": round(q(1.0), 1)},
+        "server_cpu_s": round(cpu, 2), "server_cpu_util": round(cpu / args.seconds, 2),
+        "deliveries_per_server_cpu_s": round(messages / cpu) if cpu > 0 else None,
+        "resyncs": sum(o["resyncs"] for o in outs),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--clients", type=int, default=20, help="browser websockets, each subscribed to every run")
+    ap.add_argument("--rate", type=float, default=50.0, help="steps/s per paced run")
+    ap.add_argument("--layers", type=int, default=8, help="per-layer array length of a paced run's events")
+    ap.add_argument("--seconds", type=float, default=20.0, help="measurement window")
+    ap.add_argument("--connect-s", type=float, default=4.0, help="warm-up before the window")
+    ap.add_argument("--client-procs", type=int, default=2)
+    ap.add_argument("--source", choices=["paced", "real"], default="paced")
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args()
+    result = run(args)
+    lat = result["latency_ms"]
+    print(f"{result['runs']} runs x {result['clients']} clients, {args.source}"
+          + (f" at {args.rate:g} steps/s, {args.layers} layers" if args.source == "paced" else "")
+          + f", {args.seconds:g} s on {os.cpu_count()} cores")
+    print(f"  latency p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms "
+          f"over {result['metrics_delivered']} metrics deliveries")
+    print(f"  {result['deliveries_per_s']} deliveries/s; server CPU {result['server_cpu_util'] * 100:.0f}% "
+          f"-> {result['deliveries_per_server_cpu_s']} deliveries per server CPU-second; "
+          f"resyncs {result['resyncs']}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
