@@ -58,3 +58,15 @@ def open_dashboard(page: Any, server: Any, query: str = "") -> None:
     adds state, e.g. "&runs=a,b") and wait for the live connection."""
     page.goto(server.browser_url + query)
     page.wait_for_function(LIVE)
+
+
+def screenshot_whole_page(page: Any, path: Any) -> None:
+    """A picture of the whole page with every chart drawn: the viewport is made as tall as the
+    page (figures out of view are not drawn), then the heatmap and profiles get a moment."""
+    height = page.evaluate("document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": page.viewport_size["width"], "height": height})
+    shown = "gradwatch.charts.jobs.filter(j => j.fig.div.offsetParent !== null)"  # not in a hidden card
+    page.wait_for_function(f"{shown}.every(j => j.visible)")
+    page.wait_for_function(f"{shown}.every(j => !j.fig.urgent?.(j.runs(), gradwatch.charts.view))")
+    page.wait_for_timeout(1500)  # a paced redraw or two of whatever arrived meanwhile
+    page.screenshot(path=str(path), full_page=True)

@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from .browserkit import LIVE, browser_fixture, open_dashboard, page_fixture  # noqa: F401 - fixtures
+from .browserkit import (  # noqa: F401 - fixtures
+    LIVE,
+    browser_fixture,
+    open_dashboard,
+    page_fixture,
+    screenshot_whole_page,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -34,9 +40,10 @@ def launch(page: Any, name: str, batchnorm: bool, steps: int) -> None:
 def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: Path) -> None:
     open_dashboard(page, live_server)
     page.click("#more summary")  # steps lives in the collapsed "more settings"
-    # Long enough that both are still training while we look; we stop them at the end.
-    launch(page, "bn-on", batchnorm=True, steps=5000)
-    launch(page, "bn-off", batchnorm=False, steps=5000)
+    # Long enough that both are still training while we look (however busy the machine);
+    # we stop them at the end.
+    launch(page, "bn-on", batchnorm=True, steps=100_000)
+    launch(page, "bn-off", batchnorm=False, steps=100_000)
 
     rows = page.locator("#runs tr[data-run-id]")
     assert rows.count() == 2
@@ -59,6 +66,7 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     page.wait_for_function("document.getElementById('chart-layers').data.length === 2")
     lengths = page.evaluate("document.getElementById('chart-layers').data.map(t => t.x.length)")
     assert len(set(lengths)) == 2, lengths
+    page.locator("#chart-heatmap").scroll_into_view_if_needed()  # a figure out of view is drawn when seen
     page.wait_for_function("(document.getElementById('chart-heatmap').data[0]?.z || []).length > 0")
 
     save = bool(os.environ.get("GRADWATCH_SAVE_SCREENSHOT"))
@@ -66,9 +74,11 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
         page.wait_for_function(f"{LOSS_POINTS} >= 400", timeout=120_000)
     page.click("#more summary")  # fold the form back for the picture
     shot = tmp_path / "dashboard.png"
-    page.screenshot(path=str(shot), full_page=True)
+    screenshot_whole_page(page, shot)
     if save:
         shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+    page.set_viewport_size({"width": 1400, "height": 1250})
+    page.evaluate("window.scrollTo(0, 0)")
 
     # The person's zoom and legend-hidden traces survive live updates (extendTraces) and
     # rebuilt traces (react: focusing a run redraws its line thicker).
@@ -94,9 +104,9 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
         row = rows.filter(has_text=name)
         if row.locator(".stop").is_visible():
             row.locator(".stop").click()
-    page.wait_for_function(
-        "[...document.querySelectorAll('#runs .badge')].every(b => !['queued', 'running'].includes(b.textContent))",
-        timeout=60_000)
+    page.wait_for_function(  # (`stalled`: a worker starved of CPU for a while; it has Stop too)
+        "[...document.querySelectorAll('#runs .badge')]"
+        ".every(b => !['queued', 'running', 'stalled'].includes(b.textContent))", timeout=60_000)
 
     # The URL holds the comparison: a reload draws both runs again, from history.
     assert "runs=" in page.url

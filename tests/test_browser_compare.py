@@ -119,6 +119,7 @@ def test_changing_l2_on_a_running_run_draws_a_marker_on_its_charts(server: LiveS
     step = iv[0]["step"]
     # Every step-indexed chart of the run draws it: a dashed line at its step, labelled.
     for fig in ("chart-loss", "chart-acc", "chart-gnorm", "chart-heatmap"):
+        page.locator(f"#{fig}").scroll_into_view_if_needed()  # a figure out of view is drawn when seen
         page.wait_for_function(f"({LABELS})('{fig}').includes('l2 0→0.5')", timeout=30_000)
         shapes = page.evaluate(f"document.getElementById('{fig}').layout.shapes")
         assert any(s["name"] == "intervention l2 0→0.5" and s["x0"] == step and s["line"]["dash"] == "dash"
@@ -168,6 +169,7 @@ def test_a_reload_or_the_copied_link_restores_the_comparison(server: LiveServer,
         p.wait_for_function("document.querySelector('#scrubber .step-label').textContent.startsWith('30 of')")
         p.wait_for_function("document.getElementById('chart-layers').data.every(t => / @ step 30$/.test(t.name))")
         p.wait_for_function("document.querySelector('#detail .detail-name').textContent === 'cmp-bn-on'")
+        p.locator("#chart-heatmap").scroll_into_view_if_needed()  # figures out of view wait
         p.wait_for_function("(document.getElementById('chart-heatmap').data[0]?.colorbar?.title?.text || '')"
                             ".includes('update ratio')")
         # The chips say what the two differ in.

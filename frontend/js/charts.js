@@ -1,9 +1,12 @@
 // Every figure of the page and when to draw it. Updates are coalesced: new
 // data only marks figures stale; drawing happens in animation frames, one
 // figure after another within a small time budget per frame (so a live page
-// never holds up a frame with all of its figures at once), each figure at
-// most every `minMs` and never more often than four times its own drawing
-// cost (so a slow figure cannot take more than a fifth of the main thread).
+// never holds up a frame with all of its figures at once), the one waiting
+// longest first, each at most every `minMs`. Drawing is paced as a whole:
+// after a draw that took c ms the next waits IDLE_RATIO x c, so redraws never
+// take more than about a third of the main thread however many figures and
+// runs there are (they come less often instead). A figure scrolled out of
+// view is not drawn at all; it catches up when it comes back.
 
 import { LINE_SPECS, LineFigure } from './lines.js';
 import { PROFILE_SPECS, ProfileFigure } from './profiles.js';
@@ -13,6 +16,7 @@ import { MultiplesFigure } from './multiples.js';
 const LINE_MS = 100;   // ~10 Hz
 const SLOW_MS = 400;   // figures rebuilt whole (profiles, the small multiples)
 const FRAME_BUDGET_MS = 12;
+const IDLE_RATIO = 2;    // idle time after a draw, per ms of drawing
 
 export class Charts {
   constructor(api, doc = document) {
@@ -34,7 +38,24 @@ export class Charts {
       ...this.profiles.map(fig => ({ fig, name: fig.spec.name, runs: all, minMs: SLOW_MS })),
       { fig: this.heatmap, name: 'heatmap', runs: all, minMs: SLOW_MS },
       { fig: this.multiples, name: 'group', runs: group, minMs: SLOW_MS },
-    ].map(job => ({ ...job, last: -Infinity, cost: 0 }));
+    ].map(job => ({ ...job, last: -Infinity, cost: 0, draws: 0, visible: true }));
+    this.paceUntil = 0;
+    for (const job of this.jobs) job.fig.requestDraw = () => this.touch();
+    this.watchVisibility();
+  }
+
+  // Figures out of view (with a margin, so scrolling finds them drawn) are skipped.
+  watchVisibility() {
+    if (typeof IntersectionObserver === 'undefined') return;
+    const byDiv = new Map(this.jobs.map(j => [j.fig.div, j]));
+    const io = new IntersectionObserver(entries => {
+      for (const e of entries) {
+        const job = byDiv.get(e.target);
+        if (job) job.visible = e.isIntersecting;
+      }
+      this.touch();
+    }, { rootMargin: '300px 0px' });
+    for (const div of byDiv.keys()) io.observe(div);
   }
 
   // Every figure by its PNG name, for the download buttons.
@@ -67,14 +88,21 @@ export class Charts {
     const start = performance.now();
     let wait = Infinity;
     const due = [];
+    const paced = start < this.paceUntil;
     for (const job of this.jobs) {
+      if (!job.visible) continue;
       const runs = job.runs();
       if (!job.fig.stale(runs, this.view)) {
         const wake = job.fig.dueIn?.(runs, this.view);
         if (wake != null) wait = Math.min(wait, wake);
         continue;
       }
-      const ready = job.last + Math.max(job.minMs, job.cost * 4);
+      // What the person just asked for (a run ticked, a setting) is not paced.
+      if (paced && !job.fig.urgent?.(runs, this.view)) {
+        wait = Math.min(wait, this.paceUntil - start);
+        continue;
+      }
+      const ready = job.last + job.minMs;
       if (ready <= start) due.push({ job, runs });
       else wait = Math.min(wait, ready - start);
     }
@@ -86,7 +114,13 @@ export class Charts {
       const t1 = performance.now();
       job.cost = job.cost ? 0.7 * job.cost + 0.3 * (t1 - t0) : t1 - t0;
       job.last = t0;
+      job.draws++;
       this.noteDrawn(job, runs, t1);
+    }
+    const busy = performance.now() - start;
+    if (due.length) {
+      this.paceUntil = performance.now() + IDLE_RATIO * busy;
+      wait = Math.min(wait, IDLE_RATIO * busy);
     }
     if (wait === 0) this.touch();
     else if (wait < Infinity) this.timer = setTimeout(() => { this.timer = null; this.touch(); }, wait);

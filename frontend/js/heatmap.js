@@ -1,8 +1,8 @@
 /* global Plotly */
 // Layer x step heatmap of one run, from the server's min/max buckets
 // (GET /api/runs/{id}/heatmap): each column is a span of steps colored by its
-// maximum, so a one-step spike keeps its full value at any zoom; hover shows
-// the bucket's min too. Refetched when the run or statistic changes, and
+// maximum, so a one-step spike keeps its full value at any zoom. Refetched
+// when the run or statistic changes, and
 // every REFRESH_MS while the run grows.
 
 import { CONFIG, NO_RUNS, layout } from './plot.js';
@@ -69,6 +69,11 @@ export class HeatmapFigure {
     return (!this.fetching && this.needsFetch(run, view.stat)) || this.keyNow(run, view.stat) !== this.key;
   }
 
+  // Another run or statistic than the one shown: the person is waiting for it.
+  urgent(runs, view) {
+    return this.shown !== `${view.heatRun}|${view.stat}`;
+  }
+
   // How long until a refresh for steps that came since the last fetch, or null.
   dueIn(runs, view) {
     const run = runs.find(r => r.id === view.heatRun);
@@ -87,6 +92,7 @@ export class HeatmapFigure {
     const current = run && h && h.id === run.id && h.stat === stat;
     if (run && !current) return; // keep the old picture until the new one lands
     this.key = key;
+    this.shown = `${view.heatRun}|${stat}`;
     const body = this.body;
     if (!run || this.failed || !body?.step_start?.length || !body.layers?.length) {
       const empty = !run ? NO_RUNS : this.failed ?? `no steps recorded for ${run.name} yet`;
@@ -100,23 +106,25 @@ export class HeatmapFigure {
     const nl = body.layers.length;
     const nb = body.step_start.length;
     const x = body.step_start.map((s, b) => (s + body.step_end[b]) / 2);
-    const z = [], custom = [];
+    const z = [], maxes = [];
     for (let l = 0; l < nl; l++) {
-      const zr = new Array(nb), cr = new Array(nb);
+      const zr = new Array(nb), mr = new Array(nb);
       for (let b = 0; b < nb; b++) {
-        const max = body.max[b][l], min = body.min[b][l];
+        const max = body.max[b][l];
         zr[b] = max > 0 ? Math.log10(max) : null;
-        cr[b] = [max, min, body.step_start[b], body.step_end[b]];
+        mr[b] = max;
       }
       z.push(zr);
-      custom.push(cr);
+      maxes.push(mr);
     }
     const title = TITLES[stat] ?? stat;
+    const span = nb > 1 ? Math.round((body.step_end[nb - 1] - body.step_start[0] + 1) / nb) : 1;
     return {
-      uid: 'heatmap', type: 'heatmap', x, y: body.layers.map(l => l.name), z, customdata: custom,
+      uid: 'heatmap', type: 'heatmap', x, y: body.layers.map(l => l.name), z, customdata: maxes,
       colorscale: 'Viridis', hoverongaps: false,
       colorbar: { title: { text: `log₁₀ ${title}<br>(bucket max)`, side: 'right' }, thickness: 12, outlinewidth: 0 },
-      hovertemplate: `steps %{customdata[2]}–%{customdata[3]}<br>%{y}<br>${title} max %{customdata[0]:.3g}, min %{customdata[1]:.3g}<extra></extra>`,
+      hovertemplate: `step %{x:.0f}${span > 1 ? ` (±${Math.ceil(span / 2)})` : ''}<br>%{y}<br>`
+        + `${title}: max %{customdata:.3g}<extra></extra>`,
     };
   }
 

@@ -21,6 +21,7 @@ export const LINE_SPECS = [
 ];
 
 const RAW_OPACITY = 0.28;
+const RAW_ALL_UP_TO = 3; // runs shown with their raw line; beyond, only the focused one
 
 export class LineFigure {
   constructor(div, spec) {
@@ -28,8 +29,19 @@ export class LineFigure {
     this.spec = spec;
     this.key = null;
     this.marksKey = null;
-    this.traces = [];  // [{run, kind: 'raw' | 'line' | 'val', drawn, ema}]: raw only while smoothing
+    this.traces = [];  // [{run, kind: 'raw' | 'line', drawn, ema}] or {kind: 'val', runs, drawn: [per run]}
+    this.requestDraw = () => {};
     Plotly.newPlot(div, [], layout({ ...spec, empty: NO_RUNS }), CONFIG);
+    // Hiding a run in the legend must hide its validation points too, which share
+    // one trace: rebuild once Plotly has applied the click.
+    const legend = () => setTimeout(() => { this.key = null; this.requestDraw(); });
+    div.on('plotly_legendclick', legend);
+    div.on('plotly_legenddoubleclick', legend);
+  }
+
+  // A rebuild (new runs, new settings) is what the person waits for; extends are not.
+  urgent(runs, view) {
+    return this.traceKey(runs, view) !== this.key;
   }
 
   isLog(view) {
@@ -39,7 +51,9 @@ export class LineFigure {
   // runs: [{id, name, color, focused, series, marks}]; view: {smooth, scale, step}.
   stale(runs, view) {
     return this.traceKey(runs, view) !== this.key || this.marksKeyNow(runs, view) !== this.marksKey
-      || this.traces.some(t => t.run.series.length > t.drawn || (t.kind === 'val' && t.run.series.valStep.length > t.drawn));
+      || this.traces.some(t => (t.kind === 'val'
+        ? t.runs.some((run, i) => run.series.valStep.length > t.drawn[i])
+        : t.run.series.length > t.drawn));
   }
 
   weight(view) {
@@ -89,7 +103,6 @@ export class LineFigure {
   // y values for one trace from index `from` on, continuing its EMA.
   values(t, from, view) {
     const s = t.run.series;
-    if (t.kind === 'val') return s.valAccuracy.slice(from);
     let y = s.ys(this.spec.key, from);
     if (t.kind === 'line' && this.weight(view) > 0) {
       const out = ema(y, this.weight(view), t.ema);
@@ -99,26 +112,38 @@ export class LineFigure {
     return this.isLog(view) ? y.map(positive) : y;
   }
 
-  xsOf(t, from) {
-    return t.kind === 'val' ? t.run.series.valStep.slice(from) : t.run.series.xs(from);
-  }
-
-  lengthOf(t) {
-    return t.kind === 'val' ? t.run.series.valStep.length : t.run.series.length;
+  // The validation points of every run in one trace (a trace per run would
+  // cost Plotly as much as a line, on every redraw), each in its run's color.
+  valPoints(t, froms) {
+    const out = { x: [], y: [], color: [], name: [] };
+    t.runs.forEach((run, i) => {
+      const s = run.series;
+      for (let k = froms[i]; k < s.valStep.length; k++) {
+        out.x.push(s.valStep[k]);
+        out.y.push(s.valAccuracy[k]);
+        out.color.push(run.color);
+        out.name.push(run.name);
+      }
+    });
+    return out;
   }
 
   rebuild(runs, view, key) {
     this.key = key;
     this.marksKey = null;
     // Kind-major order: smoothed lines over their faint raw lines, validation markers on top.
+    // Raw lines only while smoothing, and with many runs only the focused run's: each
+    // trace costs Plotly a fixed amount on every redraw, and eight faint lines are noise.
     const kinds = this.weight(view) > 0 ? ['raw', 'line'] : ['line'];
-    if (this.spec.val) kinds.push('val');
+    const rawFor = run => runs.length <= RAW_ALL_UP_TO || run.focused;
     this.traces = [];
-    for (const kind of kinds) for (const run of runs) this.traces.push({ run, kind, drawn: 0, ema: undefined });
+    for (const kind of kinds) {
+      for (const run of runs) if (kind !== 'raw' || rawFor(run)) this.traces.push({ run, kind, drawn: 0, ema: undefined });
+    }
     const { ytitle } = this.spec;
     const data = this.traces.map(t => {
       const { run, kind } = t;
-      const x = this.xsOf(t, 0);
+      const x = t.run.series.xs(0);
       const y = this.values(t, 0, view);
       t.drawn = x.length;
       const width = run.focused ? 2.5 : 1.5;
@@ -126,17 +151,33 @@ export class LineFigure {
       const trace = {
         xaxis: axes.x, yaxis: axes.y,
         uid: uid(run.id, `${this.spec.key}-${kind}`),
-        type: 'scatter', mode: kind === 'val' ? 'markers' : 'lines', x, y,
-        name: run.name + (kind === 'val' ? ' (val)' : kind === 'raw' ? ' (raw)' : ''),
+        type: 'scatter', mode: 'lines', x, y,
+        name: run.name + (kind === 'raw' ? ' (raw)' : ''),
         legendgroup: run.id,
         showlegend: kind === 'line',
         line: { color: run.color, width: kind === 'raw' ? 1 : width },
-        marker: { color: run.color, size: 9, symbol: 'diamond', line: { color: '#fff', width: 1 } },
         hovertemplate: `%{fullData.name}<br>step %{x}<br>${ytitle} %{y:.4g}<extra></extra>`,
       };
+      // Empty, never drawn (lines mode): extendTraces extends the same attributes of
+      // every trace it names, and the validation trace needs these two.
+      if (this.spec.val) Object.assign(trace, { marker: { color: [] }, customdata: [] });
       if (kind === 'raw') Object.assign(trace, { opacity: RAW_OPACITY, hoverinfo: 'skip', hovertemplate: undefined });
       return trace;
     });
+    if (this.spec.val) {
+      // Runs hidden in the legend keep their validation points hidden too.
+      const hidden = new Set((this.div.data ?? []).filter(d => d.visible === 'legendonly').map(d => d.legendgroup));
+      const t = { kind: 'val', runs: runs.filter(r => !hidden.has(r.id)), drawn: [] };
+      const v = this.valPoints(t, t.runs.map(() => 0));
+      t.drawn = t.runs.map(r => r.series.valStep.length);
+      this.traces.push(t);
+      data.push({
+        uid: `val-${this.spec.key}`, type: 'scatter', mode: 'markers', x: v.x, y: v.y, customdata: v.name,
+        name: 'validation', showlegend: false,
+        marker: { color: v.color, size: 9, symbol: 'diamond', line: { color: '#fff', width: 1 } },
+        hovertemplate: `%{customdata} (val)<br>step %{x}<br>${ytitle} %{y:.4g}<extra></extra>`,
+      });
+    }
     // The layout's own notes (the "select a run" hint) plus the markers; a later
     // relayout of the markers replaces both, and the hint shows only without runs.
     const lay = this.baseLayout(runs, view);
@@ -150,14 +191,30 @@ export class LineFigure {
   // Same traces: append only what is new.
   extend(view) {
     const idx = [], xs = [], ys = [];
+    let val = null;
     this.traces.forEach((t, i) => {
-      const n = this.lengthOf(t);
+      if (t.kind === 'val') {
+        if (!t.runs.some((run, k) => run.series.valStep.length > t.drawn[k])) return;
+        val = { i, points: this.valPoints(t, t.drawn) };
+        t.drawn = t.runs.map(r => r.series.valStep.length);
+        return;
+      }
+      const n = t.run.series.length;
       if (n <= t.drawn) return;
       idx.push(i);
-      xs.push(this.xsOf(t, t.drawn));
+      xs.push(t.run.series.xs(t.drawn));
       ys.push(this.values(t, t.drawn, view));
       t.drawn = n;
     });
-    if (idx.length) Plotly.extendTraces(this.div, { x: xs, y: ys }, idx);
+    if (val) {
+      // One call for the lines and the markers: each extendTraces is a whole redraw.
+      const rest = idx.map(() => []);
+      Plotly.extendTraces(this.div, {
+        x: [...xs, val.points.x], y: [...ys, val.points.y],
+        'marker.color': [...rest, val.points.color], customdata: [...rest, val.points.name],
+      }, [...idx, val.i]);
+    } else if (idx.length) {
+      Plotly.extendTraces(this.div, { x: xs, y: ys }, idx);
+    }
   }
 }

@@ -223,7 +223,8 @@ async function pickGroup(id) {
 
 // While cells train, the group's answer (best validation accuracy) is refetched now and then.
 setInterval(() => {
-  if (group?.cells.some(c => ['queued', 'running'].includes(runs.get(c.run_id)?.status ?? c.status))) refreshGroup();
+  const active = c => ['queued', 'running', 'stalled'].includes(runs.get(c.run_id)?.status ?? c.status);
+  if (group?.cells.some(active)) refreshGroup();
 }, 3000);
 
 // ---- state -> charts
@@ -232,7 +233,8 @@ setInterval(() => {
 function applyState() {
   const { selected } = state.get();
   for (const id of series.keys()) if (!selected.includes(id)) series.delete(id);
-  for (const id of selected) if (!series.has(id)) series.set(id, new RunSeries(id));
+  // Live steps pile up to twice what history brings, then every other one goes.
+  for (const id of selected) if (!series.has(id)) series.set(id, new RunSeries(id, 2 * historyPoints()));
   stream.setWatched(selected);
   updateViews();
 }
@@ -409,7 +411,7 @@ function initialSelection() {
   } else if (!state.explicit.selected) {
     // First visit without a selection: show what is running, else the newest run.
     const all = newestFirst();
-    const active = all.filter(r => r.status === 'running' || r.status === 'queued').slice(0, 4);
+    const active = all.filter(r => ['running', 'queued', 'stalled'].includes(r.status)).slice(0, 4);
     state.set({ selected: (active.length ? active : all.slice(0, 1)).map(r => r.id).reverse() });
   } else {
     // Drop runs deleted since the link was made.

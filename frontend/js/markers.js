@@ -83,9 +83,13 @@ export function markLayout(marks, color, { xref = 'x', yref = 'paper', slot = 0,
       line: { color: lineColor, width: style.width, dash: style.dash }, name: `${m.kind} ${m.label}`,
       layer: 'above',
     });
+    // Alerts are a short tick only: they can be many, and every text label costs a
+    // measurement on each redraw. Their messages are in the details panel and on
+    // the scrubber's ticks.
+    if (alert) continue;
     const label = small && m.kind === 'intervention' ? m.label.replace(/ /, '\u202f') : m.label;
     annotations.push({
-      x, xref, yref, y: alert ? 1 : 1 - 0.1 * (row++ % 5), yanchor: 'top', xanchor: 'left', xshift: 2,
+      x, xref, yref, y: 1 - 0.1 * (row++ % 5), yanchor: 'top', xanchor: 'left', xshift: 2,
       text: label, hovertext: m.hover, showarrow: false,
       font: { size: small ? 9 : 10, color: m.kind === 'diverged' ? BAD : color },
       bgcolor: 'rgba(255,255,255,0.85)', borderpad: 1,

@@ -25,6 +25,10 @@ export class ProfileFigure {
 
   layout(empty, order) {
     const lay = layout({ xtitle: 'layer (forward order)', ytitle: this.spec.ytitle, log: true, empty });
+    // No legend: the chips above the charts name the runs in their colors, and a
+    // legend of eight entries would be redrawn (and measured) on every step.
+    lay.showlegend = false;
+    lay.margin.t = 10;
     // Deep nets have 50+ parameters: let Plotly thin the labels (every point keeps its hover name).
     Object.assign(lay.xaxis, {
       type: 'category', categoryorder: 'array', categoryarray: order, tickangle: -35, nticks: 24, tickfont: { size: 10 },
@@ -44,10 +48,18 @@ export class ProfileFigure {
 
   stale(runs, view) { return this.keyNow(runs, view) !== this.key; }
 
+  // Another set of runs (or colors) is what the person waits for; a new step is not.
+  structure(runs) {
+    return runs.map(r => [r.id, r.color, r.focused, r.series.version, r.series.length > 0].join('|')).join(';');
+  }
+
+  urgent(runs) { return this.structure(runs) !== this.drawnStructure; }
+
   draw(runs, view) {
     const key = this.keyNow(runs, view);
     if (key === this.key) return;
     this.key = key;
+    this.drawnStructure = this.structure(runs);
     const shown = this.rows(runs, view).filter(r => r.i >= 0);
     const order = mergeOrder(shown.map(({ run }) => run.series.layers.map(l => l.name)));
     const data = shown.map(({ run, i }) => {

@@ -2,7 +2,7 @@
 // live update does not steal a click or reset a checkbox mid-interaction.
 // Actions are reported through `handlers` (select, focus, stop, remove).
 
-const ACTIVE = new Set(['queued', 'running']);
+const ACTIVE = new Set(['queued', 'running', 'stalled']); // Stop is offered
 
 const fmt = {
   step: v => (v == null ? '—' : String(v)),

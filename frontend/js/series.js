@@ -75,6 +75,7 @@ export class RunSeries {
     this.alerts = [];          // the newest alerts: markers
     this.finished = null;      // the run.finished event, once it came
     this.marksVersion = 0;     // bumped when an event that draws a marker arrives
+    this.received = 0;         // live metrics events taken (the benchmark counts them)
   }
 
   get length() { return this.step.length; }
@@ -110,6 +111,7 @@ export class RunSeries {
         if (msg.layers?.length) this.setLayers(msg.layers);
         return;
       case 'metrics':
+        this.received++;
         this.push(msg.step, msg.loss, msg.accuracy, msg.global_grad_norm,
           msg.grad_norm, msg.weight_norm, msg.update_ratio);
         if (msg.val_accuracy !== undefined) this.pushVal(msg.step, msg.val_accuracy);
