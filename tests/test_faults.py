@@ -168,7 +168,6 @@ def test_a_server_killed_and_restarted_keeps_everything_reattaches_live_workers_
         queued = first.create_run(FAST, name="queued")  # both slots are taken
         assert first.run(queued["id"])["status"] == "queued"
         live_pid, dead_pid = one_worker(live["id"]), one_worker(dead["id"])
-        before = first.run(live["id"])["last_seq"]
     finally:
         first.stop(signal.SIGKILL)
     os.kill(dead_pid, signal.SIGKILL)  # this one dies while nobody watches
@@ -179,7 +178,8 @@ def test_a_server_killed_and_restarted_keeps_everything_reattaches_live_workers_
         # Old history, untouched.
         assert again.client.get(f"/api/runs/{done['id']}/metrics").json() == done_history
         # The live worker reconnected, resent what was not acknowledged, and goes on.
-        wait_for(lambda: again.run(live["id"])["last_seq"] > before + 50, timeout=30,
+        stored = again.run(live["id"])["last_seq"]  # what the first server had stored
+        wait_for(lambda: again.run(live["id"])["last_seq"] > stored + 50, timeout=30,
                  what="the live worker to reconnect and resend")
         assert again.run(live["id"])["status"] == "running"
         again.client.post(f"/api/runs/{live['id']}/stop")
