@@ -3,9 +3,11 @@
 A connected worker sends something at least every second (events, or a heartbeat from its
 sender thread when it has none). A run silent for `heartbeat_timeout_s` is marked `stalled`
 (the process is stopped, hung, swapping, or its network is cut); anything arriving from it
-again makes it `running`. Stalled for `stalled_timeout_s` more, it is `failed` with the reason
-and its worker, when it is ours, is killed so that it cannot wake later and write to a run
-that has ended.
+again makes it `running`. Stalled for `stalled_timeout_s` more while still connected, or while
+its worker is a process of ours, it is `failed` with the reason and that worker is killed, so
+that it cannot wake later and write to a run that has ended. A disconnected run of someone
+else's process (trainer.connect, a worker reattached after a restart) is left to the reconnect
+grace in jobs.py.
 
 A process that dies outright is not this module's business: its exit (our workers) or its
 closed connection (reattached and external ones) resolves the run within moments.
@@ -69,7 +71,11 @@ class Liveness:
                     self.stalled_since[run_id] = now
                     self._set_status(run_id, "stalled")
                     log.warning("run %s: nothing from its worker for %.1f s: stalled", run_id, silent)
-            elif now - self.stalled_since[run_id] > self.stalled_timeout:
+            elif now - self.stalled_since[run_id] > self.stalled_timeout and (
+                    run_id in self.jobs.conns or run_id in self.jobs.procs):
+                # Connected but silent, or our own process: hung. A user's loop (or a reattached
+                # worker) that has disconnected is the reconnect grace's business instead: a
+                # laptop that sleeps keeps its run for GRADWATCH_EXTERNAL_GRACE_S.
                 self._fail(run_id, silent)
 
     def _fail(self, run_id: str, silent: float) -> None:

@@ -255,6 +255,19 @@ def fed_run(server: LiveServer) -> Iterator[Feeder]:
     feeder.finish()
 
 
+def test_your_own_loop_that_disconnects_is_stalled_but_keeps_its_run_for_the_reconnect_grace(
+        server: LiveServer) -> None:
+    """A laptop that sleeps: silent and gone, but not a process of ours. Stalled, not failed,
+    well past the stalled timeout (GRADWATCH_EXTERNAL_GRACE_S, 10 min, decides)."""
+    feeder = Feeder(server, rate=100, limit=20).start()
+    feeder.thread.join(30)
+    assert feeder.client.close(timeout=30)  # gone, without a run.finished
+    server.wait_status(feeder.id, ("stalled",), timeout=HEARTBEAT_TIMEOUT_S + 5)
+    time.sleep(STALLED_TIMEOUT_S + 1.5)
+    assert server.run(feeder.id)["status"] == "stalled"
+    assert server.client.delete(f"/api/runs/{feeder.id}").status_code == 204
+
+
 def _read_events(ws: Any, count: int, since: int, got: list[int]) -> int:
     """Read `count` stored events (run.update is a record, not an event); returns the last seq."""
     while count > 0:
