@@ -126,15 +126,20 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 
 def worker_pids(run_id: str) -> list[int]:
-    """PIDs of the worker processes training run_id (found through /proc, Linux only)."""
+    """PIDs of the worker processes training run_id (found through /proc, Linux only): a worker
+    forked by the zygote is named gw-<run id>; a plain one has the run id on its command line."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            comm = (entry / "comm").read_text().strip()
             cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"trainer.worker" in cmd and run_id.encode() in cmd:
+        if state == "Z":
+            continue  # exited, not yet reaped
+        if comm == f"gw-{run_id}"[:15] or (b"trainer.worker" in cmd and run_id.encode() in cmd):
             pids.append(int(entry.name))
     return pids
