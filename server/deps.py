@@ -1,4 +1,7 @@
-"""Typed dependency aliases: routes declare what they need, the lifespan provides it."""
+"""Typed dependency aliases: routes declare what they need, the lifespan provides it.
+
+Everything that touches the Store is `async def`: the store has one SQLite connection, used
+from the event loop's thread only (a sync route or dependency would run in the threadpool)."""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ from .settings import Settings
 from .store import Store
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_jobs(request: Request) -> JobManager:
+async def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -28,7 +31,7 @@ JobsDep = Annotated[JobManager, Depends(get_jobs)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_run_or_404(run_id: str, store: StoreDep) -> dict[str, Any]:
+async def get_run_or_404(run_id: str, store: StoreDep) -> dict[str, Any]:
     run = store.get_run(run_id)
     if run is None:
         raise HTTPException(404, f"run {run_id} not found")

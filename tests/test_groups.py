@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import math
 
 import numpy as np
+import orjson
 import pytest
 
 from server.routes.runs import run_heatmap
@@ -124,7 +126,8 @@ def test_heatmap_buckets_keep_a_one_step_spike(tmp_path, max_points: int) -> Non
         events.append({"type": "metrics", "seq": step, "step": step, "loss": 1.0, "accuracy": 0.5,
                        "grad_norm": g, "weight_norm": [1.0] * 3, "update_ratio": [0.01] * 3})
     store.append_events("r1", events)
-    body = __import__("orjson").loads(run_heatmap(store.get_run("r1"), store, "grad_norm", max_points).body)
+    response = asyncio.run(run_heatmap(store.get_run("r1"), store, "grad_norm", max_points))
+    body = orjson.loads(response.body)
     assert len(body["max"]) <= max_points
     col = [row[1] for row in body["max"]]
     assert max(col) == pytest.approx(1e6)

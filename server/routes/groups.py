@@ -89,12 +89,12 @@ async def create_group(body: GroupCreate, jobs: JobsDep, store: StoreDep, settin
 
 
 @router.get("")
-def list_groups(store: StoreDep) -> list[dict[str, Any]]:
+async def list_groups(store: StoreDep) -> list[dict[str, Any]]:
     return store.list_groups()
 
 
 @router.get("/{group_id}")
-def get_group(group_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
+async def get_group(group_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
     return group_view(group_id, store, jobs)
 
 

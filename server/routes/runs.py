@@ -37,12 +37,12 @@ async def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> d
 
 
 @router.get("", response_model=list[Run])
-def list_runs(store: StoreDep, jobs: JobsDep) -> list[dict[str, Any]]:
+async def list_runs(store: StoreDep, jobs: JobsDep) -> list[dict[str, Any]]:
     return [jobs.view(r) for r in store.list_runs()]
 
 
 @router.get("/{run_id}", response_model=Run)
-def get_run(run: RunDep, jobs: JobsDep) -> dict[str, Any]:
+async def get_run(run: RunDep, jobs: JobsDep) -> dict[str, Any]:
     return jobs.view(run)
 
 
@@ -73,7 +73,7 @@ async def change_run(body: RunChange, run: RunDep, jobs: JobsDep) -> dict[str, A
 
 
 @router.get("/{run_id}/export")
-def export_run(
+async def export_run(
     run: RunDep,
     store: StoreDep,
     jobs: JobsDep,
@@ -115,7 +115,7 @@ def _cell(v: Any) -> str:
 
 
 @router.get("/{run_id}/heatmap")
-def run_heatmap(
+async def run_heatmap(
     run: RunDep,
     store: StoreDep,
     stat: Annotated[Literal["grad_norm", "weight_norm", "update_ratio"], Query()] = "grad_norm",
@@ -140,7 +140,7 @@ def run_heatmap(
 
 
 @router.get("/{run_id}/metrics", response_model=Metrics)
-def run_metrics(
+async def run_metrics(
     run: RunDep,
     store: StoreDep,
     since: Annotated[int, Query(ge=0, description="only events with a larger seq")] = 0,
