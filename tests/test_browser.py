@@ -70,13 +70,17 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     page.wait_for_function("(document.getElementById('chart-heatmap').data[0]?.z || []).length > 0")
 
     save = bool(os.environ.get("GRADWATCH_SAVE_SCREENSHOT"))
-    if save:  # the README's picture: let the curves take shape first
+    if save:  # the README's picture: let the curves take shape first, loss on a log axis
         page.wait_for_function(f"{LOSS_POINTS} >= 400", timeout=120_000)
+        page.click("[data-scale=log]")
     page.click("#more summary")  # fold the form back for the picture
     shot = tmp_path / "dashboard.png"
     screenshot_whole_page(page, shot)
-    if save:
+    if save:  # the README shows the top of the page, down to the per-layer gradient norms
+        bottom = page.evaluate("document.getElementById('chart-layers').getBoundingClientRect().bottom + 12")
+        page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1400, "height": bottom})
         shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+        page.click("[data-scale=linear]")
     page.set_viewport_size({"width": 1400, "height": 1250})
     page.evaluate("window.scrollTo(0, 0)")
 

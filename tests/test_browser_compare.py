@@ -6,16 +6,24 @@ modules behind the charts (smoothing, config diff, the group grid, markers, URL 
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .browserkit import browser_fixture, open_dashboard, page_fixture  # noqa: F401 - fixtures
+from .browserkit import (  # noqa: F401 - fixtures
+    browser_fixture,
+    open_dashboard,
+    page_fixture,
+    screenshot_whole_page,
+)
 from .conftest import LiveServer, wait_for
 
 pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parent.parent
 
 FAST = {"dataset": "synthetic", "depth": 2, "width": 16, "eval_every": 20}
 # Traces of a figure that carry a legend entry / belong to a run (uid "t-<run id>-...").
@@ -87,10 +95,12 @@ def test_ablation_button_starts_four_runs_that_train_live_in_the_group_view(serv
                            ".filter(a => a.name === 'panel-title').map(a => a.text)")
     assert titles == ["batchnorm off · l2 0", "batchnorm off · l2 0.01",
                       "batchnorm on · l2 0", "batchnorm on · l2 0.01"]
-    # The chips name only what differs between the four.
+    # The chips name only what differs between the four (their names say it already, so the
+    # chips do not repeat it).
     page.wait_for_function("document.querySelectorAll('#chips .chip').length === 4")
-    fields = page.evaluate("[...new Set([...document.querySelectorAll('#chips .diff')].map(d => d.dataset.field))]")
-    assert sorted(fields) == ["batchnorm", "l2"]
+    assert page.text_content("#chips .chips-note") == "differ in: batchnorm, l2"
+    assert page.evaluate("[...document.querySelectorAll('#chips .chip b')].map(b => b.textContent).sort()") == [
+        "batchnorm=off l2=0", "batchnorm=off l2=0.01", "batchnorm=on l2=0", "batchnorm=on l2=0.01"]
     # The summary table fills in as they go.
     page.wait_for_function(
         "[...document.querySelectorAll('#group tbody td.step')].every(td => Number(td.textContent) > 0)")
@@ -306,4 +316,40 @@ def test_a_preset_fills_the_form_and_stays_editable(server: LiveServer, page: An
                                  if r["name"] == f"explosion {bn['name']}"), None), what="the preset's run")
     assert run["config"]["depth"] == explosion["config"]["depth"] and run["config"]["batchnorm"] is True
     assert run["config"]["steps"] == 3
+    assert page.errors == []
+
+
+@pytest.mark.skipif(not os.environ.get("GRADWATCH_SAVE_SCREENSHOT"), reason="makes the README's picture")
+def test_group_screenshot_for_the_readme(server: LiveServer, page: Any, tmp_path: Path) -> None:
+    """docs/screenshot-group.png: a BN x L2 group mid-training, L2 turned up on one cell."""
+    page.set_viewport_size({"width": 1440, "height": 1250})
+    open_dashboard(page, server)
+    page.fill("#name", "BN × L2")
+    page.set_checked("#batchnorm", False)
+    page.fill("#l2", "0.005")
+    page.click("#more summary")
+    for field, value in {"depth": "8", "width": "64", "lr": "0.02", "steps": "100000", "eval_every": "100"}.items():
+        page.fill(f"#{field}", value)
+    page.click("#ablate")
+    page.locator("#group tbody tr").nth(3).wait_for()
+    steps = "[...document.querySelectorAll('#group tbody td.step')].map(td => Number(td.textContent) || 0)"
+    page.wait_for_function(f"{steps}.every(s => s >= 500)", timeout=120_000)
+    # Turn L2 up on the plain (no BN, no L2) cell, live.
+    page.locator("#group tbody tr", has_text="batchnorm off · l2 0").first.locator("button.focus").click()
+    page.wait_for_function("document.querySelector('#detail .detail-name').textContent.endsWith('l2=0')")
+    live = page.locator("#detail form.live")
+    live.locator("input[name=l2]").fill("0.05")
+    live.locator(".apply").click()
+    page.wait_for_function("(document.getElementById('chart-loss').layout.annotations || [])"
+                           ".some(a => a.text === 'l2 0→0.05')", timeout=60_000)
+    first = page.evaluate(f"Math.min(...{steps})")
+    page.wait_for_function(f"Math.min(...{steps}) >= {first} + 700", timeout=120_000)
+    page.click("#more summary")  # fold the form for the picture
+    shot = tmp_path / "group.png"
+    screenshot_whole_page(page, shot)
+    # The part that tells the story: runs, the group with its cells, the compared curves.
+    bottom = page.evaluate("document.getElementById('chart-gnorm').getBoundingClientRect().bottom + 12")
+    page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1440, "height": bottom})
+    shutil.copyfile(shot, ROOT / "docs" / "screenshot-group.png")
+    stop_all(server)
     assert page.errors == []

@@ -46,7 +46,9 @@ export function renderChips(root, runs, onFocus) {
     name.textContent = run.name.slice(prefix.length);
     chip.title = `${run.name}: show its details`;
     chip.append(Object.assign(document.createElement('span'), { className: 'swatch' }), name);
-    for (const f of fields) {
+    // A name that already says every difference ("batchnorm=off l2=0") needs no repeat.
+    const said = fields.every(f => run.name.includes(`${f}=`));
+    for (const f of said ? [] : fields) {
       const part = document.createElement('span');
       part.className = 'diff';
       part.dataset.field = f;

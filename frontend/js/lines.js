@@ -174,7 +174,9 @@ export class LineFigure {
       data.push({
         uid: `val-${this.spec.key}`, type: 'scatter', mode: 'markers', x: v.x, y: v.y, customdata: v.name,
         name: 'validation', showlegend: false,
-        marker: { color: v.color, size: 9, symbol: 'diamond', line: { color: '#fff', width: 1 } },
+        // Big diamonds for a few evaluations; many would merge into a band over the lines.
+        marker: { color: v.color, size: v.x.length > 40 * Math.max(1, t.runs.length) ? 5 : 9, symbol: 'diamond',
+          line: { color: '#fff', width: 1 } },
         hovertemplate: `%{customdata} (val)<br>step %{x}<br>${ytitle} %{y:.4g}<extra></extra>`,
       });
     }

@@ -10,7 +10,7 @@ import { Charts } from './charts.js';
 import { RunList } from './runlist.js';
 import { DetailPanel } from './detail.js';
 import { GroupPanel, ablationBody, gridOf } from './group.js';
-import { renderChips } from './chips.js';
+import { renderChips, commonPrefix } from './chips.js';
 import { Scrubber } from './scrubber.js';
 import { runMarks } from './markers.js';
 import { downloadPng } from './plot.js';
@@ -104,8 +104,17 @@ function latest(id, step, loss, accuracy) {
   }
 }
 
+const ENDED = new Set(['completed', 'stopped', 'failed', 'diverged']);
+
+// An older view of a run than the one the page has: a REST answer (Stop's,
+// say: "running") that comes after the stream already said "stopped".
+function older(run, known) {
+  if (!known) return false;
+  return (run.last_seq ?? 0) < (known.last_seq ?? 0) || (ENDED.has(known.status) && !ENDED.has(run.status));
+}
+
 function upsert(run) {
-  if (!run?.id) return;
+  if (!run?.id || older(run, runs.get(run.id))) return;
   // A run.update's summary can be older than the metrics events already
   // shown for a watched run; keep the newer step's numbers.
   const old = runs.get(run.id)?.summary;
@@ -243,11 +252,13 @@ function applyState() {
 function updateViews() {
   const { selected, focus: f, smooth, scale, step, stat } = state.get();
   colors = assignColors([...runs.values()], selected);
+  // Legends name runs without what all their names share (a group's "BN × L2: ").
+  const prefix = commonPrefix(selected.map(id => runs.get(id)?.name || id));
   charts.setRuns(selected.map(id => {
     const s = series.get(id);
     const run = runs.get(id);
     return {
-      id, name: run?.name || id, color: colors.get(id) ?? hashColor(id), focused: id === f, series: s,
+      id, name: (run?.name || id).slice(prefix.length), color: colors.get(id) ?? hashColor(id), focused: id === f, series: s,
       marks: runMarks(s, run), marksKey: `${s.marksVersion}|${run?.status}|${run?.summary?.diverged_step}`,
     };
   }));
