@@ -352,7 +352,9 @@ def measure(args: argparse.Namespace, base: str, token: str, client: httpx.Clien
         print(f"  page open, every run drawn: {out['open_s']:.1f} s", flush=True)
         page.wait_for_timeout(2000)  # past the first draws
 
+        load_before = os.getloadavg()[0]
         live = page.evaluate(MEASURE_JS, args.seconds)
+        out["load_1min"] = [load_before, os.getloadavg()[0]]  # this bench's own processes count too
         frames = live["frames"][1:]
         out["live"] = {
             "seconds": args.seconds, "frames": len(frames),
@@ -401,6 +403,8 @@ def report(r: dict[str, Any]) -> None:
     f = live["frame_ms"]
     print(f"\nmachine: {r['machine']}; Chromium {r['chromium']}; Python {r['python']}")
     print(f"page open with 8 runs x 20k steps selected: {r['open_s']:.1f} s to every run drawn")
+    print(f"1-minute load average around the live window: {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f} "
+          "(the server, the feeder and Chromium included)")
     print(f"\nlive ({LIVE} runs at {LIVE_RATE} steps/s each sent, "
           f"{live['live_steps_per_s_received']:.0f} steps/s received by the page), {live['seconds']:.0f} s:")
     print(f"  frame interval  p50 {f['p50']:.1f} ms   p95 {f['p95']:.1f} ms   max {f['max']:.0f} ms   "

@@ -97,16 +97,17 @@ export class Charts {
         if (wake != null) wait = Math.min(wait, wake);
         continue;
       }
-      // What the person just asked for (a run ticked, a setting) is not paced.
-      if (paced && !job.fig.urgent?.(runs, this.view)) {
+      // What the person just asked for (a run ticked, a setting) is not paced, and goes first.
+      const urgent = Boolean(job.fig.urgent?.(runs, this.view));
+      if (paced && !urgent) {
         wait = Math.min(wait, this.paceUntil - start);
         continue;
       }
-      const ready = job.last + job.minMs;
-      if (ready <= start) due.push({ job, runs });
+      const ready = urgent ? start : job.last + job.minMs;
+      if (ready <= start) due.push({ job, runs, urgent });
       else wait = Math.min(wait, ready - start);
     }
-    due.sort((a, b) => a.job.last - b.job.last); // the longest waiting first
+    due.sort((a, b) => b.urgent - a.urgent || a.job.last - b.job.last); // then the longest waiting
     for (const [i, { job, runs }] of due.entries()) {
       if (i > 0 && performance.now() - start > FRAME_BUDGET_MS) { wait = 0; break; }
       const t0 = performance.now();

@@ -22,6 +22,7 @@ export const LINE_SPECS = [
 
 const RAW_OPACITY = 0.28;
 const RAW_ALL_UP_TO = 3; // runs shown with their raw line; beyond, only the focused one
+const VAL_MARKERS = 200; // validation markers drawn on a rebuild, all runs together
 
 export class LineFigure {
   constructor(div, spec) {
@@ -114,11 +115,18 @@ export class LineFigure {
 
   // The validation points of every run in one trace (a trace per run would
   // cost Plotly as much as a line, on every redraw), each in its run's color.
-  valPoints(t, froms) {
+  // On a rebuild (`spread`), at most VAL_MARKERS points in all, evenly spread
+  // over each run's evaluations (its latest kept): every marker is an SVG
+  // element that each redraw restyles. Extends add the new ones as they come.
+  valPoints(t, froms, spread = false) {
     const out = { x: [], y: [], color: [], name: [] };
+    const per = Math.max(8, Math.floor(VAL_MARKERS / Math.max(1, t.runs.length)));
     t.runs.forEach((run, i) => {
       const s = run.series;
-      for (let k = froms[i]; k < s.valStep.length; k++) {
+      const n = s.valStep.length - froms[i];
+      const every = spread && n > per ? n / per : 1;
+      for (let j = 0; j < n; j += every) {
+        const k = froms[i] + (every > 1 && j + every >= n ? n - 1 : Math.floor(j));
         out.x.push(s.valStep[k]);
         out.y.push(s.valAccuracy[k]);
         out.color.push(run.color);
@@ -168,7 +176,7 @@ export class LineFigure {
       // Runs hidden in the legend keep their validation points hidden too.
       const hidden = new Set((this.div.data ?? []).filter(d => d.visible === 'legendonly').map(d => d.legendgroup));
       const t = { kind: 'val', runs: runs.filter(r => !hidden.has(r.id)), drawn: [] };
-      const v = this.valPoints(t, t.runs.map(() => 0));
+      const v = this.valPoints(t, t.runs.map(() => 0), true);
       t.drawn = t.runs.map(r => r.series.valStep.length);
       this.traces.push(t);
       data.push({
@@ -197,6 +205,8 @@ export class LineFigure {
     this.traces.forEach((t, i) => {
       if (t.kind === 'val') {
         if (!t.runs.some((run, k) => run.series.valStep.length > t.drawn[k])) return;
+        t.added = (t.added ?? 0) + t.runs.reduce((n, run, k) => n + run.series.valStep.length - t.drawn[k], 0);
+        if (t.added > VAL_MARKERS) this.key = null; // spread them out again on the next draw
         val = { i, points: this.valPoints(t, t.drawn) };
         t.drawn = t.runs.map(r => r.series.valStep.length);
         return;
