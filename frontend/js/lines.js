@@ -21,6 +21,7 @@ export const LINE_SPECS = [
 ];
 
 const RAW_OPACITY = 0.28;
+const alertSteps = run => run.marks.filter(m => m.kind === 'alert').map(m => m.step).join(',');
 const RAW_ALL_UP_TO = 3; // runs shown with their raw line; beyond, only the focused one
 const VAL_MARKERS = 200; // validation markers drawn on a rebuild, all runs together
 
@@ -32,6 +33,9 @@ export class LineFigure {
     this.marksKey = null;
     this.traces = [];  // [{run, kind: 'raw' | 'line', drawn, ema}] or {kind: 'val', runs, drawn: [per run]}
     this.requestDraw = () => {};
+    // Alerts as one trace of markers along the top (cheaper than a shape each, and
+    // they hover); the small multiples keep shapes.
+    this.alertsAsTrace = true;
     Plotly.newPlot(div, [], layout({ ...spec, empty: NO_RUNS }), CONFIG);
     // Hiding a run in the legend must hide its validation points too, which share
     // one trace: rebuild once Plotly has applied the click.
@@ -54,7 +58,7 @@ export class LineFigure {
     return this.traceKey(runs, view) !== this.key || this.marksKeyNow(runs, view) !== this.marksKey
       || this.traces.some(t => (t.kind === 'val'
         ? t.runs.some((run, i) => run.series.valStep.length > t.drawn[i])
-        : t.run.series.length > t.drawn));
+        : t.kind !== 'alerts' && t.run.series.length > t.drawn));
   }
 
   weight(view) {
@@ -63,7 +67,7 @@ export class LineFigure {
 
   traceKey(runs, view) {
     return `${this.weight(view)}|${this.isLog(view)}|` + runs.map(r =>
-      [r.id, r.name, r.color, r.focused, r.series.version].join('|')).join(';');
+      [r.id, r.name, r.color, r.focused, r.series.version, this.alertsAsTrace ? alertSteps(r) : ''].join('|')).join(';');
   }
 
   marksKeyNow(runs, view) {
@@ -93,7 +97,8 @@ export class LineFigure {
     const annotations = [];
     let slot = 0;
     for (const run of runs) {
-      const m = markLayout(run.marks, run.color, { slot });
+      const marks = this.alertsAsTrace ? run.marks.filter(m => m.kind !== 'alert') : run.marks;
+      const m = markLayout(marks, run.color, { slot });
       slot = m.slot;
       shapes.push(...m.shapes);
       annotations.push(...m.annotations);
@@ -188,14 +193,40 @@ export class LineFigure {
         hovertemplate: `%{customdata} (val)<br>step %{x}<br>${ytitle} %{y:.4g}<extra></extra>`,
       });
     }
+    const alerts = this.alertsAsTrace ? this.alertTrace(runs) : null;
+    if (alerts) {
+      this.traces.push({ kind: 'alerts' });
+      data.push(alerts);
+    }
     // The layout's own notes (the "select a run" hint) plus the markers; a later
     // relayout of the markers replaces both, and the hint shows only without runs.
     const lay = this.baseLayout(runs, view);
     const m = this.markLayout(runs, view);
     lay.shapes = [...lay.shapes, ...m.shapes];
     lay.annotations = [...lay.annotations, ...m.annotations];
+    if (alerts) lay.yaxis2 = { overlaying: 'y', range: [0, 1], visible: false, fixedrange: true };
     this.marksKey = this.marksKeyNow(runs, view);
     Plotly.react(this.div, data, lay, CONFIG);
+  }
+
+  // Every run's alerts: a small triangle along the top, in the run's color.
+  alertTrace(runs) {
+    const a = { x: [], color: [], text: [] };
+    for (const run of runs) {
+      for (const m of run.marks) {
+        if (m.kind !== 'alert') continue;
+        a.x.push(m.step);
+        a.color.push(run.color);
+        a.text.push(`${run.name}: ${m.hover}`);
+      }
+    }
+    if (!a.x.length) return null;
+    return {
+      uid: `alerts-${this.spec.key}`, type: 'scatter', mode: 'markers', x: a.x, y: a.x.map(() => 0.97),
+      yaxis: 'y2', name: 'alerts', showlegend: false, cliponaxis: false, text: a.text,
+      marker: { symbol: 'triangle-down', size: 8, color: a.color, line: { color: '#fff', width: 0.5 } },
+      hovertemplate: '⚠ %{text}<extra></extra>',
+    };
   }
 
   // Same traces: append only what is new.
@@ -203,6 +234,7 @@ export class LineFigure {
     const idx = [], xs = [], ys = [];
     let val = null;
     this.traces.forEach((t, i) => {
+      if (t.kind === 'alerts') return;
       if (t.kind === 'val') {
         if (!t.runs.some((run, k) => run.series.valStep.length > t.drawn[k])) return;
         t.added = (t.added ?? 0) + t.runs.reduce((n, run, k) => n + run.series.valStep.length - t.drawn[k], 0);

@@ -29,8 +29,9 @@ let colors = new Map();
 let groups = [];          // GET /api/groups
 let group = null;         // GET /api/groups/{state.group}, or null
 
-// Steps of history to ask for: about two per pixel of the line charts.
-const historyPoints = () => Math.max(400, Math.min(2000, 2 * ($('#chart-loss').clientWidth || 600)));
+// Steps of history to ask for: a little more than one per pixel of the line
+// charts (Plotly's redraw cost grows with the points; more would not show).
+const historyPoints = () => Math.max(300, Math.min(1500, Math.round(1.2 * ($('#chart-loss').clientWidth || 600))));
 
 const runList = new RunList($('#runs tbody'), {
   select: (id, on) => select(id, on),
@@ -257,9 +258,11 @@ function updateViews() {
   charts.setRuns(selected.map(id => {
     const s = series.get(id);
     const run = runs.get(id);
+    const marks = runMarks(s, run);
     return {
       id, name: (run?.name || id).slice(prefix.length), color: colors.get(id) ?? hashColor(id), focused: id === f, series: s,
-      marks: runMarks(s, run), marksKey: `${s.marksVersion}|${run?.status}|${run?.summary?.diverged_step}`,
+      // What is drawn, not how often alerts fired: one more alert in a merged marker redraws nothing.
+      marks, marksKey: marks.map(m => `${m.kind}@${m.step}${m.kind === 'alert' ? '' : `:${m.label}`}`).join(','),
     };
   }));
   charts.setView({ smooth, scale, step, stat, heatRun: heatmapRun() });

@@ -12,6 +12,7 @@ const axisName = (kind, k) => (k === 1 ? kind : `${kind}${k}`);
 export class MultiplesFigure extends LineFigure {
   constructor(div) {
     super(div, { id: div.id, name: 'group-loss', ytitle: 'loss', key: 'loss', smooth: true, scaleToggle: true });
+    this.alertsAsTrace = false; // ticks (shapes) in each panel instead
     this.cells = [];          // [{runId, title, panel (1-based)}]
     this.grid = { rows: 1, cols: 1 };
   }
