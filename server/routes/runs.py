@@ -143,7 +143,7 @@ async def run_heatmap(
 async def run_metrics(
     run: RunDep,
     store: StoreDep,
-    since: Annotated[int, Query(ge=0, description="only events with a larger seq")] = 0,
+    since: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger seq")] = 0,
     max_points: Annotated[int, Query(ge=2, le=100_000, description="most steps returned")] = 2000,
 ) -> Response:
     # Serialised directly: validating 100k numbers through pydantic would cost more than the query.
