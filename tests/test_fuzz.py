@@ -36,7 +36,11 @@ def schemathesis_run(args: list[str], cwd: Path, hooks: str | None = None) -> tu
     if hooks:
         env["SCHEMATHESIS_HOOKS"] = hooks
     p = subprocess.run([ST, "run", *args, "--report", "json", "--report-dir", str(cwd / "report"),
-                        "--no-color", "--request-timeout", "30"],
+                        "--no-color", "--request-timeout", "30",
+                        # One seed: CI runs the same cases every time (a new finding is a change's doing);
+                        # GRADWATCH_FUZZ_SEED=random explores further.
+                        *([] if os.environ.get("GRADWATCH_FUZZ_SEED") == "random"
+                          else ["--seed", os.environ.get("GRADWATCH_FUZZ_SEED", "20261126")])],
                        cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
     reports = sorted((cwd / "report").glob("*.json"))
     assert reports, p.stdout[-3000:] + p.stderr[-3000:]
