@@ -3,10 +3,11 @@
 // figure after another within a small time budget per frame (so a live page
 // never holds up a frame with all of its figures at once), the one waiting
 // longest first, each at most every `minMs`. Drawing is paced as a whole:
-// after a draw that took c ms the next waits IDLE_RATIO x c, so redraws never
-// take more than about a third of the main thread however many figures and
-// runs there are (they come less often instead). A figure scrolled out of
-// view is not drawn at all; it catches up when it comes back.
+// after a draw that took c ms the next waits IDLE_RATIO x c (and a long draw
+// at least SLOW_GAP_MS), so redraws never take more than about a third of the
+// main thread however many figures and runs there are (they come less often
+// instead). A figure scrolled out of view is not drawn at all; it catches up
+// when it comes back.
 
 import { LINE_SPECS, LineFigure } from './lines.js';
 import { PROFILE_SPECS, ProfileFigure } from './profiles.js';
@@ -17,6 +18,11 @@ const LINE_MS = 100;   // ~10 Hz
 const SLOW_MS = 400;   // figures rebuilt whole (profiles, the small multiples)
 const FRAME_BUDGET_MS = 12;
 const IDLE_RATIO = 2;    // idle time after a draw, per ms of drawing
+// A draw longer than CHEAP_MS holds up a frame: such draws start at most every
+// SLOW_GAP_MS, so they stay a few percent of the frames (smooth scrolling and
+// hovering), and the charts update less often instead.
+const CHEAP_MS = 35;
+const SLOW_GAP_MS = 400;
 
 export class Charts {
   constructor(api, doc = document) {
@@ -44,7 +50,7 @@ export class Charts {
     this.watchVisibility();
   }
 
-  // Figures out of view (with a margin, so scrolling finds them drawn) are skipped.
+  // Figures out of view are skipped (they are drawn as they scroll in).
   watchVisibility() {
     if (typeof IntersectionObserver === 'undefined') return;
     const byDiv = new Map(this.jobs.map(j => [j.fig.div, j]));
@@ -54,7 +60,7 @@ export class Charts {
         if (job) job.visible = e.isIntersecting;
       }
       this.touch();
-    }, { rootMargin: '300px 0px' });
+    }, { rootMargin: '40px 0px' });
     for (const div of byDiv.keys()) io.observe(div);
   }
 
@@ -120,8 +126,9 @@ export class Charts {
     }
     const busy = performance.now() - start;
     if (due.length) {
-      this.paceUntil = performance.now() + IDLE_RATIO * busy;
-      wait = Math.min(wait, IDLE_RATIO * busy);
+      const idle = busy < CHEAP_MS ? IDLE_RATIO * busy : Math.max(IDLE_RATIO * busy, SLOW_GAP_MS - busy);
+      this.paceUntil = performance.now() + idle;
+      wait = Math.min(wait, idle);
     }
     if (wait === 0) this.touch();
     else if (wait < Infinity) this.timer = setTimeout(() => { this.timer = null; this.touch(); }, wait);

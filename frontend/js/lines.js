@@ -23,7 +23,7 @@ export const LINE_SPECS = [
 const RAW_OPACITY = 0.28;
 const alertSteps = run => run.marks.filter(m => m.kind === 'alert').map(m => m.step).join(',');
 const RAW_ALL_UP_TO = 3; // runs shown with their raw line; beyond, only the focused one
-const VAL_MARKERS = 200; // validation markers drawn on a rebuild, all runs together
+const VAL_MARKERS = 120; // validation markers drawn on a rebuild, all runs together
 
 export class LineFigure {
   constructor(div, spec) {
