@@ -182,9 +182,12 @@ class Feeder:
                 run["step"] = step
                 for e in [run["synth"].metrics(step), *run["synth"].extra(step)]:
                     run["client"].emit(e)
+        deadline = time.monotonic() + 900
         for run in self.runs:  # wait for the server to store all of it
             c = run["client"]
             while c._acked < c._seq:  # noqa: SLF001 - the sender's own progress
+                if time.monotonic() > deadline or c.fatal:
+                    raise RuntimeError(f"the server did not store the backlog of {run['id']}: {c.fatal or 'timeout'}")
                 time.sleep(0.1)
         print(f"  live runs: {STEPS} steps of backlog each stored in {time.perf_counter() - t0:.0f} s", flush=True)
 
