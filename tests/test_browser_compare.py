@@ -339,6 +339,7 @@ def test_group_screenshot_for_the_readme(server: LiveServer, page: Any, tmp_path
     live = page.locator("#detail form.live")
     live.locator("input[name=l2]").fill("0.05")
     live.locator(".apply").click()
+    page.locator("#chart-loss").scroll_into_view_if_needed()  # clicking Apply scrolled the page down
     page.wait_for_function("(document.getElementById('chart-loss').layout.annotations || [])"
                            ".some(a => a.text === 'l2 0→0.05')", timeout=60_000)
     first = page.evaluate(f"Math.min(...{steps})")

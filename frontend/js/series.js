@@ -157,13 +157,23 @@ export class RunSeries {
     this.valAccuracy.push(accuracy ?? null);
   }
 
-  // Keep every other point once the buffer is full: coarser history, same
-  // shape, and the latest step always kept.
+  // Once the buffer is full, thin it to about half, evenly over the steps:
+  // a point is kept when it is at least (span / half the cap) steps after the
+  // last one kept. Live steps arrive densely after a sparse history; halving
+  // by index would thin the old part again each time, while this keeps it.
+  // The first and the latest step are always kept.
   thin() {
     if (this.length <= this.cap) return;
     const last = this.length - 1;
-    const keep = i => i % 2 === 0 || i === last;
-    for (const c of [this.step, this.loss, this.accuracy, this.gnorm, ...Object.values(this.stats)]) c.filter(keep);
+    const spacing = (this.step.get(last) - this.step.get(0)) / (this.cap / 2);
+    const mask = new Uint8Array(this.length);
+    let kept = -Infinity;
+    for (let i = 0; i <= last; i++) {
+      if (i !== last && this.step.get(i) - kept < spacing) continue;
+      kept = this.step.get(i);
+      mask[i] = 1;
+    }
+    for (const c of [this.step, this.loss, this.accuracy, this.gnorm, ...Object.values(this.stats)]) c.filter(i => mask[i]);
     this.version++;
   }
 
