@@ -5,8 +5,9 @@
 // (Plotly.extendTraces) or, when the set of traces or a setting changed,
 // replaces them with Plotly.react. Every layout carries a `uirevision` and
 // every trace a `uid`, so the person's zoom and legend-hidden traces survive
-// both. Markers (interventions, alerts, divergence) are layout shapes,
-// replaced with relayout only when they change.
+// both. Interventions and divergence are layout shapes with a label,
+// replaced with relayout only when they change; alerts are one trace of
+// markers along the top (see alertTrace).
 
 import { CONFIG, NO_RUNS, layout, positive, uid } from './plot.js';
 import { ema } from './smooth.js';
