@@ -257,6 +257,3 @@ def _run_row(row: tuple) -> dict[str, Any]:
     return run
 
 
-def now() -> float:
-    return time.time()
-
