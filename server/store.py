@@ -55,6 +55,19 @@ CREATE TABLE IF NOT EXISTS series (
     update_ratio BLOB NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+-- Validation points, written with the metrics event that carries them (one per eval_every steps).
+CREATE TABLE IF NOT EXISTS evals (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step INTEGER,
+    val_loss REAL,
+    val_accuracy REAL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+-- History reads the few non-metrics events of a run without walking its metrics rows, and the
+-- seqs of its series without reading their blobs.
+CREATE INDEX IF NOT EXISTS events_other ON events(run_id, seq) WHERE type != 'metrics';
+CREATE INDEX IF NOT EXISTS series_seq ON series(run_id, seq);
 CREATE TABLE IF NOT EXISTS groups (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -65,6 +78,9 @@ CREATE TABLE IF NOT EXISTS groups (
 
 SERIES_SCALARS = ("step", "time", "loss", "accuracy", "global_grad_norm")
 SERIES_LAYERS = ("grad_norm", "weight_norm", "update_ratio")
+
+# PRAGMA user_version: 0 = before `evals` and the indexes (and maybe before `series`).
+SCHEMA_VERSION = 2
 
 RUN_FIELDS = ("id", "name", "status", "config", "created", "started", "finished", "error",
               "summary", "layers", "token", "last_seq", "kind", "group_id")
@@ -80,6 +96,30 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Fill the tables a data dir from an older version lacks from its events, once."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        self.db.execute("BEGIN")
+        try:
+            missing = self.db.execute(
+                "SELECT e.run_id, e.data FROM events e WHERE e.type = 'metrics' AND NOT EXISTS "
+                "(SELECT 1 FROM series s WHERE s.run_id = e.run_id AND s.seq = e.seq)"
+            )
+            for run_id, data in missing.fetchall():
+                self._put_series(run_id, orjson.loads(data))
+            self.db.execute(
+                "INSERT OR IGNORE INTO evals SELECT run_id, seq, step, json_extract(data, '$.val_loss'), "
+                "json_extract(data, '$.val_accuracy') FROM events WHERE type = 'metrics' "
+                "AND json_extract(data, '$.val_accuracy') IS NOT NULL"
+            )
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -140,6 +180,7 @@ class Store:
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
         self.db.execute("DELETE FROM series WHERE run_id = ?", (run_id,))
+        self.db.execute("DELETE FROM evals WHERE run_id = ?", (run_id,))
         self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         self.db.execute("COMMIT")
 
@@ -172,11 +213,7 @@ class Store:
                 if cur.rowcount:
                     new.append(e)
                     if e["type"] == "metrics":
-                        self.db.execute(
-                            "INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (run_id, e["seq"], e.get("step", 0), *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
-                             *(_f32(e.get(k)) for k in SERIES_LAYERS)),
-                        )
+                        self._put_series(run_id, e)
             last = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
             self.db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (last, run_id))
             self.db.execute("COMMIT")
@@ -185,14 +222,28 @@ class Store:
             raise
         return new, last
 
+    def _put_series(self, run_id: str, e: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, e["seq"], e.get("step", 0), *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
+             *(_f32(e.get(k)) for k in SERIES_LAYERS)),
+        )
+        if e.get("val_accuracy") is not None:
+            self.db.execute("INSERT OR IGNORE INTO evals VALUES (?, ?, ?, ?, ?)",
+                            (run_id, e["seq"], e.get("step"), _num(e.get("val_loss")), _num(e["val_accuracy"])))
+
     def events(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
                exclude: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT data FROM events WHERE run_id = ? AND seq > ?"
+        # Without metrics: the partial index events_other (its WHERE must be written out as is).
+        index = " INDEXED BY events_other" if exclude == ("metrics",) else ""
+        sql = f"SELECT data FROM events{index} WHERE run_id = ? AND seq > ?"
         params: list[Any] = [run_id, since]
         if types:
             sql += f" AND type IN ({', '.join('?' * len(types))})"
             params += types
-        if exclude:
+        if exclude == ("metrics",):
+            sql += " AND type != 'metrics'"
+        elif exclude:
             sql += f" AND type NOT IN ({', '.join('?' * len(exclude))})"
             params += exclude
         sql += " ORDER BY seq"
@@ -201,14 +252,13 @@ class Store:
     def val_points(self, run_id: str, since: int = 0) -> list[tuple]:
         """(step, val_loss, val_accuracy) of every evaluated step, without parsing the rest."""
         return self.db.execute(
-            "SELECT step, json_extract(data, '$.val_loss'), json_extract(data, '$.val_accuracy') "
-            "FROM events WHERE run_id = ? AND seq > ? AND type = 'metrics' "
-            "AND json_extract(data, '$.val_accuracy') IS NOT NULL ORDER BY seq",
+            "SELECT step, val_loss, val_accuracy FROM evals WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, since),
         ).fetchall()
 
     def series_seqs(self, run_id: str, since: int = 0) -> list[int]:
-        cur = self.db.execute("SELECT seq FROM series WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since))
+        cur = self.db.execute("SELECT seq FROM series INDEXED BY series_seq WHERE run_id = ? AND seq > ? "
+                              "ORDER BY seq", (run_id, since))
         return [r[0] for r in cur]
 
     def series(self, run_id: str, since: int = 0, seqs: list[int] | None = None,

@@ -142,10 +142,16 @@ def test_a_worker_that_wakes_before_the_deadline_is_running_again(server: LiveSe
     os.kill(pid, signal.SIGSTOP)
     try:
         server.wait_status(run["id"], ("stalled",), timeout=HEARTBEAT_TIMEOUT_S + 5)
+        # a change made while it is frozen is kept and applied when it wakes
+        r = server.client.patch(f"/api/runs/{run['id']}", json={"l2": 0.02})
+        assert r.status_code == 200, r.text
     finally:
         os.kill(pid, signal.SIGCONT)
     step = server.wait_status(run["id"], ("running",), timeout=5)["summary"]["step"]
     wait_for(lambda: server.run(run["id"])["summary"]["step"] > step, what="training to go on")
+    wait_for(lambda: any(e["type"] == "intervention" and e["field"] == "l2" and e["new"] == 0.02
+                         for e in server.client.get(f"/api/runs/{run['id']}/metrics").json()["events"]),
+             timeout=10, what="the l2 change made while stalled")
     server.client.post(f"/api/runs/{run['id']}/stop")
     assert server.wait_status(run["id"], ("stopped",), timeout=15)["error"] == "stopped on request"
 

@@ -64,8 +64,8 @@ async def change_run(body: RunChange, run: RunDep, jobs: JobsDep) -> dict[str, A
     if not changes:
         raise HTTPException(422, [{"loc": ["body"], "msg": "give at least one of l2, lr, grad_clip",
                                    "type": "value_error"}])
-    if run["status"] not in ("queued", "running"):
-        raise HTTPException(409, f"run {run['id']} is {run['status']}; only a queued or running run can change")
+    if run["status"] not in ("queued", "running", "stalled"):  # stalled: applied when its worker wakes
+        raise HTTPException(409, f"run {run['id']} is {run['status']}; a finished run cannot change")
     if run["kind"] != "local":
         raise HTTPException(409, f"run {run['id']} is the user's own loop; change it in the script")
     await jobs.change(run["id"], changes)

@@ -1,0 +1,90 @@
+"""The SQLite store on its own: what history reads, and a data dir written by an older version."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+
+from server.store import SCHEMA_VERSION, Store
+
+
+def metrics(seq: int, step: int, val: float | None = None) -> dict:
+    e = {"type": "metrics", "seq": seq, "step": step, "time": 1.0 + step, "loss": 1.0 / step, "accuracy": 0.5,
+         "global_grad_norm": 2.0, "grad_norm": [1.0, float(step)], "weight_norm": [3.0, 4.0],
+         "update_ratio": [1e-3, None]}
+    if val is not None:
+        e["val_loss"], e["val_accuracy"] = val, 1 - val
+    return e
+
+
+def new_run(store: Store, run_id: str) -> None:
+    store.create_run({"id": run_id, "name": run_id, "status": "running", "config": {}, "created": 0.0, "token": "t"})
+
+
+def history_events(run_id: str, n: int) -> list[dict]:
+    out = [{"type": "run.started", "seq": 1, "layers": []}]
+    for step in range(1, n + 1):
+        out.append(metrics(step + 1, step, 0.25 if step % 5 == 0 else None))
+        if step == 7:
+            out.append({"type": "alert", "seq": len(out) + 1, "step": step})
+    for i, e in enumerate(out, start=1):
+        e["seq"] = i
+    return out
+
+
+def test_history_reads(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    new_run(store, "a")
+    new_run(store, "b")
+    store.append_events("a", history_events("a", 20))
+    store.append_events("b", history_events("b", 3))
+    # the events of history: everything but metrics, in seq order, this run only
+    others = store.events("a", exclude=("metrics",))
+    assert [e["type"] for e in others] == ["run.started", "alert"]
+    assert [e["type"] for e in store.events("a", since=1, exclude=("metrics",))] == ["alert"]
+    assert len(store.events("a")) == 22
+    assert store.val_points("a") == [(5, 0.25, 0.75), (10, 0.25, 0.75), (15, 0.25, 0.75), (20, 0.25, 0.75)]
+    seqs = store.series_seqs("a")
+    assert len(seqs) == 20 and seqs == sorted(seqs) and 9 not in seqs  # seq 9 is the alert
+    assert store.series_seqs("a", since=seqs[-2]) == seqs[-1:]
+    store.delete_run("a")
+    assert store.val_points("a") == [] and store.series_seqs("a") == [] and len(store.series_seqs("b")) == 3
+
+
+@pytest.mark.parametrize("with_series", [False, True])
+def test_an_older_data_dir_is_migrated_once(tmp_path: Path, with_series: bool) -> None:
+    """A data dir from before `evals` (and, older still, before `series`): its history is
+    rebuilt from the stored events on first open, and later opens leave it alone."""
+    path = tmp_path / "db.sqlite3"
+    store = Store(path)
+    new_run(store, "old")
+    events = history_events("old", 10)
+    store.append_events("old", events)
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE evals")
+    if not with_series:
+        db.execute("DROP TABLE series")
+    db.execute("PRAGMA user_version = 0")
+    db.commit()
+    db.close()
+
+    store = Store(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    cols = store.series("old")
+    assert cols["step"].tolist() == list(range(1, 11))
+    assert cols["grad_norm"][:, 1].tolist() == [float(s) for s in range(1, 11)]
+    assert store.val_points("old") == [(5, 0.25, 0.75), (10, 0.25, 0.75)]
+    # new events after the migration land in both tables as usual, and nothing is duplicated
+    new, last = store.append_events("old", [metrics(len(events) + 1, 11, 0.5)])
+    assert len(new) == 1 and last == len(events) + 1
+    assert store.val_points("old")[-1] == (11, 0.5, 0.5)
+    store.close()
+    store = Store(path)
+    assert len(store.series_seqs("old")) == 11 and len(store.val_points("old")) == 3
+    stored = store.events("old")
+    assert [e["seq"] for e in stored] == list(range(1, len(events) + 2))
+    assert orjson.loads(orjson.dumps(stored[-1]))["val_accuracy"] == 0.5
