@@ -132,6 +132,21 @@ class Layer(BaseModel):
     shape: list[int]
 
 
+class LayerStats(BaseModel):
+    """The every-stats_every-steps statistics (steps 1, stats_every, 2·stats_every, …), columnar."""
+
+    step: list[int]
+    act_layers: list[str] = Field(description="hidden activation modules, in forward order")
+    act_mean: list[list[float | None]]
+    act_std: list[list[float | None]]
+    dead_frac: list[list[float | None]] = Field(description="units <= 0 for the whole batch (ReLU); null: n/a")
+    bn_layers: list[str]
+    bn_feeds: list[str | None] = Field(description="the weight feeding each BatchNorm")
+    eff_lr: list[list[float | None]] = Field(description="lr / ||w||^2 of the weight feeding each BatchNorm")
+    bn_mean_drift: list[list[float | None]]
+    bn_var_drift: list[list[float | None]]
+
+
 class Metrics(BaseModel):
     run_id: str
     status: str
@@ -147,6 +162,7 @@ class Metrics(BaseModel):
     weight_norm: list[list[float | None]]
     update_ratio: list[list[float | None]]
     val: dict[str, list[float | None]]
+    stats: LayerStats
     events: list[dict[str, Any]]
 
 

@@ -64,6 +64,21 @@ CREATE TABLE IF NOT EXISTS evals (
     val_accuracy REAL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+-- The every-stats_every-steps statistics of a metrics event (its `stats`), per-layer arrays as
+-- float32 blobs: activations (act_*, dead_frac: one value per hidden activation), BatchNorm
+-- (bn_*_drift, eff_lr: one per BN layer). Their layer names are in the event itself.
+CREATE TABLE IF NOT EXISTS layer_stats (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    act_mean BLOB NOT NULL,
+    act_std BLOB NOT NULL,
+    dead_frac BLOB NOT NULL,
+    eff_lr BLOB NOT NULL,
+    bn_mean_drift BLOB NOT NULL,
+    bn_var_drift BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
 -- History reads the few non-metrics events of a run without walking its metrics rows, and the
 -- seqs of its series without reading their blobs.
 CREATE INDEX IF NOT EXISTS events_other ON events(run_id, seq) WHERE type != 'metrics';
@@ -78,9 +93,11 @@ CREATE TABLE IF NOT EXISTS groups (
 
 SERIES_SCALARS = ("step", "time", "loss", "accuracy", "global_grad_norm")
 SERIES_LAYERS = ("grad_norm", "weight_norm", "update_ratio")
+STATS_LAYERS = ("act_mean", "act_std", "dead_frac", "eff_lr", "bn_mean_drift", "bn_var_drift")
 
-# PRAGMA user_version: 0 = before `evals` and the indexes (and maybe before `series`).
-SCHEMA_VERSION = 2
+# PRAGMA user_version: 0 = before `evals` and the indexes (and maybe before `series`),
+# 2 = before `layer_stats`.
+SCHEMA_VERSION = 3
 
 RUN_FIELDS = ("id", "name", "status", "config", "created", "started", "finished", "error",
               "summary", "layers", "token", "last_seq", "kind", "group_id")
@@ -100,7 +117,8 @@ class Store:
 
     def _migrate(self) -> None:
         """Fill the tables a data dir from an older version lacks from its events, once."""
-        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
             return
         self.db.execute("BEGIN")
         try:
@@ -110,6 +128,11 @@ class Store:
             )
             for run_id, data in missing.fetchall():
                 self._put_series(run_id, orjson.loads(data))
+            if version < 3:  # layer_stats is new (INSERT OR IGNORE: the rows just added are skipped)
+                rows = self.db.execute("SELECT run_id, data FROM events WHERE type = 'metrics' "
+                                       "AND data LIKE '%\"stats\":{%'")
+                for run_id, data in rows.fetchall():
+                    self._put_stats(run_id, orjson.loads(data))
             self.db.execute(
                 "INSERT OR IGNORE INTO evals SELECT run_id, seq, step, json_extract(data, '$.val_loss'), "
                 "json_extract(data, '$.val_accuracy') FROM events WHERE type = 'metrics' "
@@ -181,6 +204,7 @@ class Store:
         self.db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
         self.db.execute("DELETE FROM series WHERE run_id = ?", (run_id,))
         self.db.execute("DELETE FROM evals WHERE run_id = ?", (run_id,))
+        self.db.execute("DELETE FROM layer_stats WHERE run_id = ?", (run_id,))
         self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         self.db.execute("COMMIT")
 
@@ -231,6 +255,13 @@ class Store:
         if e.get("val_accuracy") is not None:
             self.db.execute("INSERT OR IGNORE INTO evals VALUES (?, ?, ?, ?, ?)",
                             (run_id, e["seq"], e.get("step"), _num(e.get("val_loss")), _num(e["val_accuracy"])))
+        self._put_stats(run_id, e)
+
+    def _put_stats(self, run_id: str, e: dict[str, Any]) -> None:
+        stats = e.get("stats")
+        if isinstance(stats, dict):
+            self.db.execute("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (run_id, e["seq"], e.get("step", 0), *(_f32(stats.get(k)) for k in STATS_LAYERS)))
 
     def events(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
                exclude: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -260,6 +291,31 @@ class Store:
         cur = self.db.execute("SELECT seq FROM series INDEXED BY series_seq WHERE run_id = ? AND seq > ? "
                               "ORDER BY seq", (run_id, since))
         return [r[0] for r in cur]
+
+    def stats_seqs(self, run_id: str, since: int = 0) -> list[int]:
+        cur = self.db.execute("SELECT seq FROM layer_stats WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since))
+        return [r[0] for r in cur]
+
+    def layer_stats(self, run_id: str, seqs: list[int]) -> dict[str, Any]:
+        """The statistics of the metrics events `seqs`: step (T,), per-layer arrays (T, L) float32,
+        and the layer names they refer to (from the last of those events)."""
+        rows = []
+        cols = ", ".join(("seq", "step") + STATS_LAYERS)
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i : i + 500]
+            rows += self.db.execute(
+                f"SELECT {cols} FROM layer_stats WHERE run_id = ? AND seq IN ({', '.join('?' * len(chunk))}) "
+                "ORDER BY seq", (run_id, *chunk),
+            ).fetchall()
+        out: dict[str, Any] = {"step": [r[1] for r in rows]}
+        for k, name in enumerate(STATS_LAYERS, start=2):
+            out[name] = [np.frombuffer(r[k], dtype=np.float32).tolist() for r in rows]
+        names = {"act_layers": [], "bn_layers": [], "bn_feeds": []}
+        if rows:
+            last = self.db.execute("SELECT data FROM events WHERE run_id = ? AND seq = ?", (run_id, rows[-1][0]))
+            stats = orjson.loads(last.fetchone()[0]).get("stats") or {}
+            names = {k: stats.get(k) or [] for k in names}
+        return {**names, **out}
 
     def series(self, run_id: str, since: int = 0, seqs: list[int] | None = None,
                columns: tuple[str, ...] = SERIES_SCALARS + SERIES_LAYERS) -> dict[str, np.ndarray]:

@@ -127,7 +127,7 @@ def test_changing_l2_on_a_running_run_draws_a_marker_on_its_charts(server: LiveS
                            if e["type"] == "intervention"], what="the intervention event")
     step = iv[0]["step"]
     # Every step-indexed chart of the run draws it: a dashed line at its step, labelled.
-    for fig in ("chart-loss", "chart-acc", "chart-gnorm", "chart-heatmap"):
+    for fig in ("chart-loss", "chart-acc", "chart-gnorm", "chart-dead", "chart-heatmap"):
         page.locator(f"#{fig}").scroll_into_view_if_needed()  # a figure out of view is drawn when seen
         page.wait_for_function(f"({LABELS})('{fig}').includes('l2 0→0.5')", timeout=30_000)
         shapes = page.evaluate(f"document.getElementById('{fig}').layout.shapes")
@@ -139,6 +139,44 @@ def test_changing_l2_on_a_running_run_draws_a_marker_on_its_charts(server: LiveS
     # The live inputs now hold the new value.
     page.wait_for_function("document.querySelector('#detail form.live input[name=l2]').value === '0.5'")
 
+    stop_all(server)
+    assert page.errors == []
+
+
+Y_OF_RUN = """([fig, run]) => document.getElementById(fig).data
+    .filter(t => (t.uid || '').startsWith('t-' + run + '-')).flatMap(t => t.y).filter(v => v != null)"""
+FINITE_OF_RUN = f"(args) => ({Y_OF_RUN})(args).length"
+
+
+def test_effective_learning_rate_and_dead_units_are_drawn_live(server: LiveServer, page: Any) -> None:
+    """The every-10-steps statistics: lr/||w||^2 of the weights feeding a BN (BN runs only) and
+    the dead ReLU fraction, for each selected run, from history and then live."""
+    base = {**FAST, "steps": 100_000, "stats_every": 10}
+    bn = server.create_run({**base, "batchnorm": True, "l2": 0.01}, name="stats-bn")
+    plain = server.create_run({**base, "batchnorm": False}, name="stats-plain")
+    for run in (bn, plain):  # some history before the page opens
+        wait_for(lambda run=run: server.run(run["id"])["summary"].get("step", 0) > 30, timeout=60,
+                 what="the run to train")
+    open_dashboard(page, server, f"&runs={bn['id']},{plain['id']}&focus={bn['id']}")
+    for fig in ("chart-efflr", "chart-dead"):
+        page.locator(f"#{fig}").scroll_into_view_if_needed()
+    page.wait_for_function(f"({FINITE_OF_RUN})(['chart-efflr', '{bn['id']}']) > 2", timeout=30_000)
+    page.wait_for_function(f"({FINITE_OF_RUN})(['chart-dead', '{plain['id']}']) > 2", timeout=30_000)
+    # The values are the server's: the first point is the median eff. lr at step 1.
+    first = server.client.get(f"/api/runs/{bn['id']}/metrics").json()["stats"]
+    eff1 = sorted(first["eff_lr"][0])
+    assert first["step"][0] == 1 and len(eff1) == FAST["depth"]
+    expected = (eff1[0] + eff1[1]) / 2  # depth 2: the median of two
+    drawn = page.evaluate(f"({Y_OF_RUN})(['chart-efflr', '{bn['id']}'])")
+    assert drawn[0] == pytest.approx(expected, rel=1e-5)
+    assert page.evaluate(f"({FINITE_OF_RUN})(['chart-efflr', '{plain['id']}'])") == 0  # no BN
+    assert all(0 <= v <= 1 for v in page.evaluate(f"({Y_OF_RUN})(['chart-dead', '{bn['id']}'])"))
+    # Live: more points while we watch.
+    before = page.evaluate(f"({FINITE_OF_RUN})(['chart-efflr', '{bn['id']}'])")
+    page.wait_for_function(f"({FINITE_OF_RUN})(['chart-efflr', '{bn['id']}']) > {before}", timeout=30_000)
+    # Only the plain run selected: the chart says why it is empty.
+    page.click(f"#runs tr[data-run-id='{bn['id']}'] input.select")
+    page.wait_for_function(f"({LABELS})('chart-efflr').some(t => t.includes('no BatchNorm'))", timeout=30_000)
     stop_all(server)
     assert page.errors == []
 
@@ -239,6 +277,12 @@ MODULES = """async () => {
   const s = new RunSeries('r', 8);
   for (let i = 1; i <= 9; i++) s.addEvent({ type: 'metrics', step: i * 10, loss: 1 / i, grad_norm: [i] });
   s.addEvent({ type: 'intervention', step: 35, field: 'l2', old: 0, new: 0.5 });
+  const st = new RunSeries('st', 8);
+  st.addEvent({ type: 'metrics', step: 1, loss: 1,
+                stats: { eff_lr: [0.3, null, 0.1, 0.2], dead_frac: [0.5, null, 0] } });
+  st.addEvent({ type: 'metrics', step: 2, loss: 1 });  // not a stats step
+  st.addHistory({ step: [], stats: { step: [10], bn_feeds: ['fc1.weight'], act_layers: ['act1'],
+                                     eff_lr: [[0.4, 0.2]], dead_frac: [[null]] } });
   for (const step of [50, 51, 52, 90]) s.addEvent({ type: 'alert', step, message: 'spike' });
   const group = { vary: { batchnorm: [false, true], l2: [0, 0.01] }, seeds: null, cells: [
     { run_id: 'd', values: { batchnorm: true, l2: 0.01 } }, { run_id: 'a', values: { batchnorm: false, l2: 0 } },
@@ -252,6 +296,7 @@ MODULES = """async () => {
     prefix: [commonPrefix(['BN × L2: batchnorm=off', 'BN × L2: batchnorm=on']), commonPrefix(['run-a', 'run-b'])],
     ablate: [ablationBody('', { l2: 0, depth: 3 }).vary, ablationBody('x', { l2: 0.3 }).vary.l2],
     grid: gridOf(group),
+    stats: [st.layerStats.xs(), st.layerStats.ys('effLr'), st.layerStats.ys('dead'), st.layerStats.bnFeeds],
     thinned: [s.length, s.firstStep(), s.lastStep(), s.indexAt(55), s.indexAt(5), s.indexAt(null)],
     marks: runMarks(s, { status: 'diverged', config: { steps: 100 },
                          summary: { diverged_step: 95, diverged_layer: 'fc1.weight' } })
@@ -278,6 +323,9 @@ def test_frontend_modules_compute_what_the_charts_show(server: LiveServer, page:
     assert {c["runId"]: c["panel"] for c in r["grid"]["cells"]} == {"a": 1, "b": 2, "c": 3, "d": 4}
     # 9 points over a cap of 8: every other kept, the last one too.
     assert r["thinned"] == [5, 10, 90, 2, -1, 4]
+    # The statistics charts: one point per stats step, the median eff. lr and the mean dead
+    # fraction of the finite values (none finite: a gap).
+    assert r["stats"] == [[1, 10], [0.2, pytest.approx(0.3)], [0.25, None], ["fc1.weight"]]
     # Alerts a step apart merge into one marker; divergence names its layer.
     assert r["marks"] == [["intervention", 35, "l2 0→0.5"], ["alert", 50, "⚠×3"], ["alert", 90, "⚠"],
                           ["diverged", 95, "diverged in fc1.weight"]]

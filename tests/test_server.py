@@ -40,6 +40,16 @@ def test_a_run_completes_in_a_worker_with_one_row_per_step(live_server: LiveServ
     assert later["step"] == list(range(31, 41))
     few = live_server.client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 5}).json()
     assert few["step"][0] == 1 and few["step"][-1] == 40 and len(few["step"]) == 5
+    # the every-10-steps statistics, columnar, the same numbers as the stored events carry
+    stats = hist["stats"]
+    assert stats["step"] == [1, 10, 20, 30, 40]
+    assert stats["act_layers"] == ["act1", "act2", "act3"] and stats["bn_layers"] == []
+    assert all(len(row) == 3 and all(0 <= v <= 1 for v in row) for row in stats["dead_frac"])
+    assert stats["eff_lr"] == [[]] * 5  # no BatchNorm, no effective learning rate
+    exported = live_server.client.get(f"/api/runs/{run['id']}/export").json()["events"]
+    sent = [e["stats"]["act_std"] for e in exported if e["type"] == "metrics" and "stats" in e]
+    assert len(sent) == 5 and all(v == pytest.approx(w, rel=1e-6) for v, w in zip(stats["act_std"], sent, strict=True))
+    assert later["stats"]["step"] == [40] and few["stats"]["step"] == [1, 10, 20, 30, 40]
 
 
 def test_a_browser_stream_gets_metrics_live_in_seq_order(live_server: LiveServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 
@@ -17,6 +18,11 @@ def metrics(seq: int, step: int, val: float | None = None) -> dict:
          "update_ratio": [1e-3, None]}
     if val is not None:
         e["val_loss"], e["val_accuracy"] = val, 1 - val
+    if step == 1 or step % 4 == 0:  # stats_every 4
+        e["stats"] = {"act_layers": ["relu1", "relu2"], "act_mean": [0.5, 0.25], "act_std": [1.0, 2.0],
+                      "dead_frac": [0.0, None], "bn_layers": ["bn1"], "bn_mean_drift": [0.1], "bn_var_drift": [0.2],
+                      "bn_gamma_norm": [1.0], "bn_beta_norm": [0.0], "bn_feeds": ["fc1.weight"],
+                      "eff_lr": [step / 1000]}
     return e
 
 
@@ -50,6 +56,14 @@ def test_history_reads(tmp_path: Path) -> None:
     seqs = store.series_seqs("a")
     assert len(seqs) == 20 and seqs == sorted(seqs) and 9 not in seqs  # seq 9 is the alert
     assert store.series_seqs("a", since=seqs[-2]) == seqs[-1:]
+    # the every-stats_every-steps statistics, columnar, with their layer names
+    stats = store.layer_stats("a", store.stats_seqs("a"))
+    assert stats["step"] == [1, 4, 8, 12, 16, 20]
+    assert stats["act_layers"] == ["relu1", "relu2"] and stats["bn_feeds"] == ["fc1.weight"]
+    assert [row[0] for row in stats["eff_lr"]] == pytest.approx([s / 1000 for s in (1, 4, 8, 12, 16, 20)])
+    assert stats["dead_frac"][0][0] == 0.0 and math.isnan(stats["dead_frac"][0][1])
+    assert store.layer_stats("a", store.stats_seqs("a", since=seqs[-2]))["step"] == [20]
+    assert store.layer_stats("a", [])["step"] == [] and store.layer_stats("a", [])["act_layers"] == []
     store.delete_run("a")
     assert store.val_points("a") == [] and store.series_seqs("a") == [] and len(store.series_seqs("b")) == 3
 
@@ -66,6 +80,7 @@ def test_an_older_data_dir_is_migrated_once(tmp_path: Path, with_series: bool) -
     store.close()
     db = sqlite3.connect(path)
     db.execute("DROP TABLE evals")
+    db.execute("DROP TABLE layer_stats")
     if not with_series:
         db.execute("DROP TABLE series")
     db.execute("PRAGMA user_version = 0")
@@ -78,6 +93,7 @@ def test_an_older_data_dir_is_migrated_once(tmp_path: Path, with_series: bool) -
     assert cols["step"].tolist() == list(range(1, 11))
     assert cols["grad_norm"][:, 1].tolist() == [float(s) for s in range(1, 11)]
     assert store.val_points("old") == [(5, 0.25, 0.75), (10, 0.25, 0.75)]
+    assert store.layer_stats("old", store.stats_seqs("old"))["step"] == [1, 4, 8]
     # new events after the migration land in both tables as usual, and nothing is duplicated
     new, last = store.append_events("old", [metrics(len(events) + 1, 11, 0.5)])
     assert len(new) == 1 and last == len(events) + 1

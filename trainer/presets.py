@@ -44,8 +44,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "turns non-finite within a few dozen steps: the run ends `diverged`. With BatchNorm the same "
             "network, optimizer and learning rate train to about 94% validation accuracy. Strong L2 "
             "(0.05) keeps the plain network finite, but only by shrinking its weights and gradients "
-            "towards zero: it stays at chance. Finite is not the same as learning; compare the weight "
-            "norms and the validation accuracy, not just the status."
+            "towards zero: it stays at chance, with most of its ReLU units dead (the Dead ReLU units "
+            "chart). Finite is not the same as learning; compare the weight norms and the validation "
+            "accuracy, not just the status."
         ),
         config={"dataset": "digits", "model": "mlp", "depth": 20, "width": 128, "init": "kaiming",
                 "optimizer": "sgd", "lr": 0.3, "momentum": 0.9, "batchnorm": False, "l2": 0.0,
@@ -92,8 +93,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "effective learning rate lr/‖w‖². Without L2 the weight norms grow (6.5 to 9 here) and the "
             "effective learning rate falls by half; with L2 5e-3 they shrink to an equilibrium (about 3) "
             "and the effective learning rate ends about 9 times higher (0.010 against 0.0012), as do the "
-            "update ratios. Compare "
-            "`stats.eff_lr` and `weight_norm` between the variants; without BN, L2 is plain weight decay."
+            "update ratios. Compare the Effective learning rate chart and the weight norms between the "
+            "variants; without BN, L2 is plain weight decay."
         ),
         config={"dataset": "digits", "model": "mlp", "depth": 6, "width": 128, "batchnorm": True,
                 "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "l2": 5e-3, "steps": 1000,

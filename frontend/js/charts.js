@@ -38,9 +38,12 @@ export class Charts {
     this.multiples = new MultiplesFigure(byId('chart-group'));
     this.groupIds = new Set();
     const all = () => this.runs;
+    // The same runs, with one of their series' parts as the series (the every-stats_every-steps statistics).
+    const part = key => () => this.runs.map(r => ({ ...r, series: r.series[key] }));
     const group = () => this.runs.filter(r => this.groupIds.has(r.id));
     this.jobs = [
-      ...this.lines.map(fig => ({ fig, name: fig.spec.name, runs: all, minMs: LINE_MS })),
+      ...this.lines.map(fig => ({ fig, name: fig.spec.name, runs: fig.spec.source ? part(fig.spec.source) : all,
+        minMs: LINE_MS })),
       ...this.profiles.map(fig => ({ fig, name: fig.spec.name, runs: all, minMs: SLOW_MS })),
       { fig: this.heatmap, name: 'heatmap', runs: all, minMs: SLOW_MS },
       { fig: this.multiples, name: 'group', runs: group, minMs: SLOW_MS },

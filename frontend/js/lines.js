@@ -19,6 +19,18 @@ export const LINE_SPECS = [
   { id: 'chart-loss', name: 'loss', ytitle: 'loss', key: 'loss', smooth: true, scaleToggle: true },
   { id: 'chart-acc', name: 'accuracy', ytitle: 'accuracy', key: 'accuracy', smooth: true, val: true },
   { id: 'chart-gnorm', name: 'grad-norm', ytitle: 'global grad norm', key: 'gnorm', log: true },
+  // From the statistics taken every stats_every steps (RunSeries.layerStats). `none`: the note
+  // shown when no selected run has what the chart plots.
+  {
+    id: 'chart-efflr', name: 'eff-lr', ytitle: 'lr / ‖w‖²', key: 'effLr', log: true, source: 'layerStats',
+    none: runs => runs.every(r => r.series.length && !r.series.bnFeeds.length)
+      && 'no BatchNorm in these runs: no effective learning rate',
+  },
+  {
+    id: 'chart-dead', name: 'dead-units', ytitle: 'dead fraction', key: 'dead', source: 'layerStats',
+    none: runs => runs.every(r => r.series.length && r.series.dead.values().every(v => !Number.isFinite(v)))
+      && 'no ReLU in these runs: dead units are counted for ReLU only',
+  },
 ];
 
 const RAW_OPACITY = 0.28;
@@ -90,7 +102,8 @@ export class LineFigure {
   axesOf() { return { x: 'x', y: 'y' }; }
 
   baseLayout(runs, view) {
-    return layout({ ...this.spec, log: this.isLog(view), empty: !runs.length && NO_RUNS });
+    const none = runs.length && this.spec.none?.(runs);
+    return layout({ ...this.spec, log: this.isLog(view), empty: (!runs.length && NO_RUNS) || none });
   }
 
   markLayout(runs, view) {

@@ -56,6 +56,86 @@ class Column {
 // A value as Plotly wants it: NaN becomes null (a gap).
 export const num = v => (Number.isFinite(v) ? v : null);
 
+// Once a buffer is full, thin it to about half, evenly over the steps: a
+// point is kept when it is at least (span / half the cap) steps after the last
+// one kept. Live steps arrive densely after a sparse history; halving by index
+// would thin the old part again each time, while this keeps it. The first and
+// the latest step are always kept. Returns whether it thinned.
+function thinColumns(step, columns, cap) {
+  if (step.length <= cap) return false;
+  const last = step.length - 1;
+  const spacing = (step.get(last) - step.get(0)) / (cap / 2);
+  const mask = new Uint8Array(step.length);
+  let kept = -Infinity;
+  for (let i = 0; i <= last; i++) {
+    if (i !== last && step.get(i) - kept < spacing) continue;
+    kept = step.get(i);
+    mask[i] = 1;
+  }
+  for (const c of [step, ...columns]) c.filter(i => mask[i]);
+  return true;
+}
+
+const finite = values => (values ?? []).filter(Number.isFinite);
+const median = values => {
+  const v = finite(values).sort((a, b) => a - b);
+  if (!v.length) return NaN;
+  const mid = v.length >> 1;
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+};
+const mean = values => {
+  const v = finite(values);
+  return v.length ? v.reduce((a, b) => a + b, 0) / v.length : NaN;
+};
+
+// The statistics the probe takes every `stats_every` steps, one scalar per
+// step for the line charts: the median effective learning rate (lr/||w||^2)
+// of the weights that feed a BatchNorm, and the mean fraction of dead ReLU
+// units over the hidden layers. The same interface as RunSeries for LineFigure.
+export class StatsSeries {
+  constructor(cap = 4000) {
+    this.cap = cap;
+    this.version = 0;
+    this.step = new Column();
+    this.effLr = new Column();
+    this.dead = new Column();
+    this.bnFeeds = [];   // the weights the effective lr is taken over
+    this.actLayers = []; // the activations the dead fraction is taken over
+  }
+
+  get length() { return this.step.length; }
+
+  // One step's `stats` record (a metrics event's, or a row of /metrics' columns).
+  push(step, eff, dead) {
+    this.step.push(step);
+    this.effLr.push(median(eff));
+    this.dead.push(mean(dead));
+  }
+
+  // Layer names: a change (the first stats to come) rebuilds the figures, whose
+  // "nothing to show" note depends on them.
+  setLayers(bnFeeds, actLayers) {
+    if (bnFeeds && bnFeeds.join() !== this.bnFeeds.join()) { this.bnFeeds = bnFeeds; this.version++; }
+    if (actLayers && actLayers.join() !== this.actLayers.join()) { this.actLayers = actLayers; this.version++; }
+  }
+
+  addEvent(step, stats) {
+    this.setLayers(stats.bn_feeds, stats.act_layers);
+    this.push(step, stats.eff_lr, stats.dead_frac);
+    if (thinColumns(this.step, [this.effLr, this.dead], this.cap)) this.version++;
+  }
+
+  addHistory(cols) {
+    if (!cols?.step?.length) return;
+    this.setLayers(cols.bn_feeds, cols.act_layers);
+    for (let i = 0; i < cols.step.length; i++) this.push(cols.step[i], cols.eff_lr?.[i], cols.dead_frac?.[i]);
+    if (thinColumns(this.step, [this.effLr, this.dead], this.cap)) this.version++;
+  }
+
+  xs(from = 0) { return Array.from(this.step.buf.subarray(from, this.length)); }
+  ys(key, from = 0) { return Array.from(this[key].buf.subarray(from, this.length), num); }
+}
+
 export class RunSeries {
   constructor(id, cap = 4000) {
     this.id = id;
@@ -66,6 +146,7 @@ export class RunSeries {
     this.loss = new Column();
     this.accuracy = new Column();
     this.gnorm = new Column(); // global gradient norm
+    this.layerStats = new StatsSeries(cap); // every stats_every steps
     this.stats = {};           // grad_norm / weight_norm / update_ratio: rows x layers
     this.resetLayers(0);
     this.valStep = [];
@@ -100,6 +181,7 @@ export class RunSeries {
     }
     const val = cols.val ?? {};
     for (let i = 0; i < (val.step?.length ?? 0); i++) this.pushVal(val.step[i], val.accuracy?.[i]);
+    this.layerStats.addHistory(cols.stats);
     for (const e of cols.events ?? []) if (!(e.seq <= since)) this.addEvent(e);
     this.thin();
   }
@@ -115,6 +197,7 @@ export class RunSeries {
         this.push(msg.step, msg.loss, msg.accuracy, msg.global_grad_norm,
           msg.grad_norm, msg.weight_norm, msg.update_ratio);
         if (msg.val_accuracy !== undefined) this.pushVal(msg.step, msg.val_accuracy);
+        if (msg.stats) this.layerStats.addEvent(msg.step, msg.stats);
         this.thin();
         return;
       case 'intervention':
@@ -157,24 +240,8 @@ export class RunSeries {
     this.valAccuracy.push(accuracy ?? null);
   }
 
-  // Once the buffer is full, thin it to about half, evenly over the steps:
-  // a point is kept when it is at least (span / half the cap) steps after the
-  // last one kept. Live steps arrive densely after a sparse history; halving
-  // by index would thin the old part again each time, while this keeps it.
-  // The first and the latest step are always kept.
   thin() {
-    if (this.length <= this.cap) return;
-    const last = this.length - 1;
-    const spacing = (this.step.get(last) - this.step.get(0)) / (this.cap / 2);
-    const mask = new Uint8Array(this.length);
-    let kept = -Infinity;
-    for (let i = 0; i <= last; i++) {
-      if (i !== last && this.step.get(i) - kept < spacing) continue;
-      kept = this.step.get(i);
-      mask[i] = 1;
-    }
-    for (const c of [this.step, this.loss, this.accuracy, this.gnorm, ...Object.values(this.stats)]) c.filter(i => mask[i]);
-    this.version++;
+    if (thinColumns(this.step, [this.loss, this.accuracy, this.gnorm, ...Object.values(this.stats)], this.cap)) this.version++;
   }
 
   lastStep() {

@@ -167,6 +167,8 @@ def history(store: Store, run: dict[str, Any], since: int, max_points: int) -> d
     for name, arr in cols.items():
         out[name] = arr.tolist()  # NaN/inf come out as null (orjson)
     out["step"] = [int(s) for s in out["step"]]
+    stats_seqs = store.stats_seqs(run_id, since)
+    out["stats"] = store.layer_stats(run_id, [stats_seqs[i] for i in pick(len(stats_seqs), max_points)])
     val = store.val_points(run_id, since)
     out["val"] = {"step": [v[0] for v in val], "loss": [v[1] for v in val], "accuracy": [v[2] for v in val]}
     out["events"] = store.events(run_id, since, exclude=("metrics",))
