@@ -65,7 +65,9 @@ LIVE_RATE = 60  # steps/s per live run
 MEASURE_S = 15
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-DATA_VERSION = "1"  # bump when the generated data changes shape
+DATA_VERSION = "2"  # bump when the generated data changes shape (2: `stats` every 10 steps)
+STATS_EVERY = 10
+N_ACT = 24  # hidden activations (and BatchNorms) of the configs below
 
 
 def layers() -> list[dict[str, Any]]:
@@ -101,6 +103,16 @@ class Synth:
                         "grad_norm": g.tolist(), "weight_norm": w.tolist(), "update_ratio": u.tolist()})
         if step % 200 == 0:
             e["val_loss"], e["val_accuracy"] = loss, min(1.0, 1 - 0.9 * math.exp(-t))
+        if step == 1 or step % STATS_EVERY == 0:  # as the probe sends them (24 hidden blocks with BN)
+            n = N_ACT
+            e["stats"] = {
+                "act_layers": [f"act{i + 1}" for i in range(n)], "act_mean": (0.4 + 0.1 * r.random(n)).tolist(),
+                "act_std": (0.6 + 0.1 * r.random(n)).tolist(), "dead_frac": (0.05 * r.random(n) * t).tolist(),
+                "bn_layers": [f"bn{i + 1}" for i in range(n)], "bn_mean_drift": (0.01 * r.random(n)).tolist(),
+                "bn_var_drift": (0.01 * r.random(n)).tolist(), "bn_gamma_norm": [11.3] * n,
+                "bn_beta_norm": (0.1 * r.random(n)).tolist(), "bn_feeds": [f"fc{i + 1}.weight" for i in range(n)],
+                "eff_lr": (0.05 / (w[: n] ** 2)).tolist(),
+            }
         return e
 
     def extra(self, step: int) -> list[dict[str, Any]]:

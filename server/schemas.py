@@ -137,14 +137,15 @@ class LayerStats(BaseModel):
 
     step: list[int]
     act_layers: list[str] = Field(description="hidden activation modules, in forward order")
-    act_mean: list[list[float | None]]
-    act_std: list[list[float | None]]
-    dead_frac: list[list[float | None]] = Field(description="units <= 0 for the whole batch (ReLU); null: n/a")
     bn_layers: list[str]
     bn_feeds: list[str | None] = Field(description="the weight feeding each BatchNorm")
-    eff_lr: list[list[float | None]] = Field(description="lr / ||w||^2 of the weight feeding each BatchNorm")
-    bn_mean_drift: list[list[float | None]]
-    bn_var_drift: list[list[float | None]]
+    # Each of these only when asked for (`stats=`; all by default).
+    act_mean: list[list[float | None]] | None = None
+    act_std: list[list[float | None]] | None = None
+    dead_frac: list[list[float | None]] | None = Field(None, description="units <= 0 for the whole batch (ReLU)")
+    eff_lr: list[list[float | None]] | None = Field(None, description="lr / ||w||^2 of the weight feeding each BN")
+    bn_mean_drift: list[list[float | None]] | None = None
+    bn_var_drift: list[list[float | None]] | None = None
 
 
 class Metrics(BaseModel):

@@ -296,11 +296,11 @@ class Store:
         cur = self.db.execute("SELECT seq FROM layer_stats WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since))
         return [r[0] for r in cur]
 
-    def layer_stats(self, run_id: str, seqs: list[int]) -> dict[str, Any]:
-        """The statistics of the metrics events `seqs`: step (T,), per-layer arrays (T, L) float32,
-        and the layer names they refer to (from the last of those events)."""
+    def layer_stats(self, run_id: str, seqs: list[int], columns: tuple[str, ...] = STATS_LAYERS) -> dict[str, Any]:
+        """The statistics of the metrics events `seqs`: step (T,), the per-layer arrays `columns`
+        (T, L) float32, and the layer names they refer to (from the last of those events)."""
         rows = []
-        cols = ", ".join(("seq", "step") + STATS_LAYERS)
+        cols = ", ".join(("seq", "step") + columns)
         for i in range(0, len(seqs), 500):
             chunk = seqs[i : i + 500]
             rows += self.db.execute(
@@ -308,8 +308,8 @@ class Store:
                 "ORDER BY seq", (run_id, *chunk),
             ).fetchall()
         out: dict[str, Any] = {"step": [r[1] for r in rows]}
-        for k, name in enumerate(STATS_LAYERS, start=2):
-            out[name] = [np.frombuffer(r[k], dtype=np.float32).tolist() for r in rows]
+        for k, name in enumerate(columns, start=2):
+            out[name] = [np.frombuffer(r[k], dtype=np.float32) for r in rows]  # serialised by orjson
         names = {"act_layers": [], "bn_layers": [], "bn_feeds": []}
         if rows:
             last = self.db.execute("SELECT data FROM events WHERE run_id = ? AND seq = ?", (run_id, rows[-1][0]))

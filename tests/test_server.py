@@ -50,6 +50,13 @@ def test_a_run_completes_in_a_worker_with_one_row_per_step(live_server: LiveServ
     sent = [e["stats"]["act_std"] for e in exported if e["type"] == "metrics" and "stats" in e]
     assert len(sent) == 5 and all(v == pytest.approx(w, rel=1e-6) for v, w in zip(stats["act_std"], sent, strict=True))
     assert later["stats"]["step"] == [40] and few["stats"]["step"] == [1, 10, 20, 30, 40]
+    # only the statistics asked for (the page asks for the two it draws); a wrong name is a 422
+    some = live_server.client.get(f"/api/runs/{run['id']}/metrics", params={"stats": "eff_lr,dead_frac"}).json()
+    assert some["stats"]["dead_frac"] == stats["dead_frac"] and "act_std" not in some["stats"]
+    assert "dead_frac" not in live_server.client.get(f"/api/runs/{run['id']}/metrics?stats=").json()["stats"]
+    bad = live_server.client.get(f"/api/runs/{run['id']}/metrics", params={"stats": "eff_lr,nope"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "stats"]
+    assert "'nope'" in bad.json()["detail"][0]["msg"]
 
 
 def test_a_browser_stream_gets_metrics_live_in_seq_order(live_server: LiveServer) -> None:

@@ -39,7 +39,8 @@ export function createApi(token = null, base = globalThis.location) {
     deleteRun: id => request('DELETE', run(id)),
     changeRun: (id, changes) => request('PATCH', run(id), changes), // l2 / lr / grad_clip, live
     metrics: (id, since = 0, maxPoints = 2000) =>
-      request('GET', `${run(id)}/metrics?since=${since}&max_points=${maxPoints}`),
+      // Of the per-layer statistics, only what the charts draw.
+      request('GET', `${run(id)}/metrics?since=${since}&max_points=${maxPoints}&stats=eff_lr,dead_frac`),
     // Layer x step min/max buckets of one statistic (grad_norm | weight_norm | update_ratio).
     heatmap: (id, stat, maxPoints) => request('GET', `${run(id)}/heatmap?stat=${stat}&max_points=${maxPoints}`),
     // A plain link: the browser downloads it itself (the session cookie rides

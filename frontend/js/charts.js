@@ -47,7 +47,7 @@ export class Charts {
       ...this.profiles.map(fig => ({ fig, name: fig.spec.name, runs: all, minMs: SLOW_MS })),
       { fig: this.heatmap, name: 'heatmap', runs: all, minMs: SLOW_MS },
       { fig: this.multiples, name: 'group', runs: group, minMs: SLOW_MS },
-    ].map(job => ({ ...job, last: -Infinity, cost: 0, draws: 0, visible: true }));
+    ].map((job, rank) => ({ ...job, rank, last: -Infinity, cost: 0, draws: 0, visible: true }));
     this.paceUntil = 0;
     for (const job of this.jobs) job.fig.requestDraw = () => this.touch();
     this.watchVisibility();
@@ -116,7 +116,8 @@ export class Charts {
       if (ready <= start) due.push({ job, runs, urgent });
       else wait = Math.min(wait, ready - start);
     }
-    due.sort((a, b) => b.urgent - a.urgent || a.job.last - b.job.last); // then the longest waiting
+    // Urgent ones in page order (loss, accuracy and gradient norm first), then the longest waiting.
+    due.sort((a, b) => b.urgent - a.urgent || (a.urgent ? a.job.rank - b.job.rank : a.job.last - b.job.last));
     for (const [i, { job, runs }] of due.entries()) {
       if (i > 0 && performance.now() - start > FRAME_BUDGET_MS) { wait = 0; break; }
       const t0 = performance.now();

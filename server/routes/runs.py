@@ -15,7 +15,7 @@ from trainer.config import ConfigError
 
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
 from ..schemas import Metrics, Run, RunChange, RunCreate, RunCreated
-from ..store import SERIES_LAYERS, Store
+from ..store import SERIES_LAYERS, STATS_LAYERS, Store
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
@@ -85,7 +85,7 @@ async def export_run(
     if format == "json":
         body = {"run": jobs.view(run), "layers": run["layers"] or [],
                 "metrics": history(store, run, 0, 10**9), "events": store.events(run["id"])}
-        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+        return Response(dumps(body), media_type="application/json", headers=headers)
     return Response(export_csv(store, run), media_type="text/csv", headers=headers)
 
 
@@ -103,9 +103,14 @@ def export_csv(store: Store, run: dict[str, Any]) -> str:
         row = [seq, step, *(_cell(cols[k][i]) for k in ("time", "loss", "accuracy", "global_grad_norm")),
                _cell(vl), _cell(va)]
         for k in SERIES_LAYERS:
-            row += [_cell(v) for v in cols[k][i].tolist()]
+            row += [_cell32(v) for v in cols[k][i]]
         w.writerow(row)
     return buf.getvalue()
+
+
+def _cell32(v: np.float32) -> str:
+    """A stored float32 in its shortest form, as /metrics sends it."""
+    return "" if np.isnan(v) else str(v)
 
 
 def _cell(v: Any) -> str:
@@ -145,9 +150,23 @@ async def run_metrics(
     store: StoreDep,
     since: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger seq")] = 0,
     max_points: Annotated[int, Query(ge=2, le=100_000, description="most steps returned")] = 2000,
+    stats: Annotated[str | None, Query(
+        max_length=200, description="per-layer statistics in `stats`, comma-separated, of "
+        f"{', '.join(STATS_LAYERS)} (default: all; empty: none)")] = None,
 ) -> Response:
+    fields = STATS_LAYERS if stats is None else tuple(f for f in stats.split(",") if f)
+    unknown = [f for f in fields if f not in STATS_LAYERS]
+    if unknown:
+        msg = f"unknown statistic {unknown[0]!r}; expected some of {', '.join(STATS_LAYERS)}"
+        raise HTTPException(422, [{"loc": ["query", "stats"], "type": "value_error", "msg": msg}])
     # Serialised directly: validating 100k numbers through pydantic would cost more than the query.
-    return Response(orjson.dumps(history(store, run, since, max_points)), media_type="application/json")
+    return Response(dumps(history(store, run, since, max_points, fields)), media_type="application/json")
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    """JSON with numpy arrays as they are: float32 values in their shortest float32 form (about
+    half the characters of the float64 one), NaN/inf as null."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def pick(n: int, max_points: int) -> list[int]:
@@ -157,18 +176,19 @@ def pick(n: int, max_points: int) -> list[int]:
     return sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
 
 
-def history(store: Store, run: dict[str, Any], since: int, max_points: int) -> dict[str, Any]:
+def history(store: Store, run: dict[str, Any], since: int, max_points: int,
+            stats: tuple[str, ...] = STATS_LAYERS) -> dict[str, Any]:
     run_id = run["id"]
     seqs = store.series_seqs(run_id, since)
     chosen = [seqs[i] for i in pick(len(seqs), max_points)]
     cols = store.series(run_id, since) if len(chosen) == len(seqs) else store.series(run_id, seqs=chosen)
     out: dict[str, Any] = {"run_id": run_id, "status": run["status"], "last_seq": run["last_seq"],
                            "layers": run["layers"] or []}
-    for name, arr in cols.items():
-        out[name] = arr.tolist()  # NaN/inf come out as null (orjson)
+    for name, arr in cols.items():  # per-layer (T, L) float32 stay numpy (see dumps)
+        out[name] = arr if name in SERIES_LAYERS else arr.tolist()  # NaN/inf come out as null
     out["step"] = [int(s) for s in out["step"]]
     stats_seqs = store.stats_seqs(run_id, since)
-    out["stats"] = store.layer_stats(run_id, [stats_seqs[i] for i in pick(len(stats_seqs), max_points)])
+    out["stats"] = store.layer_stats(run_id, [stats_seqs[i] for i in pick(len(stats_seqs), max_points)], stats)
     val = store.val_points(run_id, since)
     out["val"] = {"step": [v[0] for v in val], "loss": [v[1] for v in val], "accuracy": [v[2] for v in val]}
     out["events"] = store.events(run_id, since, exclude=("metrics",))
