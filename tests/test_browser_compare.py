@@ -176,6 +176,7 @@ def test_effective_learning_rate_and_dead_units_are_drawn_live(server: LiveServe
     page.wait_for_function(f"({FINITE_OF_RUN})(['chart-efflr', '{bn['id']}']) > {before}", timeout=30_000)
     # Only the plain run selected: the chart says why it is empty.
     page.click(f"#runs tr[data-run-id='{bn['id']}'] input.select")
+    page.locator("#chart-efflr").scroll_into_view_if_needed()  # the click scrolled up to the list
     page.wait_for_function(f"({LABELS})('chart-efflr').some(t => t.includes('no BatchNorm'))", timeout=30_000)
     stop_all(server)
     assert page.errors == []

@@ -41,11 +41,12 @@ export class Charts {
     // The same runs, with one of their series' parts as the series (the every-stats_every-steps statistics).
     const part = key => () => this.runs.map(r => ({ ...r, series: r.series[key] }));
     const group = () => this.runs.filter(r => this.groupIds.has(r.id));
-    this.jobs = [
-      ...this.lines.map(fig => ({ fig, name: fig.spec.name, runs: fig.spec.source ? part(fig.spec.source) : all,
-        minMs: LINE_MS })),
+    const line = fig => ({ fig, name: fig.spec.name, runs: fig.spec.source ? part(fig.spec.source) : all, minMs: LINE_MS });
+    this.jobs = [ // in page order, which is the order of urgent draws
+      ...this.lines.filter(fig => !fig.spec.source).map(line),
       ...this.profiles.map(fig => ({ fig, name: fig.spec.name, runs: all, minMs: SLOW_MS })),
       { fig: this.heatmap, name: 'heatmap', runs: all, minMs: SLOW_MS },
+      ...this.lines.filter(fig => fig.spec.source).map(line),
       { fig: this.multiples, name: 'group', runs: group, minMs: SLOW_MS },
     ].map((job, rank) => ({ ...job, rank, last: -Infinity, cost: 0, draws: 0, visible: true }));
     this.paceUntil = 0;

@@ -19,8 +19,8 @@ export const LINE_SPECS = [
   { id: 'chart-loss', name: 'loss', ytitle: 'loss', key: 'loss', smooth: true, scaleToggle: true },
   { id: 'chart-acc', name: 'accuracy', ytitle: 'accuracy', key: 'accuracy', smooth: true, val: true },
   { id: 'chart-gnorm', name: 'grad-norm', ytitle: 'global grad norm', key: 'gnorm', log: true },
-  // From the statistics taken every stats_every steps (RunSeries.layerStats). `none`: the note
-  // shown when no selected run has what the chart plots.
+  // From the statistics taken every stats_every steps (RunSeries.layerStats), at the bottom of
+  // the page. `none`: the note shown when no selected run has what the chart plots.
   {
     id: 'chart-efflr', name: 'eff-lr', ytitle: 'lr / ‖w‖²', key: 'effLr', log: true, source: 'layerStats',
     none: runs => runs.every(r => r.series.length && !r.series.bnFeeds.length)
