@@ -138,7 +138,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--clock", choices=("wall", "cpu"), default=None,
                     help="wall: perf_counter; cpu: this thread's CPU time (default on the CPU with 1 thread)")
-    ap.add_argument("--only", choices=("mlp", "mlp-wide", "cnn"), default=None)
+    ap.add_argument("--only", choices=("mlp", "mlp-wide", "mlp-deep", "cnn"), default=None)
+    ap.add_argument("--batch", type=int, default=None, help="batch size for every case (default: each its own)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -153,12 +154,14 @@ def main() -> None:
                 RunConfig(model="mlp", depth=4, width=64), 64),
         "mlp-wide": ("MLP 8x256, ReLU, SGD+momentum",
                      RunConfig(model="mlp", depth=8, width=256), 128),
+        "mlp-deep": ("MLP 20x128 + BN (the explosion preset's BN variant), ReLU, SGD+momentum",
+                     RunConfig(model="mlp", depth=20, width=128, batchnorm=True, init="kaiming"), 64),
         "cnn": ("CNN 20 blocks conv3x3+BN+ReLU, width 32, 8x8 input, SGD+momentum",
                 RunConfig(model="cnn", depth=20, width=32, batchnorm=True), 32),
     }
     for key, (name, cfg, batch) in cases.items():
         if args.only in (None, key):
-            bench(name, cfg, batch, device, args.repeats, args.block, args.warmup, clock)
+            bench(name, cfg, args.batch or batch, device, args.repeats, args.block, args.warmup, clock)
 
 
 if __name__ == "__main__":
