@@ -6,6 +6,7 @@ modules behind the charts (smoothing, config diff, the group grid, markers, URL 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,6 +180,31 @@ def test_effective_learning_rate_and_dead_units_are_drawn_live(server: LiveServe
     page.locator("#chart-efflr").scroll_into_view_if_needed()  # the click scrolled up to the list
     page.wait_for_function(f"({LABELS})('chart-efflr').some(t => t.includes('no BatchNorm'))", timeout=30_000)
     stop_all(server)
+    assert page.errors == []
+
+
+def test_weights_only_profiles_drop_biases_and_batchnorm_and_survive_a_reload(server: LiveServer, page: Any) -> None:
+    run = server.create_run({**FAST, "steps": 30, "batchnorm": True}, name="profiles-bn")
+    server.wait_status(run["id"], ("completed",))
+    open_dashboard(page, server, f"&runs={run['id']}")
+    x_of = "(id) => document.getElementById(id).data.flatMap(t => t.x)"
+    page.wait_for_function(f"({x_of})('chart-layers').includes('bn1.weight')")
+    every = page.evaluate(f"({x_of})('chart-layers')")
+    assert every[:4] == ["fc1.weight", "bn1.weight", "bn1.bias", "fc2.weight"], every
+    page.check("#weights-only")
+    page.wait_for_function("location.search.includes('layers=weights')")
+    weights = ["fc1.weight", "fc2.weight", "out.weight"]  # no biases, no BatchNorm γ/β
+    for fig in ("chart-layers", "chart-weights", "chart-updates"):
+        page.locator(f"#{fig}").scroll_into_view_if_needed()
+        page.wait_for_function(f"JSON.stringify(({x_of})('{fig}')) === '{json.dumps(weights, separators=(',', ':'))}'")
+    # the values are the same ones, fewer of them
+    y_all = server.client.get(f"/api/runs/{run['id']}/metrics").json()["grad_norm"][-1]
+    y = page.evaluate("document.getElementById('chart-layers').data[0].y")
+    assert y == pytest.approx([y_all[every.index(name)] for name in weights], rel=1e-6)
+    page.reload()
+    page.wait_for_function("document.querySelector('#weights-only').checked")
+    page.locator("#chart-layers").scroll_into_view_if_needed()
+    page.wait_for_function(f"({x_of})('chart-layers').length === 3")
     assert page.errors == []
 
 

@@ -251,7 +251,7 @@ function applyState() {
 
 // What the charts draw for each selected run: its buffers, color, and markers.
 function updateViews() {
-  const { selected, focus: f, smooth, scale, step, stat } = state.get();
+  const { selected, focus: f, smooth, scale, step, stat, layers } = state.get();
   colors = assignColors([...runs.values()], selected);
   // Legends name runs without what all their names share (a group's "BN × L2: ").
   const prefix = commonPrefix(selected.map(id => runs.get(id)?.name || id));
@@ -265,7 +265,7 @@ function updateViews() {
       marks, marksKey: marks.map(m => `${m.kind}@${m.step}${m.kind === 'alert' ? '' : `:${m.label}`}`).join(','),
     };
   }));
-  charts.setView({ smooth, scale, step, stat, heatRun: heatmapRun() });
+  charts.setView({ smooth, scale, step, stat, layers, heatRun: heatmapRun() });
 }
 
 state.subscribe((s, changed) => {
@@ -313,7 +313,8 @@ function renderHeatmapSelect() {
 }
 
 function renderSettings() {
-  const { smooth, scale } = state.get();
+  const { smooth, scale, layers } = state.get();
+  $('#weights-only').checked = layers === 'weights';
   const slider = $('#smooth');
   if (document.activeElement !== slider) slider.value = smooth;
   $('#smooth-value').textContent = smooth.toFixed(2);
@@ -382,6 +383,7 @@ const presets = new PresetPicker($('#preset'), $('#preset-about'), (config, name
 
 $('#heatmap-run').addEventListener('change', ev => state.set({ heatmap: ev.target.value || null }));
 $('#heatmap-stat').addEventListener('change', ev => state.set({ stat: ev.target.value }));
+$('#weights-only').addEventListener('change', ev => state.set({ layers: ev.target.checked ? 'weights' : 'all' }));
 $('#smooth').addEventListener('input', ev => {
   state.set({ smooth: Number(ev.target.value) });
   $('#smooth-value').textContent = Number(ev.target.value).toFixed(2);

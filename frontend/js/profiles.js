@@ -15,6 +15,11 @@ export const PROFILE_SPECS = [
   { id: 'chart-updates', name: 'update-ratio-per-layer', stat: 'update_ratio', ytitle: '‖Δw‖ / ‖w‖' },
 ];
 
+// A layer's weight matrix (Linear, conv): what "weights only" keeps. Biases and
+// normalization parameters (BatchNorm's γ and β) sit between them otherwise,
+// and their norms are of another size: the profile becomes a saw-tooth.
+export const isWeight = layer => /(^|\.)weight$/.test(layer.name) && !/Norm/.test(layer.module ?? '');
+
 export class ProfileFigure {
   constructor(div, spec) {
     this.div = div;
@@ -43,7 +48,8 @@ export class ProfileFigure {
 
   keyNow(runs, view) {
     return this.rows(runs, view).map(({ run, i }) =>
-      [run.id, run.name, run.color, run.focused, run.series.version, i, run.series.length ? run.series.step.get(Math.max(i, 0)) : '', run.marksKey].join('|')).join(';');
+      [run.id, run.name, run.color, run.focused, run.series.version, i, run.series.length ? run.series.step.get(Math.max(i, 0)) : '', run.marksKey].join('|')).join(';')
+      + `|${view.layers}`;
   }
 
   stale(runs, view) { return this.keyNow(runs, view) !== this.key; }
@@ -53,27 +59,30 @@ export class ProfileFigure {
     return runs.map(r => [r.id, r.color, r.focused, r.series.version, r.series.length > 0].join('|')).join(';');
   }
 
-  urgent(runs) { return this.structure(runs) !== this.drawnStructure; }
+  urgent(runs, view) { return `${this.structure(runs)}|${view.layers}` !== this.drawnStructure; }
 
   draw(runs, view) {
     const key = this.keyNow(runs, view);
     if (key === this.key) return;
     this.key = key;
-    this.drawnStructure = this.structure(runs);
+    this.drawnStructure = `${this.structure(runs)}|${view.layers}`;
     const shown = this.rows(runs, view).filter(r => r.i >= 0);
-    const order = mergeOrder(shown.map(({ run }) => run.series.layers.map(l => l.name)));
+    // Which of each run's layers are drawn (indices into its layer list).
+    const kept = run => run.series.layers.flatMap((l, k) => (view.layers !== 'weights' || isWeight(l) ? [k] : []));
+    const order = mergeOrder(shown.map(({ run }) => kept(run).map(k => run.series.layers[k].name)));
     const data = shown.map(({ run, i }) => {
       const s = run.series;
       const row = s.stats[this.spec.stat].row(i);
+      const ks = kept(run);
       return {
         uid: uid(run.id, this.spec.stat),
         type: 'scatter',
         mode: 'lines+markers',
         name: `${run.name} @ step ${s.step.get(i)}`,
         legendgroup: run.id,
-        x: s.layers.map(l => l.name),
-        y: Array.from(row, positive),
-        customdata: s.layers.map(l => `${l.module} ${JSON.stringify(l.shape)}`),
+        x: ks.map(k => s.layers[k].name),
+        y: ks.map(k => positive(row[k])),
+        customdata: ks.map(k => `${s.layers[k].module} ${JSON.stringify(s.layers[k].shape)}`),
         line: { color: run.color, width: run.focused ? 2.5 : 1.5 },
         marker: { color: run.color, size: 5 },
         hovertemplate: `%{x} (%{customdata})<br>${this.spec.ytitle} %{y:.3g}<extra>%{fullData.name}</extra>`,

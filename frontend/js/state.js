@@ -27,6 +27,11 @@ const FIELDS = {
     parse: s => { const v = Number(s); return Number.isFinite(v) ? Math.min(0.99, Math.max(0, v)) : 0.6; },
     format: v => String(v),
   },
+  layers: {                                          // layer profiles: every parameter, or weights only
+    key: 'layers', default: 'all',
+    parse: s => (s === 'weights' ? 'weights' : 'all'),
+    format: v => v,
+  },
   scale: {                                           // the loss chart's y axis
     key: 'scale', default: 'linear',
     parse: s => (s === 'log' ? 'log' : 'linear'),
