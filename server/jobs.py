@@ -49,6 +49,9 @@ class JobManager:
         self.hub = hub
         self.queue: deque[str] = deque()
         self.procs: dict[str, Handle] = {}  # runs whose worker process we started and watch
+        # Local runs that were running when the server (re)started: their workers may still be
+        # alive and reconnect, so each holds a worker slot until the run ends (or is failed).
+        self.adopted: set[str] = set()
         self.conns: dict[str, WebSocket] = {}
         self.conn_closed: dict[str, asyncio.Event] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
@@ -72,6 +75,8 @@ class JobManager:
         for run in reversed(self.store.list_runs(("queued",))):
             self.queue.append(run["id"])
         for run in self.store.list_runs(("running", "stalled")):
+            if run["kind"] == "local":
+                self.adopted.add(run["id"])
             self._spawn(self._orphan_watch(run["id"], "the server restarted and the worker did not reconnect"))
         self._spawn(self._scheduler())
         self._spawn(self.liveness.run())
@@ -133,7 +138,7 @@ class JobManager:
 
     async def _scheduler(self) -> None:
         while True:
-            while self.queue and len(self.procs) < self.settings.max_concurrent:
+            while self.queue and len(self.procs) + len(self.adopted) < self.settings.max_concurrent:
                 run_id = self.queue.popleft()
                 run = self.store.get_run(run_id)
                 if run is None or run["status"] != "queued":
@@ -248,6 +253,9 @@ class JobManager:
                 await ws.close(code=1000, reason="run deleted")
         self.store.delete_run(run_id)
         self.summaries.pop(run_id, None)
+        if run_id in self.adopted:
+            self.adopted.discard(run_id)
+            self._wake.set()
         self.hub.publish(run_id, {"type": "run.deleted", "run_id": run_id, "seq": None})
         with contextlib.suppress(OSError):
             (self.log_dir / f"{run_id}.log").unlink()
@@ -317,6 +325,7 @@ class JobManager:
             self.store.update_run(run_id, durable=True, **changes)
             self._publish_run(self.store.get_run(run_id))
             self.summaries.pop(run_id, None)
+            self.adopted.discard(run_id)  # its slot is free
             self._wake.set()
         elif new:
             if changes:

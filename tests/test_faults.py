@@ -161,7 +161,7 @@ def test_a_worker_that_wakes_before_the_deadline_is_running_again(server: LiveSe
 
 def test_a_server_killed_and_restarted_keeps_everything_reattaches_live_workers_and_fails_dead_ones(
         tmp_path: Path) -> None:
-    env = {"GRADWATCH_REATTACH_GRACE_S": "4", "GRADWATCH_MAX_CONCURRENT": "2"}
+    env = {"GRADWATCH_REATTACH_GRACE_S": "8", "GRADWATCH_MAX_CONCURRENT": "2"}
     first = LiveServer(tmp_path / "data", env=env).start()
     try:
         done = first.create_run(FAST, name="done")
@@ -181,6 +181,15 @@ def test_a_server_killed_and_restarted_keeps_everything_reattaches_live_workers_
 
     again = LiveServer(tmp_path / "data", port=first.port, token=first.token, env=env).start()
     try:
+        # Until the dead one is given up (8 s), both slots stay with the runs that were running:
+        # the queued run waits rather than making three workers for two slots.
+        def dead_given_up() -> bool:
+            waiting = again.run(queued["id"])["status"]  # read first: it cannot start after `dead` failed
+            dead_now = again.run(dead["id"])["status"]
+            assert dead_now == "failed" or waiting == "queued", (dead_now, waiting)
+            return dead_now == "failed"
+
+        wait_for(dead_given_up, timeout=15, what="the dead worker's run to be failed")
         # Old history, untouched.
         assert again.client.get(f"/api/runs/{done['id']}/metrics").json() == done_history
         # The live worker reconnected, resent what was not acknowledged, and goes on.
