@@ -300,6 +300,17 @@ MODULES = """async () => {
   const { parseState, formatState } = await import('/static/js/state.js');
   const { assignColors, distance } = await import('/static/js/colors.js');
   const { RunSeries } = await import('/static/js/series.js');
+  const { PROFILE_SPECS, ProfileFigure } = await import('/static/js/profiles.js');
+  const zs = new RunSeries('z', 8);
+  zs.addEvent({ type: 'run.started', layers: ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']
+    .map(name => ({ name, module: 'Linear', shape: [2] })) });
+  zs.addEvent({ type: 'metrics', step: 1, loss: 1, grad_norm: [1, 0, 0.5, 0] });
+  const div = document.body.appendChild(document.createElement('div'));
+  const profile = new ProfileFigure(div, PROFILE_SPECS[0]);
+  const zeroNote = layers => {
+    profile.draw([{ id: 'z', name: 'z', color: '#000', focused: true, series: zs, marks: [] }], { step: null, layers });
+    return (div.layout.annotations || []).filter(a => a.name === 'zeros').map(a => a.text);
+  };
 
   const s = new RunSeries('r', 8);
   for (let i = 1; i <= 9; i++) s.addEvent({ type: 'metrics', step: i * 10, loss: 1 / i, grad_norm: [i] });
@@ -323,6 +334,7 @@ MODULES = """async () => {
     prefix: [commonPrefix(['BN × L2: batchnorm=off', 'BN × L2: batchnorm=on']), commonPrefix(['run-a', 'run-b'])],
     ablate: [ablationBody('', { l2: 0, depth: 3 }).vary, ablationBody('x', { l2: 0.3 }).vary.l2],
     grid: gridOf(group),
+    zeros: [zeroNote('all'), zeroNote('weights')],
     stats: [st.layerStats.xs(), st.layerStats.ys('effLr'), st.layerStats.ys('dead'), st.layerStats.bnFeeds],
     thinned: [s.length, s.firstStep(), s.lastStep(), s.indexAt(55), s.indexAt(5), s.indexAt(null)],
     marks: runMarks(s, { status: 'diverged', config: { steps: 100 },
@@ -350,6 +362,8 @@ def test_frontend_modules_compute_what_the_charts_show(server: LiveServer, page:
     assert {c["runId"]: c["panel"] for c in r["grid"]["cells"]} == {"a": 1, "b": 2, "c": 3, "d": 4}
     # 9 points over a cap of 8: every other kept, the last one too.
     assert r["thinned"] == [5, 10, 90, 2, -1, 4]
+    # A log axis cannot draw 0: the profile says how many it left out (weights only: none here).
+    assert r["zeros"] == [["2 values are exactly 0: not drawn on a log axis"], []]
     # The statistics charts: one point per stats step, the median eff. lr and the mean dead
     # fraction of the finite values (none finite: a gap).
     assert r["stats"] == [[1, 10], [0.2, pytest.approx(0.3)], [0.25, None], ["fc1.weight"]]

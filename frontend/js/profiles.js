@@ -88,9 +88,19 @@ export class ProfileFigure {
         hovertemplate: `%{x} (%{customdata})<br>${this.spec.ytitle} %{y:.3g}<extra>%{fullData.name}</extra>`,
       };
     });
+    // A log axis cannot draw 0 (a layer whose gradient is exactly zero, a dead layer): say so,
+    // rather than leave a silent gap.
+    const zeros = shown.reduce((n, { run, i }) => n + kept(run).filter(k => run.series.stats[this.spec.stat].row(i)[k] === 0).length, 0);
     let empty = false;
     if (!data.length) empty = runs.length ? (view.step == null ? 'no steps recorded yet' : `no steps at or before ${view.step}`) : NO_RUNS;
     const lay = this.layout(empty, order);
+    if (zeros) {
+      lay.annotations.push({
+        name: 'zeros', text: `${zeros} value${zeros > 1 ? 's are' : ' is'} exactly 0: not drawn on a log axis`,
+        showarrow: false, xref: 'paper', yref: 'paper', x: 1, y: 1, xanchor: 'right', yanchor: 'top',
+        font: { color: '#8b949e', size: 11 },
+      });
+    }
     // Where a run diverged: its layer, marked.
     for (const { run } of shown) {
       const m = markLayout(run.marks, run.color, { layerAxis: true });
