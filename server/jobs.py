@@ -34,6 +34,14 @@ log = logging.getLogger("gradwatch.jobs")
 RUN_UPDATE_EVERY_S = 0.5  # live run.update messages per run, at most this often
 
 
+def nvidia_gpus() -> list[str]:
+    """Indices of the NVIDIA GPUs the driver shows (none without the driver), without importing torch."""
+    try:
+        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
+    except OSError:
+        return []
+
+
 def public(run: dict[str, Any], live_summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """A run as the API shows it: no token, the newest summary."""
     out = {k: v for k, v in run.items() if k not in ("token", "layers")}
@@ -52,6 +60,9 @@ class JobManager:
         # Local runs that were running when the server (re)started: their workers may still be
         # alive and reconnect, so each holds a worker slot until the run ends (or is failed).
         self.adopted: set[str] = set()
+        # Several GPUs: each worker gets one (CUDA_VISIBLE_DEVICES), the least busy.
+        self.gpus = settings.gpus if settings.gpus is not None else nvidia_gpus()
+        self.gpu_of: dict[str, str] = {}  # run id -> its worker's GPU
         self.conns: dict[str, WebSocket] = {}
         self.conn_closed: dict[str, asyncio.Event] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
@@ -159,18 +170,32 @@ class JobManager:
         run_id = run["id"]
         argv = ["--server", self.settings.self_url, "--run", run_id,
                 "--data-dir", str(self.settings.data_dir / "datasets")]
-        handle = await self.launcher.launch(argv, {"GRADWATCH_RUN_TOKEN": run["token"],
-                                                   "GRADWATCH_TORCH_THREADS": str(self.worker_threads)},
-                                            self.log_dir / f"{run_id}.log")
+        env = {"GRADWATCH_RUN_TOKEN": run["token"], "GRADWATCH_TORCH_THREADS": str(self.worker_threads)}
+        gpu = self._pick_gpu()
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        handle = await self.launcher.launch(argv, env, self.log_dir / f"{run_id}.log")
         now = self.store.get_run(run_id)
         if now is None or now["status"] != "queued":  # stopped or deleted while its worker started
             handle.kill()
             self._spawn(handle.wait())  # reaped; the run keeps the status it was given
             return
         self.procs[run_id] = handle
+        if gpu is not None:
+            self.gpu_of[run_id] = gpu
         self.store.update_run(run_id, durable=True, status="running", started=time.time())
         self._publish_run(self.store.get_run(run_id))
         self._spawn(self._monitor(run_id, handle))
+
+    def _pick_gpu(self) -> str | None:
+        """The GPU with the fewest of our workers (the first of those), when there are several."""
+        if len(self.gpus) < 2:
+            return None
+        busy = {g: 0 for g in self.gpus}
+        for g in self.gpu_of.values():
+            if g in busy:
+                busy[g] += 1
+        return min(self.gpus, key=lambda g: busy[g])
 
     async def _monitor(self, run_id: str, handle: Handle) -> None:
         code = await handle.wait()
@@ -179,6 +204,7 @@ class JobManager:
             with contextlib.suppress(asyncio.TimeoutError):  # let its last batch land first
                 await asyncio.wait_for(closed.wait(), 3.0)
         self.procs.pop(run_id, None)
+        self.gpu_of.pop(run_id, None)
         self._wake.set()
         run = self.store.get_run(run_id)
         if run is not None and run["status"] not in TERMINAL:
@@ -348,7 +374,9 @@ class JobManager:
             return False
 
     def view(self, run: dict[str, Any]) -> dict[str, Any]:
-        return public(run, self.summaries.get(run["id"]))
+        out = public(run, self.summaries.get(run["id"]))
+        out["gpu"] = self.gpu_of.get(run["id"])
+        return out
 
     def _publish_run(self, run: dict[str, Any] | None) -> None:
         if run is not None:

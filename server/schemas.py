@@ -119,6 +119,8 @@ class Run(BaseModel):
     kind: str
     group_id: str | None
     summary: dict[str, Any]
+    gpu: str | None = Field(None, description="the GPU its worker was given (CUDA_VISIBLE_DEVICES), "
+                            "while it runs on a machine with several")
 
 
 class RunCreated(Run):

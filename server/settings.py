@@ -33,6 +33,9 @@ class Settings:
     prefork: bool = True  # fork workers from a process with torch imported (starts runs in ms, not s)
     external_grace_s: float = 600.0  # how long a user's own loop (external run) may stay disconnected
     worker_threads: int = 0  # torch CPU threads per worker; 0 = cores / max_concurrent (no oversubscription)
+    # GPUs to spread workers over, as CUDA_VISIBLE_DEVICES entries; None = found at start
+    # (CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia/gpus). With two or more, each worker gets one.
+    gpus: list[str] | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -57,6 +60,10 @@ class Settings:
             if raw not in ("0", "1", "true", "false", "yes", "no"):
                 raise SettingsError(f"GRADWATCH_PREFORK={raw!r}: expected 1/0, true/false or yes/no")
             s.prefork = raw in ("1", "true", "yes")
+        if env.get("GRADWATCH_GPUS") is not None:
+            s.gpus = [g.strip() for g in env["GRADWATCH_GPUS"].split(",") if g.strip()]
+        elif env.get("CUDA_VISIBLE_DEVICES") is not None:
+            s.gpus = [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]
         for name in ("allowed_hosts", "allowed_origins"):
             if env.get(f"GRADWATCH_{name.upper()}"):
                 setattr(s, name, [h.strip() for h in env[f"GRADWATCH_{name.upper()}"].split(",") if h.strip()])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 
 import orjson
 import pytest
@@ -196,3 +197,31 @@ def test_many_browsers_and_a_silent_one_do_not_slow_ingest(live_server: LiveServ
         t.start()
         assert live_server.wait_status(run["id"], ("completed",))
         assert seen.wait(30)
+
+
+def test_workers_are_spread_over_the_gpus(tmp_path) -> None:  # noqa: ANN001
+    """Several GPUs (named here: this machine has none): each worker gets the least busy one in
+    CUDA_VISIBLE_DEVICES, and the run says which while it runs."""
+    env = {"GRADWATCH_GPUS": "0,1", "GRADWATCH_MAX_CONCURRENT": "3", "GRADWATCH_PREFORK": "0"}
+    server = LiveServer(tmp_path / "data", env=env).start()
+    try:
+        runs = [server.create_run({**FAST, "steps": 100_000}, name=f"gpu-{i}") for i in range(3)]
+        for run in runs:
+            wait_for(lambda run=run: server.run(run["id"])["summary"].get("step", 0) > 2, what="the runs to train")
+        gpus = [server.run(r["id"])["gpu"] for r in runs]
+        assert sorted(gpus) == ["0", "0", "1"], gpus  # two GPUs, three workers: 2 + 1
+        for run, gpu in zip(runs, gpus, strict=True):
+            (pid,) = worker_pids(run["id"])
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"CUDA_VISIBLE_DEVICES={gpu}".encode() in environ
+        server.client.post(f"/api/runs/{runs[0]['id']}/stop")
+        server.wait_status(runs[0]["id"], ("stopped",))
+        # its GPU is free again once its worker has exited
+        wait_for(lambda: server.run(runs[0]["id"])["gpu"] is None, what="the stopped worker to exit")
+        nxt = server.create_run({**FAST, "steps": 100_000}, name="gpu-next")
+        wait_for(lambda: server.run(nxt["id"])["status"] == "running", what="the next run to start")
+        assert server.run(nxt["id"])["gpu"] == gpus[0]
+        for run in [*runs[1:], nxt]:
+            server.client.post(f"/api/runs/{run['id']}/stop")
+    finally:
+        server.stop()
