@@ -174,6 +174,8 @@ class JobManager:
         gpu = self._pick_gpu()
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        if self.settings.gpu_memory_fraction:
+            env["GRADWATCH_GPU_MEMORY_FRACTION"] = str(self.settings.gpu_memory_fraction)
         handle = await self.launcher.launch(argv, env, self.log_dir / f"{run_id}.log")
         now = self.store.get_run(run_id)
         if now is None or now["status"] != "queued":  # stopped or deleted while its worker started

@@ -36,6 +36,7 @@ class Settings:
     # GPUs to spread workers over, as CUDA_VISIBLE_DEVICES entries; None = found at start
     # (CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia/gpus). With two or more, each worker gets one.
     gpus: list[str] | None = None
+    gpu_memory_fraction: float = 0.0  # each worker's cap on its GPU's memory (0: none), for workers sharing one
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -45,7 +46,7 @@ class Settings:
             "host": str, "port": int, "data_dir": Path, "token": str, "max_concurrent": int,
             "max_queued": int, "stop_grace_s": float, "reattach_grace_s": float,
             "heartbeat_timeout_s": float, "stalled_timeout_s": float, "external_grace_s": float,
-            "worker_threads": int,
+            "worker_threads": int, "gpu_memory_fraction": float,
         }
         for name, kind in conv.items():
             raw = env.get(f"GRADWATCH_{name.upper()}")
@@ -97,6 +98,9 @@ class Settings:
                 "(e.g. `openssl rand -hex 16`), or listen on 127.0.0.1")
         if self.worker_threads < 0:
             raise SettingsError(f"GRADWATCH_WORKER_THREADS must be 0 (automatic) or more, got {self.worker_threads}")
+        if not 0 <= self.gpu_memory_fraction <= 1:
+            raise SettingsError("GRADWATCH_GPU_MEMORY_FRACTION must be 0 (no cap) to 1, "
+                                f"got {self.gpu_memory_fraction}")
         for name in ("heartbeat_timeout_s", "stalled_timeout_s", "external_grace_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"GRADWATCH_{name.upper()} must be more than 0, got {getattr(self, name)}")

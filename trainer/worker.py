@@ -173,6 +173,17 @@ class IngestClient:
             self._outbox.popleft()
 
 
+def cap_gpu_memory(fraction: str | None) -> None:
+    """This process's share of its GPU's memory (workers sharing a GPU); past it, allocations
+    fail with torch's out-of-memory error and the run ends `failed` saying so."""
+    if not fraction or float(fraction) <= 0:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(float(fraction))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="gradwatch training worker (started by the server)")
     ap.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
@@ -193,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         cfg = RunConfig.from_dict(client.hello["config"])
+        cap_gpu_memory(os.environ.get("GRADWATCH_GPU_MEMORY_FRACTION"))
         train(cfg, client.emit, client.control, data_dir=args.data_dir)
     except Exception as e:  # noqa: BLE001 - any failure becomes a `failed` run with its reason
         tb = traceback.format_exc()
