@@ -337,15 +337,24 @@ class JobManager:
         for e in new:
             kind = e["type"]
             if kind == "metrics":
-                summary.update(step=e["step"], loss=e["loss"], accuracy=e["accuracy"],
+                summary.update(step=e.get("step"), loss=e.get("loss"), accuracy=e.get("accuracy"),
                                global_grad_norm=e.get("global_grad_norm"))
                 if "val_accuracy" in e:
                     summary.update(val_accuracy=e["val_accuracy"], val_loss=e.get("val_loss"))
             elif kind == "run.started":
-                changes["layers"] = e.get("layers")
+                layers = e.get("layers")
+                if isinstance(layers, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str)
+                                                    for x in layers):
+                    changes["layers"] = layers
             elif kind == "run.finished":
-                summary.update({k: v for k, v in (e.get("summary") or {}).items() if k != "traceback"})
-                changes.update(status=e["status"], error=e.get("reason"), finished=e.get("time", time.time()))
+                sent = e.get("summary")
+                summary.update({k: v for k, v in (sent if isinstance(sent, dict) else {}).items() if k != "traceback"})
+                status, reason = e.get("status"), e.get("reason")
+                if status not in TERMINAL:  # a malformed end: still an end, and it says why
+                    status, reason = "failed", f"the worker ended the run with an unknown status {status!r}"
+                finished = e.get("time")
+                changes.update(status=status, error=reason,
+                               finished=finished if isinstance(finished, (int, float)) else time.time())
             e["run_id"] = run_id
             self.hub.publish(run_id, e)
         if "status" in changes:

@@ -249,19 +249,19 @@ class Store:
     def _put_series(self, run_id: str, e: dict[str, Any]) -> None:
         self.db.execute(
             "INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, e["seq"], e.get("step", 0), *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
+            (run_id, e["seq"], _step(e), *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
              *(_f32(e.get(k)) for k in SERIES_LAYERS)),
         )
         if e.get("val_accuracy") is not None:
             self.db.execute("INSERT OR IGNORE INTO evals VALUES (?, ?, ?, ?, ?)",
-                            (run_id, e["seq"], e.get("step"), _num(e.get("val_loss")), _num(e["val_accuracy"])))
+                            (run_id, e["seq"], _step(e), _num(e.get("val_loss")), _num(e["val_accuracy"])))
         self._put_stats(run_id, e)
 
     def _put_stats(self, run_id: str, e: dict[str, Any]) -> None:
         stats = e.get("stats")
         if isinstance(stats, dict):
             self.db.execute("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (run_id, e["seq"], e.get("step", 0), *(_f32(stats.get(k)) for k in STATS_LAYERS)))
+                            (run_id, e["seq"], _step(e), *(_f32(stats.get(k)) for k in STATS_LAYERS)))
 
     def events(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
                exclude: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -337,23 +337,52 @@ class Store:
         out: dict[str, np.ndarray] = {"seq": np.array([r[0] for r in rows], dtype=np.int64)}
         for k, name in enumerate(columns, start=1):
             if name in SERIES_LAYERS:
-                blobs = b"".join(r[k] for r in rows)
-                arr = np.frombuffer(blobs, dtype=np.float32)
-                out[name] = arr.reshape(len(rows), -1) if rows else arr.reshape(0, 0)
+                out[name] = _matrix([r[k] for r in rows])
             else:
                 out[name] = np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
         return out
 
 
+def _step(e: dict[str, Any]) -> int:
+    step = e.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else 0
+
+
 def _num(v: Any) -> float | None:
-    return None if v is None else float(v)
+    """A number for a REAL column; what is not one (a worker's bug, a hand-made event) is NULL:
+    the event is stored whole anyway, and one bad value must not refuse the batch."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _f32(values: Any) -> bytes:
-    """Per-layer values (null = non-finite) as float32 bytes."""
-    if not values:
+    """Per-layer values (null = non-finite) as float32 bytes; a value that is not a number is NaN."""
+    if not isinstance(values, list) or not values:
         return b""
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float32).tobytes()
+    out = [_num(v) for v in values]
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, as the value it is
+        return np.array([np.nan if v is None else v for v in out], dtype=np.float32).tobytes()
+
+
+def _matrix(blobs: list[bytes]) -> np.ndarray:
+    """Rows of float32 bytes as a (T, L) array. A row of another width than the run's usual one
+    (an event sent malformed) is cut or padded with NaN rather than spoiling the run's history."""
+    if not blobs:
+        return np.zeros((0, 0), dtype=np.float32)
+    sizes = {len(b) for b in blobs}
+    if len(sizes) == 1:
+        return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
+    lengths = [len(b) for b in blobs]
+    width = max(sizes, key=lambda s: (lengths.count(s), s)) // 4  # the most common width (ties: the wider)
+    out = np.full((len(blobs), width), np.nan, dtype=np.float32)
+    for i, b in enumerate(blobs):
+        row = np.frombuffer(b[: 4 * width], dtype=np.float32)
+        out[i, : len(row)] = row
+    return out
 
 
 def _run_row(row: tuple) -> dict[str, Any]:

@@ -225,3 +225,35 @@ def test_workers_are_spread_over_the_gpus(tmp_path) -> None:  # noqa: ANN001
             server.client.post(f"/api/runs/{run['id']}/stop")
     finally:
         server.stop()
+
+
+def test_malformed_events_on_the_ingest_socket_are_stored_not_fatal(live_server: LiveServer) -> None:
+    """A worker (or someone's own loop) sending events of the wrong shape: acknowledged and
+    stored whole, bad numbers are gaps, a run.finished with an unknown status fails the run
+    saying so, and the run's history and the server stay readable."""
+    r = live_server.client.post("/api/runs", json={"name": "malformed", "external": True, "config": {}})
+    run_id, token = r.json()["id"], r.json()["token"]
+    batch = {"type": "batch", "events": [
+        {"type": "run.started", "seq": 1, "layers": "not a list"},
+        {"type": "metrics", "seq": 2, "step": 1, "loss": 0.5, "grad_norm": [1.0, 2.0], "weight_norm": [1.0, 1.0],
+         "update_ratio": [0.1, 0.1]},
+        {"type": "metrics", "seq": 3, "step": "two", "loss": "abc", "grad_norm": ["x"], "stats": {"eff_lr": 5}},
+        {"type": "metrics", "seq": 4},
+        {"type": "run.finished", "seq": 5, "status": "banana", "summary": [1, 2]},
+    ]}
+    with connect(live_server.ws_url(f"/api/ingest/{run_id}"), open_timeout=10,
+                 additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        assert orjson.loads(ws.recv(timeout=10))["type"] == "hello"
+        ws.send(orjson.dumps(batch))
+        ack = orjson.loads(ws.recv(timeout=10))
+        assert ack == {"type": "ack", "seq": 5}
+    done = live_server.wait_status(run_id, ("failed",), timeout=10)
+    assert "unknown status 'banana'" in done["error"]
+    hist = live_server.client.get(f"/api/runs/{run_id}/metrics")
+    assert hist.status_code == 200, hist.text
+    body = hist.json()
+    assert body["layers"] == [] and body["step"] == [1, 0, 0] and body["loss"] == [0.5, None, None]
+    assert body["grad_norm"][0] == [1.0, 2.0] and body["grad_norm"][1] == [None, None]  # padded to the run's width
+    assert live_server.client.get(f"/api/runs/{run_id}/heatmap").status_code == 200
+    assert live_server.client.get(f"/api/runs/{run_id}/export", params={"format": "csv"}).status_code == 200
+    assert live_server.client.get("/api/health").json()["status"] == "ok"

@@ -6,6 +6,7 @@ import math
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -104,3 +105,28 @@ def test_an_older_data_dir_is_migrated_once(tmp_path: Path, with_series: bool) -
     stored = store.events("old")
     assert [e["seq"] for e in stored] == list(range(1, len(events) + 2))
     assert orjson.loads(orjson.dumps(stored[-1]))["val_accuracy"] == 0.5
+
+
+def test_a_malformed_event_is_stored_and_its_bad_values_are_gaps(tmp_path: Path) -> None:
+    """An event a worker got wrong (or a hand-made one on the ingest socket) must not refuse the
+    batch it came in (the worker would resend it forever): stored whole, bad numbers as gaps."""
+    store = Store(tmp_path / "db.sqlite3")
+    new_run(store, "a")
+    bad = {"type": "metrics", "seq": 1, "step": "one", "loss": "abc", "accuracy": True, "global_grad_norm": [1],
+           "grad_norm": ["x", 1e300], "weight_norm": "nope", "update_ratio": [{}, 1.0, 2.0, 3.0],
+           "val_accuracy": 0.5, "val_loss": "?", "stats": {"eff_lr": "zz", "dead_frac": [0.5, "y"]}}
+    new, last = store.append_events("a", [bad, metrics(2, 2), metrics(3, 3)])
+    assert len(new) == 3 and last == 3
+    cols = store.series("a")
+    assert math.isnan(cols["loss"][0]) and math.isnan(cols["accuracy"][0]) and cols["loss"][1] == 0.5
+    g = cols["grad_norm"][0].tolist()
+    assert math.isnan(g[0]) and g[1] == math.inf  # not a number: a gap; past float32: inf
+    # rows of the wrong width are cut or padded to the run's (2 layers here), not a broken history
+    assert cols["weight_norm"].shape == (3, 2) and np.isnan(cols["weight_norm"][0]).all()
+    assert cols["update_ratio"].shape == (3, 2) and math.isnan(cols["update_ratio"][0][0])
+    assert cols["update_ratio"][0][1] == 1.0 and cols["weight_norm"][1].tolist() == [3.0, 4.0]
+    assert cols["step"].tolist() == [0, 2, 3]  # a step that is not an integer: 0
+    assert store.val_points("a") == [(0, None, 0.5)]
+    st = store.layer_stats("a", store.stats_seqs("a"))
+    assert st["step"] == [0] and len(st["eff_lr"][0]) == 0 and math.isnan(st["dead_frac"][0][1])
+    assert store.events("a")[0]["loss"] == "abc"  # the event itself, as sent
