@@ -61,7 +61,7 @@ class Settings:
             if raw not in ("0", "1", "true", "false", "yes", "no"):
                 raise SettingsError(f"GRADWATCH_PREFORK={raw!r}: expected 1/0, true/false or yes/no")
             s.prefork = raw in ("1", "true", "yes")
-        if env.get("GRADWATCH_GPUS") is not None:
+        if env.get("GRADWATCH_GPUS"):  # empty = not set, as for every GRADWATCH_ variable
             s.gpus = [g.strip() for g in env["GRADWATCH_GPUS"].split(",") if g.strip()]
         elif env.get("CUDA_VISIBLE_DEVICES") is not None:
             s.gpus = [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]

@@ -27,7 +27,8 @@ def test_gpu_settings_are_read_and_checked(tmp_path: Path) -> None:
     assert settings(GRADWATCH_GPUS="0, 2").gpus == ["0", "2"]
     assert settings(CUDA_VISIBLE_DEVICES="1,3").gpus == ["1", "3"]  # the server's own visible set
     assert settings(CUDA_VISIBLE_DEVICES="-1").gpus == []  # CUDA hidden: no GPU to spread over
-    assert settings(GRADWATCH_GPUS="", CUDA_VISIBLE_DEVICES="0,1").gpus == []  # GRADWATCH_GPUS wins
+    assert settings(GRADWATCH_GPUS="2", CUDA_VISIBLE_DEVICES="0,1").gpus == ["2"]  # GRADWATCH_GPUS wins
+    assert settings(GRADWATCH_GPUS="", CUDA_VISIBLE_DEVICES="0,1").gpus == ["0", "1"]  # empty: not set
     assert settings().gpus is None or settings().gpus == []  # found at start from the driver
     assert settings(GRADWATCH_GPU_MEMORY_FRACTION="0.45").gpu_memory_fraction == 0.45
     with pytest.raises(SettingsError, match="GRADWATCH_GPU_MEMORY_FRACTION"):
