@@ -360,12 +360,15 @@ def _num(v: Any) -> float | None:
 
 
 def _f32(values: Any) -> bytes:
-    """Per-layer values (null = non-finite) as float32 bytes; a value that is not a number is NaN."""
+    """Per-layer values (null = non-finite) as float32 bytes; a value that cannot be read as a number is NaN."""
     if not isinstance(values, list) or not values:
         return b""
-    out = [_num(v) for v in values]
     with np.errstate(over="ignore"):  # beyond float32's range: inf, as the value it is
-        return np.array([np.nan if v is None else v for v in out], dtype=np.float32).tobytes()
+        try:  # the usual case: numbers and nulls, converted in one go
+            return np.array([np.nan if v is None else v for v in values], dtype=np.float32).tobytes()
+        except (TypeError, ValueError, OverflowError):
+            out = [_num(v) for v in values]
+            return np.array([np.nan if v is None else v for v in out], dtype=np.float32).tobytes()
 
 
 def _matrix(blobs: list[bytes]) -> np.ndarray:
