@@ -84,7 +84,9 @@ export class DetailPanel {
       a.href = this.api.exportUrl(run.id, a.dataset.format);
       a.download = `gradwatch-${run.id}.${a.dataset.format}`;
     }
-    const config = Object.entries(run.config ?? {}).map(([k, v]) => `${k}=${v}`).join('  ');
+    // Which GPU its worker was given, on a machine with several (while it runs).
+    const config = Object.entries(run.config ?? {}).map(([k, v]) => `${k}=${v}`).join('  ')
+      + (run.gpu != null ? `  (on GPU ${run.gpu})` : '');
     if (el.config.textContent !== config) el.config.textContent = config;
 
     const lines = events.slice(-20).reverse().map(describe);
@@ -94,8 +96,8 @@ export class DetailPanel {
       el.events.replaceChildren(...lines.map(text => Object.assign(document.createElement('li'), { textContent: text })));
     }
 
-    // Live changes: built-in (local) runs that are still going.
-    const live = ['queued', 'running'].includes(run.status) && (run.kind ?? 'local') === 'local';
+    // Live changes: built-in (local) runs that are still going (a stalled one gets them when it wakes).
+    const live = ['queued', 'running', 'stalled'].includes(run.status) && (run.kind ?? 'local') === 'local';
     el.change.hidden = !live;
     const values = liveValues(run, events);
     const valuesKey = `${run.id}:${JSON.stringify(values)}`;
