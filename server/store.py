@@ -317,6 +317,15 @@ class Store:
             names = {k: stats.get(k) or [] for k in names}
         return {**names, **out}
 
+    def stats_matrix(self, run_id: str, column: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """One per-layer statistic of every stats step: steps (T,), values (T, L) float32, and the
+        layer names (as layer_stats gives them)."""
+        assert column in STATS_LAYERS
+        rows = self.db.execute(f"SELECT seq, step, {column} FROM layer_stats WHERE run_id = ? ORDER BY seq",
+                               (run_id,)).fetchall()
+        names = self.layer_stats(run_id, [rows[-1][0]], ()) if rows else self.layer_stats(run_id, [], ())
+        return np.array([r[1] for r in rows], dtype=np.float64), _matrix([r[2] for r in rows]), names
+
     def series(self, run_id: str, since: int = 0, seqs: list[int] | None = None,
                columns: tuple[str, ...] = SERIES_SCALARS + SERIES_LAYERS) -> dict[str, np.ndarray]:
         """Metrics as arrays: scalars (T,), per-layer series (T, L) float32; all rows after

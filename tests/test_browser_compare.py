@@ -175,6 +175,13 @@ def test_effective_learning_rate_and_dead_units_are_drawn_live(server: LiveServe
     # Live: more points while we watch.
     before = page.evaluate(f"({FINITE_OF_RUN})(['chart-efflr', '{bn['id']}'])")
     page.wait_for_function(f"({FINITE_OF_RUN})(['chart-efflr', '{bn['id']}']) > {before}", timeout=30_000)
+    # The heatmap shows the same statistics per activation: dead units, drawn linear (0 to 1).
+    page.select_option("#heatmap-stat", "dead_frac")
+    page.locator("#chart-heatmap").scroll_into_view_if_needed()
+    page.wait_for_function("JSON.stringify(document.getElementById('chart-heatmap').data[0]?.y) === "
+                           "JSON.stringify(['act1', 'act2'])", timeout=30_000)
+    assert page.evaluate("document.getElementById('chart-heatmap').data[0].zmax") == 1
+    assert "stat=dead_frac" in page.url
     # Only the plain run selected: the chart says why it is empty.
     page.click(f"#runs tr[data-run-id='{bn['id']}'] input.select")
     page.locator("#chart-efflr").scroll_into_view_if_needed()  # the click scrolled up to the list

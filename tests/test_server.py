@@ -51,6 +51,13 @@ def test_a_run_completes_in_a_worker_with_one_row_per_step(live_server: LiveServ
     sent = [e["stats"]["act_std"] for e in exported if e["type"] == "metrics" and "stats" in e]
     assert len(sent) == 5 and all(v == pytest.approx(w, rel=1e-6) for v, w in zip(stats["act_std"], sent, strict=True))
     assert later["stats"]["step"] == [40] and few["stats"]["step"] == [1, 10, 20, 30, 40]
+    # the activations' statistics as a layer x step heatmap too (one row per activation)
+    heat = live_server.client.get(f"/api/runs/{run['id']}/heatmap", params={"stat": "dead_frac"}).json()
+    assert [layer["name"] for layer in heat["layers"]] == ["act1", "act2", "act3"]
+    assert heat["step_start"] == [1, 10, 20, 30, 40] and heat["max"] == stats["dead_frac"]  # float32 both
+    std = live_server.client.get(f"/api/runs/{run['id']}/heatmap", params={"stat": "act_std", "max_points": 2}).json()
+    assert std["step_start"] == [1, 20] and std["step_end"] == [10, 40]
+    assert std["max"][0] == pytest.approx([max(a, b) for a, b in zip(*stats["act_std"][:2], strict=True)])
     # only the statistics asked for (the page asks for the two it draws); a wrong name is a 422
     some = live_server.client.get(f"/api/runs/{run['id']}/metrics", params={"stats": "eff_lr,dead_frac"}).json()
     assert some["stats"]["dead_frac"] == stats["dead_frac"] and "act_std" not in some["stats"]

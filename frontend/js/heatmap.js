@@ -9,7 +9,12 @@ import { CONFIG, NO_RUNS, layout } from './plot.js';
 import { markLayout } from './markers.js';
 
 const REFRESH_MS = 2000;
-const TITLES = { grad_norm: 'grad norm', weight_norm: 'weight norm', update_ratio: 'update ratio' };
+const TITLES = {
+  grad_norm: 'grad norm', weight_norm: 'weight norm', update_ratio: 'update ratio',
+  act_std: 'activation std', dead_frac: 'dead units',
+};
+// Drawn as they are (a fraction, 0 included), not as log10.
+const LINEAR = new Set(['dead_frac']);
 
 export class HeatmapFigure {
   // onData(): a fetch landed and the figure wants drawing.
@@ -111,7 +116,7 @@ export class HeatmapFigure {
       const zr = new Array(nb), mr = new Array(nb);
       for (let b = 0; b < nb; b++) {
         const max = body.max[b][l];
-        zr[b] = max > 0 ? Math.log10(max) : null;
+        zr[b] = LINEAR.has(stat) ? max : (max > 0 ? Math.log10(max) : null);
         mr[b] = max;
       }
       z.push(zr);
@@ -122,7 +127,9 @@ export class HeatmapFigure {
     return {
       uid: 'heatmap', type: 'heatmap', x, y: body.layers.map(l => l.name), z, customdata: maxes,
       colorscale: 'Viridis', hoverongaps: false,
-      colorbar: { title: { text: `log₁₀ ${title}<br>(bucket max)`, side: 'right' }, thickness: 12, outlinewidth: 0 },
+      ...(LINEAR.has(stat) ? { zmin: 0, zmax: 1 } : {}),
+      colorbar: { title: { text: `${LINEAR.has(stat) ? '' : 'log₁₀ '}${title}<br>(bucket max)`, side: 'right' },
+        thickness: 12, outlinewidth: 0 },
       hovertemplate: `step %{x:.0f}${span > 1 ? ` (±${Math.ceil(span / 2)})` : ''}<br>%{y}<br>`
         + `${title}: max %{customdata:.3g}<extra></extra>`,
     };

@@ -14,7 +14,7 @@ const FIELDS = {
   heatmap: { key: 'heatmap', ...id, default: null }, // run of the heatmap (null: follow the focus)
   stat: {                                            // the heatmap's statistic
     key: 'stat', default: 'grad_norm',
-    parse: s => (['grad_norm', 'weight_norm', 'update_ratio'].includes(s) ? s : 'grad_norm'),
+    parse: s => (['grad_norm', 'weight_norm', 'update_ratio', 'act_std', 'dead_frac'].includes(s) ? s : 'grad_norm'),
     format: v => v,
   },
   step: {                                            // layer profiles at this step (null: the latest)

@@ -123,13 +123,18 @@ def _cell(v: Any) -> str:
 async def run_heatmap(
     run: RunDep,
     store: StoreDep,
-    stat: Annotated[Literal["grad_norm", "weight_norm", "update_ratio"], Query()] = "grad_norm",
+    stat: Annotated[Literal["grad_norm", "weight_norm", "update_ratio", "act_std", "dead_frac"], Query(
+        description="a per-parameter statistic, or one of the activations' (every stats_every steps)")] = "grad_norm",
     max_points: Annotated[int, Query(ge=2, le=20_000, description="most step buckets")] = 500,
 ) -> Response:
     """Layer x step matrix, bucketed over steps with min and max per bucket: a one-step spike
     keeps its full value at any resolution (a mean would smear it away)."""
-    cols = store.series(run["id"], columns=("step", stat))
-    values, steps = cols[stat], cols["step"]
+    if stat in STATS_LAYERS:  # per hidden activation, from the every-stats_every-steps statistics
+        steps, values, names = store.stats_matrix(run["id"], stat)
+        layers = [{"name": n, "module": "activation", "shape": []} for n in names["act_layers"]]
+    else:
+        cols = store.series(run["id"], columns=("step", stat))
+        values, steps, layers = cols[stat], cols["step"], run["layers"] or []
     n = len(steps)
     if n == 0:
         body: dict[str, Any] = {"step_start": [], "step_end": [], "max": [], "min": []}
@@ -138,10 +143,10 @@ async def run_heatmap(
         ends = np.append(starts[1:], n) - 1
         with np.errstate(all="ignore"):
             body = {"step_start": steps[starts].astype(int).tolist(), "step_end": steps[ends].astype(int).tolist(),
-                    "max": np.fmax.reduceat(values, starts, axis=0).tolist(),
-                    "min": np.fmin.reduceat(values, starts, axis=0).tolist()}
-    body.update(run_id=run["id"], stat=stat, layers=run["layers"] or [])
-    return Response(orjson.dumps(body), media_type="application/json")
+                    "max": np.fmax.reduceat(values, starts, axis=0),  # float32, sent as such (dumps)
+                    "min": np.fmin.reduceat(values, starts, axis=0)}
+    body.update(run_id=run["id"], stat=stat, layers=layers)
+    return Response(dumps(body), media_type="application/json")
 
 
 @router.get("/{run_id}/metrics", response_model=Metrics)
