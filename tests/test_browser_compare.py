@@ -318,6 +318,11 @@ MODULES = """async () => {
     profile.draw([{ id: 'z', name: 'z', color: '#000', focused: true, series: zs, marks: [] }], { step: null, layers });
     return (div.layout.annotations || []).filter(a => a.name === 'zeros').map(a => a.text);
   };
+  // weights only, but the run diverged in a bias: that bias stays, with its marker
+  profile.draw([{ id: 'z', name: 'z', color: '#000', focused: true, series: zs, marksKey: 'd',
+                  marks: [{ kind: 'diverged', step: 1, layer: 'fc1.bias', label: 'diverged in fc1.bias' }] }],
+               { step: null, layers: 'weights' });
+  const divergedX = div.data[0].x;
 
   const s = new RunSeries('r', 8);
   for (let i = 1; i <= 9; i++) s.addEvent({ type: 'metrics', step: i * 10, loss: 1 / i, grad_norm: [i] });
@@ -342,6 +347,7 @@ MODULES = """async () => {
     ablate: [ablationBody('', { l2: 0, depth: 3 }).vary, ablationBody('x', { l2: 0.3 }).vary.l2],
     grid: gridOf(group),
     zeros: [zeroNote('all'), zeroNote('weights')],
+    divergedX,
     stats: [st.layerStats.xs(), st.layerStats.ys('effLr'), st.layerStats.ys('dead'), st.layerStats.bnFeeds],
     thinned: [s.length, s.firstStep(), s.lastStep(), s.indexAt(55), s.indexAt(5), s.indexAt(null)],
     marks: runMarks(s, { status: 'diverged', config: { steps: 100 },
@@ -371,6 +377,7 @@ def test_frontend_modules_compute_what_the_charts_show(server: LiveServer, page:
     assert r["thinned"] == [5, 10, 90, 2, -1, 4]
     # A log axis cannot draw 0: the profile says how many it left out (weights only: none here).
     assert r["zeros"] == [["2 values are exactly 0: not drawn on a log axis"], []]
+    assert r["divergedX"] == ["fc1.weight", "fc1.bias", "fc2.weight"]
     # The statistics charts: one point per stats step, the median eff. lr and the mean dead
     # fraction of the finite values (none finite: a gap).
     assert r["stats"] == [[1, 10], [0.2, pytest.approx(0.3)], [0.25, None], ["fc1.weight"]]
