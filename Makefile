@@ -26,8 +26,11 @@ test: $(VENV)/.test-installed
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check trainer server tests bench examples
 
-bench: $(VENV)/.test-installed
+bench: $(VENV)/.test-installed  # the CPU benchmarks of docs/benchmarks.md (bench/gpu_check.sh: a GPU's)
 	$(PY) bench/probe_overhead.py
+	$(PY) bench/trainer_vs_dataloader.py --threads 1
+	$(PY) bench/stream_load.py
+	$(PY) bench/frontend_bench.py
 
 clean:
 	rm -rf $(VENV) gradwatch-data .pytest_cache
