@@ -128,11 +128,12 @@ class Store:
             )
             for run_id, data in missing.fetchall():
                 self._put_series(run_id, orjson.loads(data))
-            if version < 3:  # layer_stats is new (INSERT OR IGNORE: the rows just added are skipped)
-                rows = self.db.execute("SELECT run_id, data FROM events WHERE type = 'metrics' "
-                                       "AND data LIKE '%\"stats\":{%'")
-                for run_id, data in rows.fetchall():
-                    self._put_stats(run_id, orjson.loads(data))
+            # layer_stats is new in every version before this one (INSERT OR IGNORE: the rows
+            # _put_series just added are skipped)
+            rows = self.db.execute("SELECT run_id, data FROM events WHERE type = 'metrics' "
+                                   "AND data LIKE '%\"stats\":{%'")
+            for run_id, data in rows.fetchall():
+                self._put_stats(run_id, orjson.loads(data))
             self.db.execute(
                 "INSERT OR IGNORE INTO evals SELECT run_id, seq, step, json_extract(data, '$.val_loss'), "
                 "json_extract(data, '$.val_accuracy') FROM events WHERE type = 'metrics' "
@@ -247,21 +248,24 @@ class Store:
         return new, last
 
     def _put_series(self, run_id: str, e: dict[str, Any]) -> None:
+        """A metrics event's columns: series, and evals / layer_stats when it carries them."""
+        step = _step(e)
         self.db.execute(
             "INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, e["seq"], _step(e), *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
+            (run_id, e["seq"], step, *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
              *(_f32(e.get(k)) for k in SERIES_LAYERS)),
         )
         if e.get("val_accuracy") is not None:
             self.db.execute("INSERT OR IGNORE INTO evals VALUES (?, ?, ?, ?, ?)",
-                            (run_id, e["seq"], _step(e), _num(e.get("val_loss")), _num(e["val_accuracy"])))
-        self._put_stats(run_id, e)
+                            (run_id, e["seq"], step, _num(e.get("val_loss")), _num(e["val_accuracy"])))
+        self._put_stats(run_id, e, step)
 
-    def _put_stats(self, run_id: str, e: dict[str, Any]) -> None:
+    def _put_stats(self, run_id: str, e: dict[str, Any], step: int | None = None) -> None:
         stats = e.get("stats")
         if isinstance(stats, dict):
             self.db.execute("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (run_id, e["seq"], _step(e), *(_f32(stats.get(k)) for k in STATS_LAYERS)))
+                            (run_id, e["seq"], _step(e) if step is None else step,
+                             *(_f32(stats.get(k)) for k in STATS_LAYERS)))
 
     def events(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
                exclude: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -299,23 +303,31 @@ class Store:
     def layer_stats(self, run_id: str, seqs: list[int], columns: tuple[str, ...] = STATS_LAYERS) -> dict[str, Any]:
         """The statistics of the metrics events `seqs`: step (T,), the per-layer arrays `columns`
         (T, L) float32, and the layer names they refer to (from the last of those events)."""
-        rows = []
         cols = ", ".join(("seq", "step") + columns)
-        for i in range(0, len(seqs), 500):
-            chunk = seqs[i : i + 500]
-            rows += self.db.execute(
-                f"SELECT {cols} FROM layer_stats WHERE run_id = ? AND seq IN ({', '.join('?' * len(chunk))}) "
-                "ORDER BY seq", (run_id, *chunk),
-            ).fetchall()
+        rows = self._rows_at(f"SELECT {cols} FROM layer_stats", run_id, seqs)
         out: dict[str, Any] = {"step": [r[1] for r in rows]}
         for k, name in enumerate(columns, start=2):
             out[name] = [np.frombuffer(r[k], dtype=np.float32) for r in rows]  # serialised by orjson
-        names = {"act_layers": [], "bn_layers": [], "bn_feeds": []}
-        if rows:
-            last = self.db.execute("SELECT data FROM events WHERE run_id = ? AND seq = ?", (run_id, rows[-1][0]))
-            stats = orjson.loads(last.fetchone()[0]).get("stats") or {}
-            names = {k: stats.get(k) or [] for k in names}
-        return {**names, **out}
+        return {**self._stats_names(run_id, rows[-1][0] if rows else None), **out}
+
+    def _stats_names(self, run_id: str, seq: int | None) -> dict[str, list]:
+        """The layer names the statistics of metrics event `seq` refer to (kept in the event)."""
+        names: dict[str, list] = {"act_layers": [], "bn_layers": [], "bn_feeds": []}
+        if seq is None:
+            return names
+        row = self.db.execute("SELECT data FROM events WHERE run_id = ? AND seq = ?", (run_id, seq)).fetchone()
+        stats = orjson.loads(row[0]).get("stats") or {}
+        return {k: stats.get(k) or [] for k in names}
+
+    def _rows_at(self, select: str, run_id: str, seqs: list[int]) -> list[tuple]:
+        """`select` (SELECT … FROM table) of the rows of run_id whose seq is in `seqs`, in seq
+        order; 500 at a time (SQLite's limit on bound parameters)."""
+        rows: list[tuple] = []
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i : i + 500]
+            rows += self.db.execute(f"{select} WHERE run_id = ? AND seq IN ({', '.join('?' * len(chunk))}) "
+                                    "ORDER BY seq", (run_id, *chunk)).fetchall()
+        return rows
 
     def stats_matrix(self, run_id: str, column: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """One per-layer statistic of every stats step: steps (T,), values (T, L) float32, and the
@@ -323,7 +335,7 @@ class Store:
         assert column in STATS_LAYERS
         rows = self.db.execute(f"SELECT seq, step, {column} FROM layer_stats WHERE run_id = ? ORDER BY seq",
                                (run_id,)).fetchall()
-        names = self.layer_stats(run_id, [rows[-1][0]], ()) if rows else self.layer_stats(run_id, [], ())
+        names = self._stats_names(run_id, rows[-1][0] if rows else None)
         return np.array([r[1] for r in rows], dtype=np.float64), _matrix([r[2] for r in rows]), names
 
     def series(self, run_id: str, since: int = 0, seqs: list[int] | None = None,
@@ -336,13 +348,7 @@ class Store:
                 f"SELECT {cols} FROM series WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since)
             ).fetchall()
         else:
-            rows = []
-            for i in range(0, len(seqs), 500):
-                chunk = seqs[i : i + 500]
-                rows += self.db.execute(
-                    f"SELECT {cols} FROM series WHERE run_id = ? AND seq IN ({', '.join('?' * len(chunk))}) "
-                    "ORDER BY seq", (run_id, *chunk),
-                ).fetchall()
+            rows = self._rows_at(f"SELECT {cols} FROM series", run_id, seqs)
         out: dict[str, np.ndarray] = {"seq": np.array([r[0] for r in rows], dtype=np.int64)}
         for k, name in enumerate(columns, start=1):
             if name in SERIES_LAYERS:

@@ -69,10 +69,11 @@ export class ProfileFigure {
     const shown = this.rows(runs, view).filter(r => r.i >= 0);
     // Which of each run's layers are drawn (indices into its layer list): with "weights only",
     // the weights and, if the run diverged in another parameter, that one (its marker needs it).
-    const kept = run => {
+    const keptOf = new Map(shown.map(({ run }) => {
       const diverged = new Set(run.marks.filter(m => m.kind === 'diverged' && m.layer).map(m => m.layer));
-      return run.series.layers.flatMap((l, k) => (view.layers !== 'weights' || isWeight(l) || diverged.has(l.name) ? [k] : []));
-    };
+      return [run, run.series.layers.flatMap((l, k) => (view.layers !== 'weights' || isWeight(l) || diverged.has(l.name) ? [k] : []))];
+    }));
+    const kept = run => keptOf.get(run);
     const order = mergeOrder(shown.map(({ run }) => kept(run).map(k => run.series.layers[k].name)));
     const data = shown.map(({ run, i }) => {
       const s = run.series;

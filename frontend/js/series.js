@@ -88,12 +88,21 @@ const mean = values => {
   return v.length ? v.reduce((a, b) => a + b, 0) / v.length : NaN;
 };
 
+// What LineFigure reads of a series: its steps (a plain array, for Plotly) and
+// one scalar column, from index `from` on.
+class Steps {
+  get length() { return this.step.length; }
+  xs(from = 0) { return Array.from(this.step.buf.subarray(from, this.length)); }
+  ys(key, from = 0) { return Array.from(this[key].buf.subarray(from, this.length), num); }
+}
+
 // The statistics the probe takes every `stats_every` steps, one scalar per
 // step for the line charts: the median effective learning rate (lr/||w||^2)
 // of the weights that feed a BatchNorm, and the mean fraction of dead ReLU
 // units over the hidden layers. The same interface as RunSeries for LineFigure.
-export class StatsSeries {
+export class StatsSeries extends Steps {
   constructor(cap = 4000) {
+    super();
     this.cap = cap;
     this.version = 0;
     this.step = new Column();
@@ -102,8 +111,6 @@ export class StatsSeries {
     this.bnFeeds = [];   // the weights the effective lr is taken over
     this.actLayers = []; // the activations the dead fraction is taken over
   }
-
-  get length() { return this.step.length; }
 
   // One step's `stats` record (a metrics event's, or a row of /metrics' columns).
   push(step, eff, dead) {
@@ -131,13 +138,11 @@ export class StatsSeries {
     for (let i = 0; i < cols.step.length; i++) this.push(cols.step[i], cols.eff_lr?.[i], cols.dead_frac?.[i]);
     if (thinColumns(this.step, [this.effLr, this.dead], this.cap)) this.version++;
   }
-
-  xs(from = 0) { return Array.from(this.step.buf.subarray(from, this.length)); }
-  ys(key, from = 0) { return Array.from(this[key].buf.subarray(from, this.length), num); }
 }
 
-export class RunSeries {
+export class RunSeries extends Steps {
   constructor(id, cap = 4000) {
+    super();
     this.id = id;
     this.cap = cap;
     this.version = 0;   // bumped when arrays are rebuilt rather than appended to
@@ -158,8 +163,6 @@ export class RunSeries {
     this.marksVersion = 0;     // bumped when an event that draws a marker arrives
     this.received = 0;         // live metrics events taken (the benchmark counts them)
   }
-
-  get length() { return this.step.length; }
 
   resetLayers(width) {
     for (const k of LAYER_STATS) {
@@ -265,8 +268,4 @@ export class RunSeries {
     }
     return found;
   }
-
-  // Steps (plain array, for Plotly) and one scalar column from index `from` on.
-  xs(from = 0) { return Array.from(this.step.buf.subarray(from, this.length)); }
-  ys(key, from = 0) { return Array.from(this[key].buf.subarray(from, this.length), num); }
 }
