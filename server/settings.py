@@ -78,7 +78,10 @@ class Settings:
     def ensure_token(self) -> str:
         """Auth is always on: without GRADWATCH_TOKEN, a random token for this server's life."""
         if self.token is None:
+            # Not starting with "-": `--token <it>` on a command line would read as an option.
             self.token = secrets.token_urlsafe(24)
+            while self.token.startswith("-"):
+                self.token = secrets.token_urlsafe(24)
             self.token_generated = True
         return self.token
 

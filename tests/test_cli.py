@@ -27,7 +27,7 @@ def gradwatch(*args: str, server: LiveServer | None = None, cwd: Path = ROOT,
     assert script.exists(), f"{script} is missing: install the project (pip install -e .)"
     cmd = [str(script), *args]
     if server is not None:
-        cmd += ["--server", server.url] + (["--token", server.token] if server.token else [])
+        cmd += ["--server", server.url] + ([f"--token={server.token}"] if server.token else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one intra-op thread is fastest
     env.pop("GRADWATCH_TOKEN", None)
     env.pop("GRADWATCH_URL", None)
@@ -134,3 +134,13 @@ def test_help_reads_well_and_needs_no_torch() -> None:
 def test_runs_names_an_unreachable_server() -> None:
     done = gradwatch("runs", "--server", "http://127.0.0.1:9")
     assert done.returncode == 2 and "cannot reach the gradwatch server" in done.stderr
+
+
+def test_a_generated_token_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--token <token>` must not read as an option: a made-up token starting with "-" is drawn again."""
+    from server import settings as settings_mod
+
+    drawn = iter(["-looks-like-an-option", "--also-one", "fine-token-123"])
+    monkeypatch.setattr(settings_mod.secrets, "token_urlsafe", lambda n: next(drawn))
+    s = settings_mod.Settings.from_env({"GRADWATCH_DATA_DIR": str(tmp_path)})
+    assert s.token == "fine-token-123" and s.token_generated

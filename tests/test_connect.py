@@ -25,7 +25,7 @@ def start_example(server: LiveServer, steps: int, name: str, log: Path) -> subpr
     env.pop("GRADWATCH_TOKEN", None)
     cmd = [sys.executable, str(EXAMPLE), "--server", server.url, "--steps", str(steps), "--name", name]
     if server.token:
-        cmd += ["--token", server.token]
+        cmd += [f"--token={server.token}"]  # = form: a token may start with "-"
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
 
