@@ -9,6 +9,10 @@ Modes, each on its own copy of the same model (same init, same fixed batch), int
   item   per-parameter gradient norms read with `.item()` every step (the usual hand-rolled way)
   item-all  the probe's per-step set done the same naive way: gradient, weight and update norm
          of every parameter (weights cloned before the step), each read with `.item()`
+  bare   the floor for any observer of the per-step set in eager PyTorch: gradient and weight
+         norms of every parameter before the step and its momentum buffer's norm after it (the
+         SGD update is lr x buffer), one `_foreach_norm` per set, one host copy; no hooks, no
+         bookkeeping, no statistics every 10th step
   probe  gradwatch's probe, `watch(model, opt, stats_every=10)`: grad norm, weight norm,
          update ratio of every parameter and the loss every step (one host transfer), plus
          activations / BN drift / effective lr every 10th step; `latest()` read every step
@@ -45,7 +49,7 @@ from trainer import models, optim  # noqa: E402
 from trainer.config import RunConfig  # noqa: E402
 from trainer.probe import watch  # noqa: E402
 
-MODES = ("none", "item", "item-all", "probe")
+MODES = ("none", "item", "item-all", "bare", "probe")
 
 
 def make(cfg: RunConfig, mode: str, device: torch.device):  # noqa: ANN201
@@ -68,11 +72,18 @@ def step(mode: str, model: nn.Module, opt: torch.optim.Optimizer, probe, params,
     elif mode == "item-all":
         norms = [p.grad.norm().item() for p in params] + [p.detach().norm().item() for p in params]
         before = [p.detach().clone() for p in params]
+    elif mode == "bare":
+        with torch.no_grad():
+            pre = torch._foreach_norm([p.grad for p in params] + params)
     elif mode == "probe":
         probe.record(loss)
     opt.step()
     if before is not None:
         norms += [(b - p.detach()).norm().item() for b, p in zip(before, params, strict=True)]
+    if mode == "bare":
+        with torch.no_grad():
+            bufs = [opt.state[p]["momentum_buffer"] for p in params]
+            torch.stack(pre + torch._foreach_norm(bufs)).tolist()
     if mode == "probe":
         probe.latest()
 
