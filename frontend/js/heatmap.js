@@ -7,14 +7,11 @@
 
 import { CONFIG, NO_RUNS, layout } from './plot.js';
 import { markLayout } from './markers.js';
+import { HEATMAP_STATS } from './state.js';
 
 const REFRESH_MS = 2000;
-const TITLES = {
-  grad_norm: 'grad norm', weight_norm: 'weight norm', update_ratio: 'update ratio',
-  act_std: 'activation std', dead_frac: 'dead units',
-};
-// Drawn as they are (a fraction, 0 included), not as log10.
-const LINEAR = new Set(['dead_frac']);
+const TITLES = Object.fromEntries(HEATMAP_STATS.map(s => [s.key, s.title]));
+const LINEAR = new Set(HEATMAP_STATS.filter(s => s.linear).map(s => s.key));
 
 export class HeatmapFigure {
   // onData(): a fetch landed and the figure wants drawing.

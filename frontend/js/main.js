@@ -2,7 +2,7 @@
 // their buffers, and the page's parts (runs table, launch form, details
 // panel, group card, chips, settings, scrubber, charts).
 
-import { createState } from './state.js';
+import { createState, HEATMAP_STATS } from './state.js';
 import { assignColors, hashColor } from './colors.js';
 import { createApi, ApiError, Stream } from './api.js';
 import { RunSeries } from './series.js';
@@ -25,6 +25,7 @@ const runs = new Map();   // run id -> run record (docs/api.md), as the server l
 const series = new Map(); // run id -> RunSeries, for the selected runs only
 const charts = new Charts(api);
 const form = $('#launch');
+$('#heatmap-stat').append(...HEATMAP_STATS.map(s => new Option(s.label, s.key)));
 let colors = new Map();
 let groups = [];          // GET /api/groups
 let group = null;         // GET /api/groups/{state.group}, or null

@@ -19,6 +19,11 @@ from ..store import SERIES_LAYERS, STATS_LAYERS, Store
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
+# What the heatmap can show: every parameter's per-step statistics, then two of the hidden
+# activations' (every stats_every steps). The page's menu lists the same, in
+# frontend/js/state.js (HEATMAP_STATS); tests/test_frontend_static.py keeps them in step.
+HEATMAP_STATS = (*SERIES_LAYERS, "act_std", "dead_frac")
+
 
 @router.post("", status_code=201, response_model=RunCreated, response_model_exclude_unset=True)
 async def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def _cell(v: Any) -> str:
 async def run_heatmap(
     run: RunDep,
     store: StoreDep,
-    stat: Annotated[Literal["grad_norm", "weight_norm", "update_ratio", "act_std", "dead_frac"], Query(
+    stat: Annotated[Literal[HEATMAP_STATS], Query(
         description="a per-parameter statistic, or one of the activations' (every stats_every steps)")] = "grad_norm",
     max_points: Annotated[int, Query(ge=2, le=20_000, description="most step buckets")] = 500,
 ) -> Response:
