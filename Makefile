@@ -30,7 +30,8 @@ bench: $(VENV)/.test-installed  # the CPU benchmarks of docs/benchmarks.md (benc
 	$(PY) bench/probe_overhead.py
 	$(PY) bench/trainer_vs_dataloader.py --threads 1
 	$(PY) bench/stream_load.py
-	$(PY) bench/frontend_bench.py
+	$(PY) bench/frontend_bench.py --data-dir /tmp/gwbench
+	$(PY) bench/loop_stall.py --data-dir /tmp/gwbench
 
 clean:
 	rm -rf $(VENV) gradwatch-data .pytest_cache

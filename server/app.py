@@ -3,6 +3,7 @@ nothing heavy happens at import time."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store = Store(settings.data_dir / "gradwatch.sqlite3")
         except OSError as e:
             raise SettingsError(f"data dir {settings.data_dir} is not usable: {e}") from e
+        # Big reads run in worker threads (routes/runs.py). Between two bytecodes of numpy and
+        # orjson work such a thread keeps the interpreter for the switch interval, 5 ms by
+        # default, and on a busy machine those waits pile up into 50-200 ms pauses of the event
+        # loop (bench/loop_stall.py); 1 ms keeps them to a few ms.
+        sys.setswitchinterval(0.001)
         hub = Hub()
         jobs = JobManager(settings, store, hub)
         app.state.settings, app.state.store, app.state.hub, app.state.jobs = settings, store, hub, jobs

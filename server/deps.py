@@ -1,7 +1,8 @@
 """Typed dependency aliases: routes declare what they need, the lifespan provides it.
 
-Everything that touches the Store is `async def`: the store has one SQLite connection, used
-from the event loop's thread only (a sync route or dependency would run in the threadpool)."""
+Routes and dependencies are `async def`: every write to the Store goes through its one writing
+connection, on the event loop's thread (a sync route or dependency would run in the threadpool).
+Big reads go to a worker thread on purpose, through routes/runs.py's `read_in_thread`."""
 
 from __future__ import annotations
 

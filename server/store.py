@@ -3,12 +3,20 @@
 WAL journal; ingest batches commit with synchronous=NORMAL (fast, survives a process crash),
 run-state transitions with synchronous=FULL (survive a power cut too). Ingest is idempotent:
 an event whose (run_id, seq) is already stored is ignored, so a worker may resend freely.
+
+Every write goes through one connection, on the event loop's thread. The big reads (a long
+history, a heatmap, an export) run in worker threads, each with its own connection (WAL: a
+reader never blocks the writer, nor waits for it), inside `snapshot()` so that everything one
+answer reads comes from one committed state.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +115,49 @@ JSON_FIELDS = ("config", "summary", "layers")
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
-        # One connection, used from the event loop's thread only.
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # The writer: every write, and the reads made on the thread that opened the store (the
+        # event loop's). Other threads read through their own connection (`rdb`).
+        self.db = self._connect()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
         self._migrate()
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    @property
+    def rdb(self) -> sqlite3.Connection:
+        """The connection this thread reads through."""
+        if threading.get_ident() == self._owner:
+            return self.db
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            db.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                self._readers.append(db)
+        return db
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one committed state (a read transaction on this thread's connection;
+        on the writer's thread nothing can commit in between anyway)."""
+        db = self.rdb
+        if db is self.db or db.in_transaction:
+            yield
+            return
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
 
     def _migrate(self) -> None:
         """Fill the tables a data dir from an older version lacks from its events, once."""
@@ -146,6 +190,10 @@ class Store:
             raise
 
     def close(self) -> None:
+        with self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers = []
         self.db.close()
 
     # ---- runs -----------------------------------------------------------------------
@@ -184,7 +232,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        cur = self.db.execute(f"SELECT {', '.join(RUN_FIELDS)} FROM runs WHERE id = ?", (run_id,))
+        cur = self.rdb.execute(f"SELECT {', '.join(RUN_FIELDS)} FROM runs WHERE id = ?", (run_id,))
         row = cur.fetchone()
         return None if row is None else _run_row(row)
 
@@ -198,7 +246,7 @@ class Store:
             sql += " AND group_id = ?"
             params += (group_id,)
         sql += " ORDER BY created DESC"
-        return [_run_row(r) for r in self.db.execute(sql, params)]
+        return [_run_row(r) for r in self.rdb.execute(sql, params)]
 
     def delete_run(self, run_id: str) -> None:
         self.db.execute("BEGIN")
@@ -216,11 +264,11 @@ class Store:
                       {"id": group_id, "name": name, "spec": orjson.dumps(spec).decode(), "created": time.time()})
 
     def get_group(self, group_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT id, name, spec, created FROM groups WHERE id = ?", (group_id,)).fetchone()
+        row = self.rdb.execute("SELECT id, name, spec, created FROM groups WHERE id = ?", (group_id,)).fetchone()
         return None if row is None else {"id": row[0], "name": row[1], **orjson.loads(row[2]), "created": row[3]}
 
     def list_groups(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT id, name, spec, created FROM groups ORDER BY created DESC").fetchall()
+        rows = self.rdb.execute("SELECT id, name, spec, created FROM groups ORDER BY created DESC").fetchall()
         return [{"id": r[0], "name": r[1], **orjson.loads(r[2]), "created": r[3]} for r in rows]
 
     # ---- events ---------------------------------------------------------------------
@@ -282,22 +330,22 @@ class Store:
             sql += f" AND type NOT IN ({', '.join('?' * len(exclude))})"
             params += exclude
         sql += " ORDER BY seq"
-        return [orjson.loads(r[0]) for r in self.db.execute(sql, params)]
+        return [orjson.loads(r[0]) for r in self.rdb.execute(sql, params)]
 
     def val_points(self, run_id: str, since: int = 0) -> list[tuple]:
         """(step, val_loss, val_accuracy) of every evaluated step, without parsing the rest."""
-        return self.db.execute(
+        return self.rdb.execute(
             "SELECT step, val_loss, val_accuracy FROM evals WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, since),
         ).fetchall()
 
     def series_seqs(self, run_id: str, since: int = 0) -> list[int]:
-        cur = self.db.execute("SELECT seq FROM series INDEXED BY series_seq WHERE run_id = ? AND seq > ? "
+        cur = self.rdb.execute("SELECT seq FROM series INDEXED BY series_seq WHERE run_id = ? AND seq > ? "
                               "ORDER BY seq", (run_id, since))
         return [r[0] for r in cur]
 
     def stats_seqs(self, run_id: str, since: int = 0) -> list[int]:
-        cur = self.db.execute("SELECT seq FROM layer_stats WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since))
+        cur = self.rdb.execute("SELECT seq FROM layer_stats WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since))
         return [r[0] for r in cur]
 
     def layer_stats(self, run_id: str, seqs: list[int], columns: tuple[str, ...] = STATS_LAYERS) -> dict[str, Any]:
@@ -315,7 +363,7 @@ class Store:
         names: dict[str, list] = {"act_layers": [], "bn_layers": [], "bn_feeds": []}
         if seq is None:
             return names
-        row = self.db.execute("SELECT data FROM events WHERE run_id = ? AND seq = ?", (run_id, seq)).fetchone()
+        row = self.rdb.execute("SELECT data FROM events WHERE run_id = ? AND seq = ?", (run_id, seq)).fetchone()
         stats = orjson.loads(row[0]).get("stats") or {}
         return {k: stats.get(k) or [] for k in names}
 
@@ -325,7 +373,7 @@ class Store:
         rows: list[tuple] = []
         for i in range(0, len(seqs), 500):
             chunk = seqs[i : i + 500]
-            rows += self.db.execute(f"{select} WHERE run_id = ? AND seq IN ({', '.join('?' * len(chunk))}) "
+            rows += self.rdb.execute(f"{select} WHERE run_id = ? AND seq IN ({', '.join('?' * len(chunk))}) "
                                     "ORDER BY seq", (run_id, *chunk)).fetchall()
         return rows
 
@@ -333,7 +381,7 @@ class Store:
         """One per-layer statistic of every stats step: steps (T,), values (T, L) float32, and the
         layer names (as layer_stats gives them)."""
         assert column in STATS_LAYERS
-        rows = self.db.execute(f"SELECT seq, step, {column} FROM layer_stats WHERE run_id = ? ORDER BY seq",
+        rows = self.rdb.execute(f"SELECT seq, step, {column} FROM layer_stats WHERE run_id = ? ORDER BY seq",
                                (run_id,)).fetchall()
         names = self._stats_names(run_id, rows[-1][0] if rows else None)
         return np.array([r[1] for r in rows], dtype=np.float64), _matrix([r[2] for r in rows]), names
@@ -344,7 +392,7 @@ class Store:
         `since`, or exactly the rows `seqs`."""
         cols = ", ".join(("seq",) + columns)
         if seqs is None:
-            rows = self.db.execute(
+            rows = self.rdb.execute(
                 f"SELECT {cols} FROM series WHERE run_id = ? AND seq > ? ORDER BY seq", (run_id, since)
             ).fetchall()
         else:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
+from server.routes.runs import _buckets, _cell32, _csv_cells32
 from server.store import SCHEMA_VERSION, Store
 
 
@@ -130,3 +132,55 @@ def test_a_malformed_event_is_stored_and_its_bad_values_are_gaps(tmp_path: Path)
     st = store.layer_stats("a", store.stats_seqs("a"))
     assert st["step"] == [0] and len(st["eff_lr"][0]) == 0 and math.isnan(st["dead_frac"][0][1])
     assert store.events("a")[0]["loss"] == "abc"  # the event itself, as sent
+
+
+def test_a_reading_thread_sees_one_committed_state_while_the_writer_goes_on(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")  # this thread is the writer (the event loop's, in the server)
+    new_run(store, "a")
+    store.append_events("a", history_events("a", 10))
+    first_read, written = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def reader() -> None:
+        assert store.rdb is not store.db  # its own connection
+        with store.snapshot():
+            seen["before"] = (store.get_run("a")["last_seq"], store.series_seqs("a"))
+            first_read.set()
+            written.wait(10)
+            seen["during"] = (store.get_run("a")["last_seq"], store.series_seqs("a"))
+        seen["after"] = (store.get_run("a")["last_seq"], store.series_seqs("a"))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert first_read.wait(10)
+    more = [metrics(seq, seq - 1) for seq in range(13, 16)]  # steps 12..14, after the 12 stored events
+    store.append_events("a", more)  # commits while the reader's snapshot is open: WAL does not wait
+    written.set()
+    t.join(10)
+    last, seqs = seen["before"]
+    assert seen["during"] == (last, seqs) and seqs[-1] == last  # the run row and its series agree
+    assert seen["after"][0] == 15 and seen["after"][1] == seqs + [13, 14, 15]
+    store.close()
+
+
+def test_csv_cells_are_the_shortest_float32_and_keep_infinities() -> None:
+    m = np.array([[0.1, 1e-5, np.nan], [np.inf, -np.inf, 3.0], [2.5e30, -0.0, 1.0]], dtype=np.float32)
+    rows = _csv_cells32(m)
+    assert rows[1] == "inf,-inf,3.0" == ",".join(_cell32(v) for v in m[1])  # JSON has no infinity
+    for i, row in enumerate(rows):  # each cell reads back as the stored float32 (NaN: empty)
+        cells = row.split(",")
+        assert [np.float32(c) if c else None for c in cells] == [None if np.isnan(v) else v for v in m[i]]
+    assert _csv_cells32(np.zeros((2, 0), dtype=np.float32)) == [None, None]
+    assert _csv_cells32(np.zeros((0, 3), dtype=np.float32)) == []
+
+
+@pytest.mark.parametrize(("n", "buckets"), [(100_000, 500), (17, 5), (1, 1), (30_000, 2), (9_000, 9_000)])
+def test_heatmap_buckets_taken_a_few_rows_at_a_time_equal_one_reduceat(n: int, buckets: int) -> None:
+    rng = np.random.default_rng(n)
+    values = rng.standard_normal((n, 7)).astype(np.float32)
+    values[rng.random((n, 7)) < 0.01] = np.nan  # gaps: fmax/fmin skip them
+    starts = np.unique(np.linspace(0, n, num=buckets, endpoint=False).astype(np.int64))
+    for ufunc in (np.fmax, np.fmin):
+        whole = ufunc.reduceat(values, starts, axis=0)
+        for rows in (1, 100, 8192):
+            assert np.array_equal(_buckets(ufunc, values, starts, rows), whole, equal_nan=True)
