@@ -317,6 +317,11 @@ class Store:
 
     def events(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
                exclude: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        return [orjson.loads(text) for text in self.events_json(run_id, since, types, exclude)]
+
+    def events_json(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
+                    exclude: tuple[str, ...] | None = None) -> list[str]:
+        """The events after `since`, in seq order, as the JSON objects they are stored as."""
         # Without metrics: the partial index events_other (its WHERE must be written out as is).
         index = " INDEXED BY events_other" if exclude == ("metrics",) else ""
         sql = f"SELECT data FROM events{index} WHERE run_id = ? AND seq > ?"
@@ -330,7 +335,7 @@ class Store:
             sql += f" AND type NOT IN ({', '.join('?' * len(exclude))})"
             params += exclude
         sql += " ORDER BY seq"
-        return [orjson.loads(r[0]) for r in self.rdb.execute(sql, params)]
+        return [r[0] for r in self.rdb.execute(sql, params)]
 
     def val_points(self, run_id: str, since: int = 0) -> list[tuple]:
         """(step, val_loss, val_accuracy) of every evaluated step, without parsing the rest."""

@@ -78,10 +78,9 @@ def _replay(jobs, sub, since: dict[str, int]) -> list[str]:  # noqa: ANN001
             continue
         if run["last_seq"] - seq > REPLAY_MAX:
             out.append(orjson.dumps({"type": "resync", "run_id": run_id, "seq": seq}).decode())
-        else:
-            for e in store.events(run_id, seq):
-                e["run_id"] = run_id
-                out.append(orjson.dumps(e).decode())
+        else:  # each stored object with the run's id put in front, not parsed (10k events: ~0.4 s)
+            head = '{"run_id":' + orjson.dumps(run_id).decode() + ","
+            out += [head + text[1:] for text in store.events_json(run_id, seq)]
         out.append(orjson.dumps({"type": "run.update", "run_id": run_id, "seq": run["last_seq"],
                                  "run": jobs.view(run)}).decode())
     return out
