@@ -159,6 +159,9 @@ def test_effective_learning_rate_and_dead_units_are_drawn_live(server: LiveServe
         wait_for(lambda run=run: server.run(run["id"])["summary"].get("step", 0) > 30, timeout=60,
                  what="the run to train")
     open_dashboard(page, server, f"&runs={bn['id']},{plain['id']}&focus={bn['id']}")
+    # Below the fold and not drawn yet: it says so (not "select a run": two are selected).
+    page.wait_for_function("[...document.querySelectorAll('#chart-dead .annotation-text')]"
+                           ".some(e => e.textContent === 'drawn when scrolled into view')", timeout=10_000)
     for fig in ("chart-efflr", "chart-dead"):
         page.locator(f"#{fig}").scroll_into_view_if_needed()
     page.wait_for_function(f"({FINITE_OF_RUN})(['chart-efflr', '{bn['id']}']) > 2", timeout=30_000)

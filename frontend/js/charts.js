@@ -1,3 +1,4 @@
+/* global Plotly */
 // Every figure of the page and when to draw it. Updates are coalesced: new
 // data only marks figures stale; drawing happens in animation frames, one
 // figure after another within a small time budget per frame (so a live page
@@ -13,6 +14,7 @@ import { LINE_SPECS, LineFigure } from './lines.js';
 import { PROFILE_SPECS, ProfileFigure } from './profiles.js';
 import { HeatmapFigure } from './heatmap.js';
 import { MultiplesFigure } from './multiples.js';
+import { emptyNote } from './plot.js';
 
 const LINE_MS = 100;   // ~10 Hz
 const SLOW_MS = 400;   // figures rebuilt whole (profiles, the small multiples)
@@ -23,6 +25,9 @@ const IDLE_RATIO = 2;    // idle time after a draw, per ms of drawing
 // hovering), and the charts update less often instead.
 const CHEAP_MS = 35;
 const SLOW_GAP_MS = 400;
+// What a figure out of view says until it is first drawn with runs (it is not
+// drawn yet; "select a run" would be wrong).
+const NOT_YET = 'drawn when scrolled into view';
 
 export class Charts {
   constructor(api, doc = document) {
@@ -100,7 +105,13 @@ export class Charts {
     const due = [];
     const paced = start < this.paceUntil;
     for (const job of this.jobs) {
-      if (!job.visible) continue;
+      if (!job.visible) {
+        if (!job.draws && !job.noted && job.runs().length) {
+          job.noted = true;
+          Plotly.relayout(job.fig.div, { annotations: [emptyNote(NOT_YET)] });
+        }
+        continue;
+      }
       const runs = job.runs();
       if (!job.fig.stale(runs, this.view)) {
         const wake = job.fig.dueIn?.(runs, this.view);
