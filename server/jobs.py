@@ -334,6 +334,8 @@ class JobManager:
         new, last = self.store.append_events(run_id, events)
         summary = self.summaries.setdefault(run_id, {})
         changes: dict[str, Any] = {}
+        if any(e["type"] == "metrics" for e in new):
+            self.liveness.stepped(run_id)
         for e in new:
             kind = e["type"]
             if kind == "metrics":
@@ -387,6 +389,8 @@ class JobManager:
     def view(self, run: dict[str, Any]) -> dict[str, Any]:
         out = public(run, self.summaries.get(run["id"]))
         out["gpu"] = self.gpu_of.get(run["id"])
+        if run["status"] == "running":
+            out["idle_s"] = self.liveness.idle_s(run["id"])
         return out
 
     def _publish_run(self, run: dict[str, Any] | None) -> None:

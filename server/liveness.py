@@ -11,6 +11,12 @@ grace in jobs.py.
 
 A process that dies outright is not this module's business: its exit (our workers) or its
 closed connection (reattached and external ones) resolves the run within moments.
+
+Heartbeats prove the process and its connection, not its training loop: one stuck in a data
+loader, a deadlock or a debugger beats on. So the watchdog also keeps the time of each run's
+last step received (or of its worker's first word): a running run without a step for
+`idle_note_s` gets a run.update whose record says so (`idle_s`), and the dashboard shows "no
+step for …" until the next step comes. It is a note, not a verdict: some steps are slow.
 """
 
 from __future__ import annotations
@@ -36,19 +42,36 @@ class Liveness:
         self.stalled_timeout = jobs.settings.stalled_timeout_s
         self.last_seen: dict[str, float] = {}  # run id -> monotonic time of its last message
         self.stalled_since: dict[str, float] = {}
+        self.idle_note = jobs.settings.idle_note_s
+        self.progress: dict[str, float] = {}  # run id -> monotonic time of its last step (or first word)
+        self.idle_noted: set[str] = set()  # runs whose idleness was announced
 
     def seen(self, run_id: str) -> None:
         """Anything arrived from the run's worker (a batch, a heartbeat, a new connection)."""
         self.last_seen[run_id] = time.monotonic()
+        self.progress.setdefault(run_id, self.last_seen[run_id])
         if self.stalled_since.pop(run_id, None) is not None:
             run = self.jobs.store.get_run(run_id)
             if run is not None and run["status"] == "stalled":
                 self._set_status(run_id, "running")
                 log.info("run %s: its worker is heard again", run_id)
 
+    def stepped(self, run_id: str) -> None:
+        """A step of the run arrived (the next run.update, due now, no longer says idle)."""
+        self.progress[run_id] = time.monotonic()
+        self.idle_noted.discard(run_id)
+
+    def idle_s(self, run_id: str) -> float | None:
+        """Seconds since the run's last step, once that is idle_note_s or more; else None."""
+        since = self.progress.get(run_id)
+        idle = None if since is None else time.monotonic() - since
+        return round(idle, 1) if idle is not None and idle >= self.idle_note else None
+
     def forget(self, run_id: str) -> None:
         self.last_seen.pop(run_id, None)
         self.stalled_since.pop(run_id, None)
+        self.progress.pop(run_id, None)
+        self.idle_noted.discard(run_id)
 
     async def run(self) -> None:
         tick = min(self.timeout, self.stalled_timeout) / 4
@@ -66,6 +89,10 @@ class Liveness:
                 self.forget(run_id)
                 continue
             silent = now - seen
+            if (run["status"] == "running" and run_id not in self.idle_noted
+                    and now - self.progress.get(run_id, now) >= self.idle_note):
+                self.idle_noted.add(run_id)
+                self.jobs._publish_run(run)  # its record now carries idle_s
             if run_id not in self.stalled_since:
                 if silent > self.timeout:
                     self.stalled_since[run_id] = now

@@ -121,6 +121,8 @@ class Run(BaseModel):
     summary: dict[str, Any]
     gpu: str | None = Field(None, description="the GPU its worker was given (CUDA_VISIBLE_DEVICES), "
                             "while it runs on a machine with several")
+    idle_s: float | None = Field(None, description="a running run with no new step for GRADWATCH_IDLE_NOTE_S "
+                                 "(30 s): the seconds since its last step (or since its worker connected)")
 
 
 class RunCreated(Run):

@@ -29,6 +29,7 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=list)  # extra browser origins (https://x:8000) besides our own
     heartbeat_timeout_s: float = 10.0  # a connected worker silent this long is `stalled` (it beats every second)
     stalled_timeout_s: float = 60.0  # a run stalled this long more is `failed`, its worker killed
+    idle_note_s: float = 30.0  # a running run with no new step this long says so (its `idle_s`)
     token_generated: bool = False  # True when no token was given and one was made at start
     prefork: bool = True  # fork workers from a process with torch imported (starts runs in ms, not s)
     external_grace_s: float = 600.0  # how long a user's own loop (external run) may stay disconnected
@@ -45,7 +46,7 @@ class Settings:
         conv = {
             "host": str, "port": int, "data_dir": Path, "token": str, "max_concurrent": int,
             "max_queued": int, "stop_grace_s": float, "reattach_grace_s": float,
-            "heartbeat_timeout_s": float, "stalled_timeout_s": float, "external_grace_s": float,
+            "heartbeat_timeout_s": float, "stalled_timeout_s": float, "external_grace_s": float, "idle_note_s": float,
             "worker_threads": int, "gpu_memory_fraction": float,
         }
         for name, kind in conv.items():
@@ -104,7 +105,7 @@ class Settings:
         if not 0 <= self.gpu_memory_fraction <= 1:
             raise SettingsError("GRADWATCH_GPU_MEMORY_FRACTION must be 0 (no cap) to 1, "
                                 f"got {self.gpu_memory_fraction}")
-        for name in ("heartbeat_timeout_s", "stalled_timeout_s", "external_grace_s"):
+        for name in ("heartbeat_timeout_s", "stalled_timeout_s", "external_grace_s", "idle_note_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"GRADWATCH_{name.upper()} must be more than 0, got {getattr(self, name)}")
 

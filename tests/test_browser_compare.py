@@ -35,8 +35,10 @@ LABELS = "(id) => (document.getElementById(id).layout.annotations || []).map(a =
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    # Four workers at once: the four cells of the ablation train side by side.
-    s = LiveServer(tmp_path_factory.mktemp("compare") / "data", env={"GRADWATCH_MAX_CONCURRENT": "4"}).start()
+    # Four workers at once: the four cells of the ablation train side by side. A run is idle
+    # after 2 s without a step (30 s by default), for the "no step for" note.
+    s = LiveServer(tmp_path_factory.mktemp("compare") / "data",
+                   env={"GRADWATCH_MAX_CONCURRENT": "4", "GRADWATCH_IDLE_NOTE_S": "2"}).start()
     yield s
     s.stop()
 
@@ -193,6 +195,50 @@ def test_effective_learning_rate_and_dead_units_are_drawn_live(server: LiveServe
     assert page.errors == []
 
 
+def test_a_live_run_without_steps_says_so_until_its_next_step(server: LiveServer, page: Any) -> None:
+    import torch
+
+    from trainer import connect
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        run.record(loss)
+        opt.step()
+
+    run = connect(server.url, token=server.token, name="stuck-loop")
+    try:
+        run.watch(model, opt)
+        for _ in range(3):
+            step()
+        open_dashboard(page, server)
+        # The loop stops stepping; its sender thread beats on, so the run stays running...
+        idle = page.locator(f"#runs tr[data-run-id='{run.id}'] .idle")
+        page.wait_for_function(f"document.querySelector(\"#runs tr[data-run-id='{run.id}'] .idle\")"
+                               "?.textContent.startsWith('no step for')", timeout=30_000)
+        record = server.run(run.id)
+        assert record["status"] == "running" and record["idle_s"] >= 2
+        assert record["summary"]["step"] == 3
+        # ...and the note counts on, on the page's clock, with no message from the server.
+        first = idle.text_content()
+        page.wait_for_function(f"document.querySelector(\"#runs tr[data-run-id='{run.id}'] .idle\")"
+                               f".textContent !== {first!r}", timeout=10_000)
+        step()  # a step: the note goes
+        page.wait_for_function(f"document.querySelector(\"#runs tr[data-run-id='{run.id}'] .idle\")"
+                               ".textContent === ''", timeout=30_000)
+        assert server.run(run.id)["idle_s"] is None
+    finally:
+        run.finish()
+    assert server.wait_status(run.id, ("completed",))["summary"]["step"] == 4
+    assert page.errors == []
+
+
 def test_weights_only_profiles_drop_biases_and_batchnorm_and_survive_a_reload(server: LiveServer, page: Any) -> None:
     run = server.create_run({**FAST, "steps": 30, "batchnorm": True}, name="profiles-bn")
     server.wait_status(run["id"], ("completed",))
@@ -311,6 +357,7 @@ MODULES = """async () => {
   const { assignColors, distance } = await import('/static/js/colors.js');
   const { RunSeries } = await import('/static/js/series.js');
   const { PROFILE_SPECS, ProfileFigure } = await import('/static/js/profiles.js');
+  const { duration } = await import('/static/js/runlist.js');
   const zs = new RunSeries('z', 8);
   zs.addEvent({ type: 'run.started', layers: ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']
     .map(name => ({ name, module: 'Linear', shape: [2] })) });
@@ -360,6 +407,7 @@ MODULES = """async () => {
             formatState({ ...parseState('').state, selected: ['a'], smooth: 0.6, step: 7 }, '?token=t')],
     minColorDistance: Math.min(...colors.flatMap((c, i) => colors.slice(i + 1).map(d => distance(c, d)))),
     distinct: new Set(colors).size,
+    durations: [0.4, 59.9, 75, 3599, 3600 + 5 * 60 + 59].map(duration),
   };
 }"""
 
@@ -392,6 +440,7 @@ def test_frontend_modules_compute_what_the_charts_show(server: LiveServer, page:
     assert state["state"]["scale"] == "log" and state["state"]["step"] == 12 and state["state"]["stat"] == "grad_norm"
     assert search == "?token=t&runs=a&step=7"  # defaults stay out of the link
     assert r["distinct"] == 4 and r["minColorDistance"] > 100
+    assert r["durations"] == ["0 s", "59 s", "1 min 15 s", "59 min 59 s", "1 h 05 min"]  # "no step for …"
     assert page.errors == []
 
 

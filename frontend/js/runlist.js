@@ -10,6 +10,14 @@ const fmt = {
   pct: v => (v == null ? '—' : `${(100 * v).toFixed(1)}%`),
 };
 
+// "3 min 05 s" for a number of seconds.
+export function duration(s) {
+  s = Math.max(0, Math.floor(s));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor(s / 60) % 60).padStart(2, '0')} min`;
+}
+
 // Why a run ended badly, in words, or '' when it did not.
 export function problem(run) {
   if (run.status === 'failed') return run.error || 'failed (no reason given)';
@@ -33,6 +41,11 @@ export class RunList {
     this.tbody = tbody;
     this.rows = new Map(); // run id -> <tr>
     this.armed = null;     // id whose delete button was clicked once
+    // A running run without a step for a while (the server's idle_s): when, on
+    // this page's clock, its last step was, per record (records are replaced,
+    // never changed, so a new record restarts the count from its own idle_s).
+    this.idleFrom = new WeakMap();
+    setInterval(() => this.tickIdle(), 1000);
     tbody.addEventListener('change', ev => {
       if (!ev.target.matches('input.select')) return;
       handlers.select(this.idOf(ev.target), ev.target.checked);
@@ -100,7 +113,9 @@ export class RunList {
     del.title = 'delete this run and its data';
     actions.append(stop, del);
     const cell = (cls, child) => { const td = el('td', cls); if (child) td.append(child); return td; };
-    tr.append(cell('sel', select), name, cell('status', el('span', 'badge')),
+    const status = cell('status', el('span', 'badge'));
+    status.append(el('div', 'idle'));
+    tr.append(cell('sel', select), name, status,
       cell('num step'), cell('num loss'), cell('num acc'), actions);
     return tr;
   }
@@ -118,10 +133,23 @@ export class RunList {
     badge.textContent = run.status;
     badge.className = `badge status-${run.status}`;
     q('.problem').textContent = q('.problem').title = problem(run);
+    if (run.idle_s != null && !this.idleFrom.has(run)) this.idleFrom.set(run, performance.now() - 1000 * run.idle_s);
+    tr.idleFrom = run.idle_s != null ? this.idleFrom.get(run) : null;
+    this.showIdle(tr);
     q('.step').textContent = fmt.step(s.step) + (run.config?.steps ? ` / ${run.config.steps}` : '');
     q('.loss').textContent = fmt.loss(s.loss);
     q('.acc').textContent = fmt.pct(s.accuracy);
     q('.acc').title = s.val_accuracy == null ? '' : `validation ${fmt.pct(s.val_accuracy)}`;
     q('.stop').hidden = !ACTIVE.has(run.status);
+  }
+
+  showIdle(tr) {
+    const idle = tr.querySelector('.idle');
+    idle.textContent = tr.idleFrom == null ? '' : `no step for ${duration((performance.now() - tr.idleFrom) / 1000)}`;
+    idle.title = tr.idleFrom == null ? '' : 'its worker is alive, but no new step has come (a slow step, a stuck data loader, a debugger?)';
+  }
+
+  tickIdle() {
+    for (const tr of this.rows.values()) if (tr.idleFrom != null) this.showIdle(tr);
   }
 }
