@@ -31,6 +31,7 @@ Targets (issue 4): p95 frame time < 50 ms while live; the 100k-step history draw
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +164,38 @@ def build(data_dir: Path) -> None:
         print(f"  stored {name}: {steps} steps ({time.perf_counter() - t0:.0f} s)", flush=True)
     store.close()
     marker.write_text(json.dumps({"version": DATA_VERSION}))
+
+
+@contextlib.contextmanager
+def served(data_dir: Path) -> Iterator[tuple[str, str, httpx.Client]]:
+    """A real server (its own process, a new token) on a copy of the stored runs in data_dir, so
+    that what a benchmark adds never ends up in the kept data: (base URL, token, a client)."""
+    serve_dir = Path(tempfile.mkdtemp(prefix="gwbench-serve-"))
+    for f in data_dir.glob("gradwatch.sqlite3*"):
+        shutil.copy2(f, serve_dir / f.name)
+    port, token = free_port(), secrets.token_urlsafe(16)
+    log = open(serve_dir / "server.log", "wb")  # noqa: SIM115
+    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+                               "--data-dir", str(serve_dir), "--log-level", "warning"],
+                              cwd=ROOT, env={**os.environ, "GRADWATCH_TOKEN": token},
+                              stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    try:
+        for _ in range(300):
+            try:
+                if client.get("/api/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield base, token, client
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(20)
+        log.close()
+        shutil.rmtree(serve_dir, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -302,41 +336,16 @@ def main() -> int:
         args.data_dir = Path(tmp.name) / "data"
     print(f"building {STORED} x {STEPS} + 1 x {BIG_STEPS} steps x {N_LAYERS} layers in {args.data_dir}", flush=True)
     build(args.data_dir)
-
-    # A copy to serve, so the live runs added below never end up in the kept data.
-    serve_dir = Path(tempfile.mkdtemp(prefix="gwbench-serve-"))
-    for f in args.data_dir.glob("gradwatch.sqlite3*"):
-        shutil.copy2(f, serve_dir / f.name)
-    port, token = free_port(), secrets.token_urlsafe(16)
-    log = open(serve_dir / "server.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
-                               "--data-dir", str(serve_dir), "--log-level", "warning"],
-                              cwd=ROOT, env={**os.environ, "GRADWATCH_TOKEN": token},
-                              stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    feeder = None
     try:
-        for _ in range(300):
+        with served(args.data_dir) as (base, token, client):
+            feeder = Feeder(base, client)
             try:
-                if client.get("/api/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        feeder = Feeder(base, client)
-        feeder.backlog()
-        live_thread = threading.Thread(target=feeder.live, daemon=True)
-        live_thread.start()
-        result = measure(args, base, token, client, feeder)
+                feeder.backlog()
+                threading.Thread(target=feeder.live, daemon=True).start()
+                result = measure(args, base, token, client, feeder)
+            finally:
+                feeder.finish()
     finally:
-        if feeder:
-            feeder.finish()
-        client.close()
-        server.terminate()
-        server.wait(20)
-        log.close()
-        shutil.rmtree(serve_dir, ignore_errors=True)
         if tmp:
             tmp.cleanup()
     report(result)

@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import secrets
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from frontend_bench import BIG_STEPS, build, free_port, machine  # noqa: E402
+from frontend_bench import BIG_STEPS, build, machine, served  # noqa: E402
 
 READS = {
     "metrics-100k": "/api/runs/{big}/metrics?max_points=2000&stats=eff_lr,dead_frac",
@@ -89,48 +85,26 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory(prefix="gwbench-")
         args.data_dir = Path(tmp.name) / "data"
     build(args.data_dir)
-    serve_dir = Path(tempfile.mkdtemp(prefix="gwstall-serve-"))
-    for f in args.data_dir.glob("gradwatch.sqlite3*"):
-        shutil.copy2(f, serve_dir / f.name)
-    port, token = free_port(), secrets.token_urlsafe(16)
-    log = open(serve_dir / "server.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
-                               "--data-dir", str(serve_dir), "--log-level", "warning"],
-                              cwd=ROOT, env={**os.environ, "GRADWATCH_TOKEN": token},
-                              stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
-            for _ in range(300):
-                try:
-                    if c.get("/api/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-            runs = c.get("/api/runs").json()
-        big = next(r["id"] for r in runs if r["summary"].get("step") == BIG_STEPS)
-        small = next(r["id"] for r in runs if r["id"] != big)
-        paths = {k: READS[k].format(big=big, small=small) for k in args.reads.split(",")}
-
-        idle: list[float] = []
-        probe(base, token, args.seconds, idle)
-        loaded: list[float] = []
-        ctx = mp.get_context("spawn")
-        stop, results = ctx.Event(), ctx.Queue()
-        loader = ctx.Process(target=load, args=(base, token, paths, stop, results))
-        loader.start()
-        try:
-            probe(base, token, args.seconds, loaded)
-        finally:
-            stop.set()
-            took = results.get(timeout=300)
-            loader.join()
+        with served(args.data_dir) as (base, token, client):
+            runs = client.get("/api/runs").json()
+            big = next(r["id"] for r in runs if r["summary"].get("step") == BIG_STEPS)
+            small = next(r["id"] for r in runs if r["id"] != big)
+            paths = {k: READS[k].format(big=big, small=small) for k in args.reads.split(",")}
+            idle: list[float] = []
+            probe(base, token, args.seconds, idle)
+            loaded: list[float] = []
+            ctx = mp.get_context("spawn")
+            stop, results = ctx.Event(), ctx.Queue()
+            loader = ctx.Process(target=load, args=(base, token, paths, stop, results))
+            loader.start()
+            try:
+                probe(base, token, args.seconds, loaded)
+            finally:
+                stop.set()
+                took = results.get(timeout=300)
+                loader.join()
     finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
-        shutil.rmtree(serve_dir, ignore_errors=True)
         if tmp:
             tmp.cleanup()
     print(f"\nmachine: {machine()}, python {sys.version.split()[0]}")
