@@ -123,9 +123,9 @@ class Store:
         self.db.executescript(SCHEMA)
         self._migrate()
         self._owner = threading.get_ident()
+        # Each reading thread's connection lives as long as the thread (the threadpool retires
+        # idle threads; their connections close with them, none piles up).
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -141,8 +141,6 @@ class Store:
         if db is None:
             db = self._local.db = self._connect()
             db.execute("PRAGMA query_only=ON")
-            with self._readers_lock:
-                self._readers.append(db)
         return db
 
     @contextmanager
@@ -190,10 +188,6 @@ class Store:
             raise
 
     def close(self) -> None:
-        with self._readers_lock:
-            for db in self._readers:
-                db.close()
-            self._readers = []
         self.db.close()
 
     # ---- runs -----------------------------------------------------------------------
