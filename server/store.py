@@ -5,13 +5,14 @@ run-state transitions with synchronous=FULL (survive a power cut too). Ingest is
 an event whose (run_id, seq) is already stored is ignored, so a worker may resend freely.
 
 Every write goes through one connection, on the event loop's thread. The big reads (a long
-history, a heatmap, an export) run in worker threads, each with its own connection (WAL: a
-reader never blocks the writer, nor waits for it), inside `snapshot()` so that everything one
-answer reads comes from one committed state.
+history, a heatmap, an export) run in worker threads inside `snapshot()`, on one of a few
+pooled reading connections (WAL: a reader never blocks the writer, nor waits for it), in one
+read transaction, so that everything one answer reads comes from one committed state.
 """
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 import time
@@ -116,16 +117,22 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         # The writer: every write, and the reads made on the thread that opened the store (the
-        # event loop's). Other threads read through their own connection (`rdb`).
+        # event loop's). Other threads read in `snapshot()`, through a pooled connection (`rdb`).
         self.db = self._connect()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self._migrate()
         self._owner = threading.get_ident()
-        # Each reading thread's connection lives as long as the thread (the threadpool retires
-        # idle threads; their connections close with them, none piles up).
-        self._local = threading.local()
+        # Reading threads borrow a connection from a small pool for the length of a snapshot.
+        # (One per thread would leave SQLite holding file descriptors of every thread that ever
+        # read: it cannot close a file another connection of the process has locked.)
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._readers = 0  # connections made for the pool, at most READERS
+        self._pool_lock = threading.Lock()
+        self._local = threading.local()  # .db: the connection this thread holds, in snapshot()
+
+    READERS = 4  # big reads at once; more wait their turn (in their thread, not the event loop)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -134,28 +141,48 @@ class Store:
 
     @property
     def rdb(self) -> sqlite3.Connection:
-        """The connection this thread reads through."""
+        """The connection this thread reads through: the writer's on its own thread, else the
+        one this thread's `snapshot()` holds."""
         if threading.get_ident() == self._owner:
             return self.db
         db = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = self._connect()
-            db.execute("PRAGMA query_only=ON")
+            raise RuntimeError("a thread other than the store's reads inside Store.snapshot()")
         return db
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """Reads inside see one committed state (a read transaction on this thread's connection;
-        on the writer's thread nothing can commit in between anyway)."""
-        db = self.rdb
-        if db is self.db or db.in_transaction:
+        """Reads inside see one committed state (a read transaction on a pooled connection; on
+        the writer's thread nothing can commit in between anyway)."""
+        if threading.get_ident() == self._owner or getattr(self._local, "db", None) is not None:
             yield
             return
-        db.execute("BEGIN")
+        db = self._borrow()
+        self._local.db = db
         try:
-            yield
+            db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                db.execute("COMMIT")
         finally:
-            db.execute("COMMIT")
+            self._local.db = None
+            self._idle.put(db)
+
+    def _borrow(self) -> sqlite3.Connection:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._pool_lock:
+            make = self._readers < self.READERS
+            if make:
+                self._readers += 1
+        if not make:
+            return self._idle.get()  # all READERS lent: wait for one
+        db = self._connect()
+        db.execute("PRAGMA query_only=ON")
+        return db
 
     def _migrate(self) -> None:
         """Fill the tables a data dir from an older version lacks from its events, once."""
@@ -188,6 +215,11 @@ class Store:
             raise
 
     def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
         self.db.close()
 
     # ---- runs -----------------------------------------------------------------------

@@ -142,13 +142,16 @@ def test_a_reading_thread_sees_one_committed_state_while_the_writer_goes_on(tmp_
     seen: dict[str, object] = {}
 
     def reader() -> None:
-        assert store.rdb is not store.db  # its own connection
+        with pytest.raises(RuntimeError, match="snapshot"):  # a thread reads in a snapshot, never bare
+            store.get_run("a")
         with store.snapshot():
+            assert store.rdb is not store.db  # a reading connection of the pool
             seen["before"] = (store.get_run("a")["last_seq"], store.series_seqs("a"))
             first_read.set()
             written.wait(10)
             seen["during"] = (store.get_run("a")["last_seq"], store.series_seqs("a"))
-        seen["after"] = (store.get_run("a")["last_seq"], store.series_seqs("a"))
+        with store.snapshot():
+            seen["after"] = (store.get_run("a")["last_seq"], store.series_seqs("a"))
 
     t = threading.Thread(target=reader)
     t.start()
@@ -160,6 +163,20 @@ def test_a_reading_thread_sees_one_committed_state_while_the_writer_goes_on(tmp_
     last, seqs = seen["before"]
     assert seen["during"] == (last, seqs) and seqs[-1] == last  # the run row and its series agree
     assert seen["after"][0] == 15 and seen["after"][1] == seqs + [13, 14, 15]
+    # Many reading threads, a few connections: they are lent, not made per thread.
+    got: list[int] = []
+
+    def read_once() -> None:
+        with store.snapshot():
+            got.append(store.get_run("a")["last_seq"])
+
+    for _ in range(3):
+        batch = [threading.Thread(target=read_once) for _ in range(12)]
+        for t in batch:
+            t.start()
+        for t in batch:
+            t.join(10)
+    assert got == [15] * 36 and 1 <= store._readers <= Store.READERS
     store.close()
 
 
