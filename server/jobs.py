@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import time
@@ -34,12 +35,18 @@ log = logging.getLogger("gradwatch.jobs")
 RUN_UPDATE_EVERY_S = 0.5  # live run.update messages per run, at most this often
 
 
-def nvidia_gpus() -> list[str]:
-    """Indices of the NVIDIA GPUs the driver shows (none without the driver), without importing torch."""
-    try:
-        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
-    except OSError:
-        return []
+def nvidia_gpus(proc: str = "/proc/driver/nvidia/gpus", dev: str = "/dev") -> list[str]:
+    """Indices of the NVIDIA GPUs this process can use (none without the driver), without
+    importing torch. The driver lists each GPU in `proc`; in a container the NVIDIA runtime may
+    hide that folder, but gives a device node /dev/nvidia<N> for each GPU it lets in."""
+    for folder, name in ((proc, None), (dev, re.compile(r"nvidia\d+"))):
+        try:
+            n = sum(1 for f in os.listdir(folder) if name is None or name.fullmatch(f))
+        except OSError:
+            n = 0
+        if n:
+            return [str(i) for i in range(n)]
+    return []
 
 
 def public(run: dict[str, Any], live_summary: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from server.jobs import nvidia_gpus
 from server.settings import Settings, SettingsError
 from trainer.config import RunConfig
 from trainer.loop import train
@@ -33,6 +34,21 @@ def test_gpu_settings_are_read_and_checked(tmp_path: Path) -> None:
     assert settings(GRADWATCH_GPU_MEMORY_FRACTION="0.45").gpu_memory_fraction == 0.45
     with pytest.raises(SettingsError, match="GRADWATCH_GPU_MEMORY_FRACTION"):
         settings(GRADWATCH_GPU_MEMORY_FRACTION="2")
+
+
+def test_gpus_are_found_from_the_driver_or_from_the_device_nodes(tmp_path: Path) -> None:
+    proc, dev = tmp_path / "proc", tmp_path / "dev"
+    dev.mkdir()
+    for name in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "null"):
+        (dev / name).touch()
+    assert nvidia_gpus(str(proc), str(dev)) == []  # the driver's files, no GPU node: none
+    (dev / "nvidia3").touch()  # a container given host GPU 3: it is its CUDA device 0
+    (dev / "nvidia7").touch()
+    assert nvidia_gpus(str(proc), str(dev)) == ["0", "1"]  # /proc masked (the NVIDIA runtime)
+    proc.mkdir()
+    for bus in ("0000:01:00.0", "0000:02:00.0", "0000:03:00.0"):
+        (proc / bus).mkdir()
+    assert nvidia_gpus(str(proc), str(dev)) == ["0", "1", "2"]  # the driver's list first
 
 
 @cuda
