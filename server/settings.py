@@ -23,6 +23,7 @@ class Settings:
     token: str | None = None  # every route but health and the page shell needs it; made at start if unset
     max_concurrent: int = 2  # worker processes training at once; more runs wait queued
     max_queued: int = 100  # runs waiting beyond that are refused with 429
+    max_external: int = 32  # your own loops (external runs) live at once; more are refused with 429
     stop_grace_s: float = 10.0  # a stop request waits this long for the worker before killing it
     reattach_grace_s: float = 15.0  # after a restart, how long a still-running worker has to reconnect
     allowed_hosts: list[str] = field(default_factory=list)  # extra Host names accepted (.example.com: and subdomains)
@@ -45,7 +46,7 @@ class Settings:
         s = cls()
         conv = {
             "host": str, "port": int, "data_dir": Path, "token": str, "max_concurrent": int,
-            "max_queued": int, "stop_grace_s": float, "reattach_grace_s": float,
+            "max_queued": int, "max_external": int, "stop_grace_s": float, "reattach_grace_s": float,
             "heartbeat_timeout_s": float, "stalled_timeout_s": float, "external_grace_s": float, "idle_note_s": float,
             "worker_threads": int, "gpu_memory_fraction": float,
         }
@@ -93,6 +94,8 @@ class Settings:
             raise SettingsError(f"GRADWATCH_MAX_CONCURRENT must be at least 1, got {self.max_concurrent}")
         if self.max_queued < 0:
             raise SettingsError(f"GRADWATCH_MAX_QUEUED must be 0 or more, got {self.max_queued}")
+        if self.max_external < 0:
+            raise SettingsError(f"GRADWATCH_MAX_EXTERNAL must be 0 or more, got {self.max_external}")
         if self.token is not None and len(self.token) < 8:
             raise SettingsError("GRADWATCH_TOKEN must be at least 8 characters")
         if self.token is None and not self.loopback:

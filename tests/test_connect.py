@@ -148,6 +148,26 @@ def test_creating_an_external_run_returns_its_ingest_token_once(live_server: Liv
     live_server.wait_status(created["id"], ("stopped",))
 
 
+def test_own_loops_live_at_once_are_capped_with_a_clear_429(tmp_path: Path) -> None:
+    from trainer.external import ApiError, connect
+
+    server = LiveServer(tmp_path / "data", env={"GRADWATCH_MAX_EXTERNAL": "1"}).start()
+    try:
+        first = server.client.post("/api/runs", json={"name": "one", "external": True})
+        assert first.status_code == 201, first.text
+        r = server.client.post("/api/runs", json={"name": "two", "external": True})
+        assert r.status_code == 429 and "GRADWATCH_MAX_EXTERNAL" in r.json()["detail"], r.text
+        with pytest.raises(ApiError, match="HTTP 429: 1 of your own training loops are already live"):
+            connect(server.url, token=server.token, name="three")  # what a script sees
+        local = server.client.post("/api/runs", json={"config": {"dataset": "synthetic", "steps": 5}})
+        assert local.status_code == 201  # the server's own runs have their own limits
+        server.client.post(f"/api/runs/{first.json()['id']}/stop")
+        server.wait_status(first.json()["id"], ("stopped",))
+        assert server.client.post("/api/runs", json={"name": "four", "external": True}).status_code == 201
+    finally:
+        server.stop()
+
+
 def test_connect_names_an_unreachable_server_and_a_wrong_token(live_server: LiveServer, tmp_path: Path) -> None:
     import trainer
     from trainer.external import ApiError, connect

@@ -32,6 +32,10 @@ HEATMAP_STATS = (*SERIES_LAYERS, "act_std", "dead_frac")
 @router.post("", status_code=201, response_model=RunCreated, response_model_exclude_unset=True)
 async def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
     if body.external:  # the caller's own loop (trainer.connect): nothing to queue or launch
+        live = sum(r["kind"] == "external" for r in jobs.store.list_runs(statuses=("running", "stalled")))
+        if live >= settings.max_external:  # a script that loops on connect() should not fill the list
+            raise HTTPException(429, f"{live} of your own training loops are already live (limit "
+                                     f"{settings.max_external}, GRADWATCH_MAX_EXTERNAL); finish or stop some")
         run = jobs.create(body.name, body.config_dict(), kind="external")
         return {**jobs.view(run), "token": run["token"]}  # the one answer that carries it
     if jobs.queued_count >= settings.max_queued:
