@@ -341,11 +341,11 @@ class JobManager:
         new, last = self.store.append_events(run_id, events)
         summary = self.summaries.setdefault(run_id, {})
         changes: dict[str, Any] = {}
-        if any(e["type"] == "metrics" for e in new):
-            self.liveness.stepped(run_id)
+        stepped = False
         for e in new:
             kind = e["type"]
             if kind == "metrics":
+                stepped = True
                 summary.update(step=e.get("step"), loss=e.get("loss"), accuracy=e.get("accuracy"),
                                global_grad_norm=e.get("global_grad_norm"))
                 if "val_accuracy" in e:
@@ -366,6 +366,8 @@ class JobManager:
                                finished=finished if isinstance(finished, (int, float)) else time.time())
             e["run_id"] = run_id
             self.hub.publish(run_id, e)
+        if stepped:
+            self.liveness.stepped(run_id)  # before any run.update below: it no longer says idle
         if "status" in changes:
             changes["summary"] = summary
             self.store.update_run(run_id, durable=True, **changes)
