@@ -58,8 +58,10 @@ class RunCreate(BaseModel):
     # True: the caller's own loop streams into this run (trainer.connect); nothing is launched,
     # and `config` is the caller's own description of it. Declared before `config`, which reads it.
     external: bool = False
-    # A preset (trainer/presets.py) fills the config; the fields given in `config` override it.
+    # A preset (trainer/presets.py) fills the config, then its variant's fields, then the fields
+    # given in `config` override both. The run keeps both names (its `preset` record).
     preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
+    variant: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     config: RunConfigIn = Field(default_factory=RunConfigIn)  # type: ignore[valid-type]
 
     @field_validator("preset")
@@ -67,6 +69,13 @@ class RunCreate(BaseModel):
     def _no_preset_for_external_runs(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("external") is True:
             raise ValueError("an external run trains its own model: it takes no preset")
+        return value
+
+    @field_validator("variant")
+    @classmethod
+    def _variant_of_the_preset(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            check_variant(info.data.get("preset"), value)
         return value
 
     @field_validator("config", mode="wrap")
@@ -91,11 +100,36 @@ class RunCreate(BaseModel):
         """What the run stores: every RunConfig field, or an external run's object as given."""
         if self.external:
             return self.config if isinstance(self.config, dict) else {}
-        if self.preset is not None:  # the preset, then only the fields the caller gave
+        if self.preset is not None:  # the preset, its variant, then only the fields the caller gave
             given = self.config.model_dump(include=self.config.model_fields_set)
-            return resolve(self.preset, given).to_dict()  # ConfigError on a bad combination
+            return resolve(self.preset, {**variant_config(self.preset, self.variant), **given}).to_dict()
         # Field by field it is valid (pydantic); RunConfig also checks the whole (parameter budget).
         return RunConfig.from_dict(self.config.model_dump()).to_dict()
+
+
+def check_variant(preset: str | None, variant: str) -> None:
+    """A variant names one of its preset's variants (ValueError otherwise: pydantic's 422)."""
+    if preset is None:
+        raise ValueError("a variant needs its preset: give `preset` too")
+    names = [v.name for v in PRESETS[preset].variants]
+    if variant not in names:
+        raise ValueError(f"preset {preset!r} has no variant {variant!r}; expected one of {', '.join(names)}")
+
+
+def variant_config(preset: str, variant: str | None) -> dict[str, Any]:
+    """The fields a variant changes over its preset ({} for none)."""
+    return next((v.config for v in PRESETS[preset].variants if v.name == variant), {})
+
+
+def preset_record(preset: str | None, variant: str | None, config: dict[str, Any]) -> dict[str, Any] | None:
+    """What a run started from a preset keeps (its `preset` field): the preset's and the variant's
+    names, and the fields of its config that differ from what they give (the person's changes),
+    so the page can say "explosion · plain (steps changed)"."""
+    if preset is None:
+        return None
+    base = resolve(preset, variant_config(preset, variant)).to_dict()
+    changed = sorted(k for k, v in config.items() if base.get(k) != v)
+    return {"name": preset, "variant": variant, "changed": changed}
 
 
 def _live_model() -> type[BaseModel]:
@@ -119,6 +153,8 @@ class Run(BaseModel):
     kind: str
     group_id: str | None
     summary: dict[str, Any]
+    preset: dict[str, Any] | None = Field(None, description="a run started from a preset: {name, variant "
+                                          "(or null), changed (the config fields set apart from them)}")
     gpu: str | None = Field(None, description="the GPU its worker was given (CUDA_VISIBLE_DEVICES), "
                             "while it runs on a machine with several")
     idle_s: float | None = Field(None, description="a running run with no new step for GRADWATCH_IDLE_NOTE_S "

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     token TEXT NOT NULL,
     last_seq INTEGER NOT NULL DEFAULT 0,
     kind TEXT NOT NULL DEFAULT 'local',
-    group_id TEXT
+    group_id TEXT,
+    preset TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
@@ -108,9 +109,10 @@ STATS_LAYERS = ("act_mean", "act_std", "dead_frac", "eff_lr", "bn_mean_drift", "
 # 2 = before `layer_stats`.
 SCHEMA_VERSION = 3
 
+# preset: {"name", "variant", "changed"} of a run started from a preset (routes/runs.py), else NULL.
 RUN_FIELDS = ("id", "name", "status", "config", "created", "started", "finished", "error",
-              "summary", "layers", "token", "last_seq", "kind", "group_id")
-JSON_FIELDS = ("config", "summary", "layers")
+              "summary", "layers", "token", "last_seq", "kind", "group_id", "preset")
+JSON_FIELDS = ("config", "summary", "layers", "preset")
 
 
 class Store:
@@ -122,6 +124,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._add_columns()
         self._migrate()
         self._owner = threading.get_ident()
         # Reading threads borrow a connection from a small pool for the length of a snapshot.
@@ -183,6 +186,12 @@ class Store:
         db = self._connect()
         db.execute("PRAGMA query_only=ON")
         return db
+
+    def _add_columns(self) -> None:
+        """Columns added to `runs` since a data dir was made (NULL in its old rows)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+        if "preset" not in have:
+            self.db.execute("ALTER TABLE runs ADD COLUMN preset TEXT")
 
     def _migrate(self) -> None:
         """Fill the tables a data dir from an older version lacks from its events, once."""

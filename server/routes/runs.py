@@ -17,7 +17,8 @@ from fastapi.responses import StreamingResponse
 from trainer.config import ConfigError
 
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
-from ..schemas import Metrics, Run, RunChange, RunCreate, RunCreated
+from ..jobs import JobManager
+from ..schemas import Metrics, Run, RunChange, RunCreate, RunCreated, preset_record
 from ..store import SERIES_LAYERS, STATS_LAYERS, Store
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -45,8 +46,20 @@ async def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> d
         config = body.config_dict()
     except ConfigError as e:  # a preset with overrides that do not fit together (e.g. too many parameters)
         raise HTTPException(422, [{"loc": ["body", "config", e.field], "msg": e.reason, "type": "value_error"}]) from e
-    run = jobs.create(body.name or body.preset, config)
-    return jobs.view(run)
+    name = body.name or (f"{body.preset} {body.variant}" if body.variant else body.preset)
+    run = jobs.create(name, config)
+    return jobs.view(keep_preset(jobs, run, preset_record(body.preset, body.variant, config)))
+
+
+def keep_preset(jobs: JobManager, run: dict[str, Any], preset: dict[str, Any] | None) -> dict[str, Any]:
+    """Note on a new run the preset (and variant) it was started from, and tell the pages again
+    (the first run.update went out from jobs.create, without it). Returns the run as stored."""
+    if preset is None:
+        return run
+    jobs.store.update_run(run["id"], preset=preset)
+    run = jobs.store.get_run(run["id"])
+    jobs._publish_run(run)  # as liveness.py does: the record changed
+    return run
 
 
 @router.get("", response_model=list[Run])
