@@ -61,11 +61,15 @@ def test_dashboard_compares_bn_runs_live(live_server: Any, page: Any, tmp_path: 
     second = page.evaluate(LOSS_POINTS)
     assert second > first
 
-    # The per-layer picture: BN adds parameters, so the two profiles differ in length;
-    # the heatmap has one row per layer of its run.
+    # The per-layer picture: weights only by default, one point per weight matrix (depth 4 and
+    # the output layer) for both; every parameter on request, and BN adds some, so the two
+    # profiles then differ in length. The heatmap has one row per weight of its run.
     page.wait_for_function("document.getElementById('chart-layers').data.length === 2")
     lengths = page.evaluate("document.getElementById('chart-layers').data.map(t => t.x.length)")
-    assert len(set(lengths)) == 2, lengths
+    assert lengths == [5, 5], lengths
+    page.uncheck("#weights-only")
+    page.wait_for_function("new Set(document.getElementById('chart-layers').data.map(t => t.x.length)).size === 2")
+    page.check("#weights-only")
     page.locator("#chart-heatmap").scroll_into_view_if_needed()  # a figure out of view is drawn when seen
     page.wait_for_function("(document.getElementById('chart-heatmap').data[0]?.z || []).length > 0")
 

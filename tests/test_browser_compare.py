@@ -242,13 +242,13 @@ def test_a_live_run_without_steps_says_so_until_its_next_step(server: LiveServer
 def test_weights_only_profiles_drop_biases_and_batchnorm_and_survive_a_reload(server: LiveServer, page: Any) -> None:
     run = server.create_run({**FAST, "steps": 30, "batchnorm": True}, name="profiles-bn")
     server.wait_status(run["id"], ("completed",))
-    open_dashboard(page, server, f"&runs={run['id']}")
+    open_dashboard(page, server, f"&runs={run['id']}&layers=all")
     x_of = "(id) => document.getElementById(id).data.flatMap(t => t.x)"
     page.wait_for_function(f"({x_of})('chart-layers').includes('bn1.weight')")
     every = page.evaluate(f"({x_of})('chart-layers')")
     assert every[:4] == ["fc1.weight", "bn1.weight", "bn1.bias", "fc2.weight"], every
-    page.check("#weights-only")
-    page.wait_for_function("location.search.includes('layers=weights')")
+    page.check("#weights-only")  # the default (issue 11), so it leaves the URL
+    page.wait_for_function("!location.search.includes('layers=')")
     weights = ["fc1.weight", "fc2.weight", "out.weight"]  # no biases, no BatchNorm γ/β
     for fig in ("chart-layers", "chart-weights", "chart-updates"):
         page.locator(f"#{fig}").scroll_into_view_if_needed()

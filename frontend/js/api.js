@@ -34,7 +34,8 @@ export function createApi(token = null, base = globalThis.location) {
   const run = id => `/api/runs/${encodeURIComponent(id)}`;
   return {
     listRuns: () => request('GET', '/api/runs'),
-    createRun: (name, config) => request('POST', '/api/runs', { name, config }),
+    // preset: {preset, variant} the form was filled from ({} for own settings); the run keeps them.
+    createRun: (name, config, preset = {}) => request('POST', '/api/runs', { name, config, ...preset }),
     stopRun: id => request('POST', `${run(id)}/stop`),
     deleteRun: id => request('DELETE', run(id)),
     changeRun: (id, changes) => request('PATCH', run(id), changes), // l2 / lr / grad_clip, live

@@ -14,7 +14,7 @@ import { LINE_SPECS, LineFigure } from './lines.js';
 import { PROFILE_SPECS, ProfileFigure } from './profiles.js';
 import { HeatmapFigure } from './heatmap.js';
 import { MultiplesFigure } from './multiples.js';
-import { emptyNote } from './plot.js';
+import { emptyNote, near, xOfRelayout } from './plot.js';
 
 const LINE_MS = 100;   // ~10 Hz
 const SLOW_MS = 400;   // figures rebuilt whole (profiles, the small multiples)
@@ -32,7 +32,10 @@ const NOT_YET = 'drawn when scrolled into view';
 export class Charts {
   constructor(api, doc = document) {
     this.runs = [];   // [{id, name, color, focused, series, marks, marksKey}], the selected runs
-    this.view = { smooth: 0.6, scale: 'linear', step: null, heatRun: null, stat: 'grad_norm' };
+    // xrange: the steps every step chart shows, [a, b] or null for all (main.js resolves it).
+    this.view = { smooth: 0.6, scale: 'auto', step: null, heatRun: null, stat: 'grad_norm', layers: 'weights',
+      relative: false, xrange: null };
+    this.onX = () => {}; // the person zoomed (or double-clicked) a step chart: [a, b], or 'full'
     this.raf = null;
     this.timer = null;
     this.firstDrawn = new Map(); // run id -> {figure name: time it was first drawn with points}
@@ -56,7 +59,22 @@ export class Charts {
     ].map((job, rank) => ({ ...job, rank, last: -Infinity, cost: 0, draws: 0, visible: true }));
     this.paceUntil = 0;
     for (const job of this.jobs) job.fig.requestDraw = () => this.touch();
+    // Linked x axes: zooming one step chart (everything but the per-layer profiles) sets the
+    // steps of all of them, through the page state.
+    for (const fig of [...this.lines, this.heatmap, this.multiples]) {
+      fig.div.on('plotly_relayout', ev => this.zoomed(ev));
+    }
     this.watchVisibility();
+  }
+
+  // A relayout of a step chart: the person's zoom, pan or double-click, or our own
+  // relayout to the steps asked for (ignored: it is what the view says already).
+  zoomed(ev) {
+    const x = xOfRelayout(ev);
+    if (x === undefined) return;
+    const shown = this.view.xrange ?? null;
+    if (x === 'full' ? shown === null : near(x, shown)) return;
+    this.onX(x);
   }
 
   // Figures out of view are skipped (they are drawn as they scroll in).

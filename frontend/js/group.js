@@ -3,15 +3,19 @@
 // card (its summary table; the small multiples are drawn by charts.js).
 
 import { showValue } from './chips.js';
+import { badge } from './runlist.js';
+import { presetAbout, presetOf } from './presets.js';
 
 // POST /api/groups body: the form's config, BatchNorm off/on x L2 0 / the
-// form's L2 (0.01 when the form says 0).
-export function ablationBody(name, config) {
+// form's L2 (0.01 when the form says 0); `preset`: {preset, variant} the form
+// was filled from, which the group and its runs keep.
+export function ablationBody(name, config, preset = {}) {
   const l2 = Number(config.l2) > 0 ? Number(config.l2) : 0.01;
   return {
-    name: name || 'BN × L2',
+    name: name || (preset.preset ? `${preset.preset} BN × L2` : 'BN × L2'),
     base: { ...config },
     vary: { batchnorm: [false, true], l2: [0, l2] },
+    ...preset,
   };
 }
 
@@ -60,6 +64,8 @@ export class GroupPanel {
     this.tbody = root.querySelector('tbody');
     this.title = root.querySelector('.group-title');
     this.about = root.querySelector('.group-about');
+    this.presetBox = root.querySelector('.group-preset');
+    this.presets = [];
     picker.addEventListener('change', () => onPick(picker.value || null));
     root.querySelector('.close').addEventListener('click', () => onPick(null));
     this.tbody.addEventListener('click', ev => {
@@ -67,6 +73,8 @@ export class GroupPanel {
       if (button) onFocus(button.closest('tr').dataset.runId);
     });
   }
+
+  setPresets(presets) { this.presets = presets; this.presetKey = null; }
 
   // groups: GET /api/groups, newest first; current: the state's group id.
   setGroups(groups, current) {
@@ -90,6 +98,7 @@ export class GroupPanel {
     const vary = Object.entries(group.vary ?? {}).map(([f, vs]) => `${f} ∈ {${vs.map(showValue).join(', ')}}`);
     this.about.textContent = `${group.id} · ${vary.join(' × ') || 'no varied fields'}`
       + (group.seeds?.length ? ` × seeds {${group.seeds.join(', ')}}` : '');
+    this.renderPreset(group);
     const { cells: placed } = gridOf(group);
     const titles = new Map(placed.map(c => [c.runId, c.title]));
     const rows = (group.cells ?? []).map(cell => this.row(cell, titles.get(cell.run_id), {
@@ -103,19 +112,32 @@ export class GroupPanel {
     return was !== this.root.hidden;
   }
 
+  // A group started from a preset: what the preset explains, above its cells.
+  renderPreset(group) {
+    const found = presetOf(group.preset, this.presets);
+    const key = JSON.stringify([group.id, group.preset, Boolean(found)]);
+    if (this.presetKey === key) return;
+    this.presetKey = key;
+    this.presetBox.hidden = !found;
+    this.presetBox.replaceChildren(...(found ? presetAbout(found.preset, found.variant) : []));
+  }
+
   // One summary row: live numbers from the run record and its buffers where
   // the page has them, the group answer's otherwise.
   row(cell, title, { run, s, color, focus }) {
     const sum = run?.summary ?? {};
     const val = s?.valAccuracy?.filter(v => v != null) ?? [];
-    const best = Math.max(cell.best_val_accuracy ?? -Infinity, ...val);
+    const best = Math.max(cell.best_val_accuracy ?? -Infinity, sum.best_val_accuracy ?? -Infinity, ...val);
+    const b = badge(run ?? { status: cell.status, summary: {} });
     return {
       id: cell.run_id, title: title ?? cell.name, color: color ?? '#8b949e', focused: focus === cell.run_id,
-      status: run?.status ?? cell.status,
+      status: b.text, statusClass: b.cls, statusTitle: b.title,
       step: sum.step ?? cell.step,
       diverged: sum.diverged_step ?? cell.diverged_step,
+      divergedIn: sum.diverged_layer ?? null,
       loss: sum.loss ?? cell.final_loss,
       best: Number.isFinite(best) ? best : null,
+      alerts: sum.alerts ?? cell.alerts ?? null,
     };
   }
 
@@ -130,9 +152,11 @@ export class GroupPanel {
     const button = Object.assign(document.createElement('button'), { className: 'focus', textContent: r.title, title: 'show the details of this run' });
     name.append(sw, button);
     const status = td('status', '');
-    status.append(Object.assign(document.createElement('span'), { className: `badge status-${r.status}`, textContent: r.status }));
-    tr.append(name, status, td('num step', r.step == null ? '—' : String(r.step)),
-      td('num diverged', r.diverged == null ? '—' : String(r.diverged)),
+    status.append(Object.assign(document.createElement('span'), { className: r.statusClass, textContent: r.status, title: r.statusTitle }));
+    const diverged = td('num diverged', r.diverged == null ? '—' : String(r.diverged));
+    if (r.divergedIn) diverged.title = `diverged in ${r.divergedIn} (the layer that departed first)`;
+    tr.append(name, status, td('num step', r.step == null ? '—' : String(r.step)), diverged,
+      td('num alerts', r.alerts == null ? '—' : String(r.alerts)),
       td('num loss', fmtLoss(r.loss)), td('num best', fmtPct(r.best)));
     return tr;
   }

@@ -5,11 +5,15 @@
 // when the run or statistic changes, and
 // every REFRESH_MS while the run grows.
 
-import { CONFIG, NO_RUNS, layout } from './plot.js';
+import { CONFIG, NO_RUNS, layout, relayoutX, setX } from './plot.js';
 import { markLayout } from './markers.js';
 import { HEATMAP_STATS } from './state.js';
+import { isWeight } from './profiles.js';
 
 const REFRESH_MS = 2000;
+// "Relative": each layer divided by the median of its first BASE_COLUMNS columns.
+export const BASE_COLUMNS = 5;
+const ZERO = '#d0d7de';
 const TITLES = Object.fromEntries(HEATMAP_STATS.map(s => [s.key, s.title]));
 const LINEAR = new Set(HEATMAP_STATS.filter(s => s.linear).map(s => s.key));
 
@@ -25,6 +29,7 @@ export class HeatmapFigure {
     this.fetching = false;
     this.fetchedAt = 0;
     this.key = null;
+    this.xKey = null;
     this.failed = null;
     Plotly.newPlot(div, [], layout({ ytitle: '', empty: NO_RUNS }), CONFIG);
   }
@@ -61,19 +66,23 @@ export class HeatmapFigure {
     }
   }
 
-  keyNow(run, stat) {
-    return run ? [run.id, stat, run.name, run.marksKey, this.have?.step, this.have?.id, this.have?.stat, this.failed].join('|') : `none|${stat}`;
+  keyNow(run, view) {
+    const { stat, layers, relative } = view;
+    return run ? [run.id, stat, layers, relative, run.name, run.marksKey, this.have?.step, this.have?.id, this.have?.stat,
+      this.failed].join('|') : `none|${stat}`;
   }
+
+  xStale(view) { return JSON.stringify(view.xrange ?? null) !== this.xKey; }
 
   // The figure is waiting for a fetch, or shows something else than asked.
   stale(runs, view) {
     const run = runs.find(r => r.id === view.heatRun) ?? null;
-    return (!this.fetching && this.needsFetch(run, view.stat)) || this.keyNow(run, view.stat) !== this.key;
+    return (!this.fetching && this.needsFetch(run, view.stat)) || this.keyNow(run, view) !== this.key || this.xStale(view);
   }
 
-  // Another run or statistic than the one shown: the person is waiting for it.
+  // Another run, statistic or way of drawing than the one shown: the person is waiting for it.
   urgent(runs, view) {
-    return this.shown !== `${view.heatRun}|${view.stat}`;
+    return this.shown !== `${view.heatRun}|${view.stat}|${view.layers}|${view.relative}` || this.xStale(view);
   }
 
   // How long until a refresh for steps that came since the last fetch, or null.
@@ -88,59 +97,125 @@ export class HeatmapFigure {
     const run = runs.find(r => r.id === view.heatRun) ?? null;
     const { stat } = view;
     if (!this.fetching && this.needsFetch(run, stat)) this.fetch(run, stat);
-    const key = this.keyNow(run, stat);
-    if (key === this.key) return;
+    const key = this.keyNow(run, view);
+    if (key === this.key) {
+      if (this.xStale(view)) {
+        this.xKey = JSON.stringify(view.xrange ?? null);
+        relayoutX(this.div, view.xrange ?? null);
+      }
+      return;
+    }
     const h = this.have;
     const current = run && h && h.id === run.id && h.stat === stat;
     if (run && !current) return; // keep the old picture until the new one lands
     this.key = key;
-    this.shown = `${view.heatRun}|${stat}`;
+    this.xKey = JSON.stringify(view.xrange ?? null);
+    this.shown = `${view.heatRun}|${stat}|${view.layers}|${view.relative}`;
     const body = this.body;
-    if (!run || this.failed || !body?.step_start?.length || !body.layers?.length) {
-      const empty = !run ? NO_RUNS : this.failed ?? `no steps recorded for ${run.name} yet`;
+    const rows = body?.layers ? this.rowsOf(run, body, view) : [];
+    if (!run || this.failed || !body?.step_start?.length || !rows.length) {
+      const empty = !run ? NO_RUNS : this.failed
+        ?? (body?.layers?.length ? 'no weight matrices in this run: untick "weights only"' : `no steps recorded for ${run.name} yet`);
       Plotly.react(this.div, [], layout({ ytitle: '', empty }), CONFIG);
       return;
     }
-    Plotly.react(this.div, [this.trace(body, stat)], this.layoutFor(run, body), CONFIG);
+    const relative = view.relative && !LINEAR.has(stat);
+    const { trace, zeros } = this.trace(body, stat, rows, relative);
+    Plotly.react(this.div, zeros ? [trace, zeros.trace] : [trace], this.layoutFor(run, body, view, zeros?.count ?? 0), CONFIG);
   }
 
-  trace(body, stat) {
-    const nl = body.layers.length;
+  // The rows drawn (indices into body.layers): with "weights only", the weight matrices
+  // (no biases, no BatchNorm γ/β), and the layer a run diverged in if it is another;
+  // the activations' statistics have a row per activation, all kept.
+  rowsOf(run, body, view) {
+    const all = body.layers.map((_, i) => i);
+    if (view.layers !== 'weights' || body.layers.every(l => l.module === 'activation')) return all;
+    const diverged = new Set(run.marks.filter(m => m.kind === 'diverged' && m.layer).map(m => m.layer));
+    return all.filter(i => isWeight(body.layers[i]) || diverged.has(body.layers[i].name));
+  }
+
+  // The heatmap trace: log10 of each bucket's max (linear for fractions); `relative`: log10 of
+  // it divided by the layer's median over its first BASE_COLUMNS columns, so the layer that
+  // grew stands out whatever its size. Exact zeros (no log) get a grey trace of their own.
+  trace(body, stat, rows, relative) {
     const nb = body.step_start.length;
     const x = body.step_start.map((s, b) => (s + body.step_end[b]) / 2);
-    const z = [], maxes = [];
-    for (let l = 0; l < nl; l++) {
-      const zr = new Array(nb), mr = new Array(nb);
+    const linear = LINEAR.has(stat);
+    const z = [], maxes = [], zero = [];
+    let zeroCount = 0;
+    for (const l of rows) {
+      const zr = new Array(nb), mr = new Array(nb), zz = new Array(nb).fill(null);
+      const base = relative ? baseline(body.max, l, nb) : 1;
       for (let b = 0; b < nb; b++) {
         const max = body.max[b][l];
-        zr[b] = LINEAR.has(stat) ? max : (max > 0 ? Math.log10(max) : null);
         mr[b] = max;
+        if (linear) { zr[b] = max; continue; }
+        zr[b] = max > 0 && base > 0 ? Math.log10(max / base) : null;
+        if (max === 0) { zz[b] = 1; zeroCount++; }
       }
       z.push(zr);
       maxes.push(mr);
+      zero.push(zz);
     }
     const title = TITLES[stat] ?? stat;
+    const y = rows.map(l => body.layers[l].name);
     const span = nb > 1 ? Math.round((body.step_end[nb - 1] - body.step_start[0] + 1) / nb) : 1;
+    const at = `step %{x:.0f}${span > 1 ? ` (±${Math.ceil(span / 2)})` : ''}<br>%{y}<br>`;
+    const colorbar = linear ? title : relative ? `log₁₀ ${title}<br>÷ its first ${BASE_COLUMNS} columns` : `log₁₀ ${title}`;
+    const trace = {
+      uid: 'heatmap', type: 'heatmap', x, y, z, customdata: maxes, hoverongaps: false,
+      // Relative: red grew, blue shrank, white as at the start.
+      ...(relative ? { colorscale: 'RdBu', reversescale: true, zmid: 0 } : { colorscale: 'Viridis' }),
+      ...(linear ? { zmin: 0, zmax: 1 } : {}),
+      colorbar: { title: { text: `${colorbar}<br>(bucket max)`, side: 'right' }, thickness: 12, outlinewidth: 0 },
+      hovertemplate: `${at}${title}: max %{customdata:.3g}`
+        + `${relative ? ' (10^%{z:.2f} × its start)' : ''}<extra></extra>`,
+    };
+    if (!zeroCount) return { trace, zeros: null };
     return {
-      uid: 'heatmap', type: 'heatmap', x, y: body.layers.map(l => l.name), z, customdata: maxes,
-      colorscale: 'Viridis', hoverongaps: false,
-      ...(LINEAR.has(stat) ? { zmin: 0, zmax: 1 } : {}),
-      colorbar: { title: { text: `${LINEAR.has(stat) ? '' : 'log₁₀ '}${title}<br>(bucket max)`, side: 'right' },
-        thickness: 12, outlinewidth: 0 },
-      hovertemplate: `step %{x:.0f}${span > 1 ? ` (±${Math.ceil(span / 2)})` : ''}<br>%{y}<br>`
-        + `${title}: max %{customdata:.3g}<extra></extra>`,
+      trace,
+      zeros: {
+        count: zeroCount,
+        trace: {
+          uid: 'heatmap-zeros', type: 'heatmap', x, y, z: zero, showscale: false, hoverongaps: false,
+          colorscale: [[0, ZERO], [1, ZERO]], zmin: 0, zmax: 1,
+          hovertemplate: `${at}${title}: exactly 0 (grey: no log of 0)<extra></extra>`,
+        },
+      },
     };
   }
 
-  layoutFor(run, body) {
+  layoutFor(run, body, view, zeros) {
     // Changing the run resets the zoom; new steps of the same run keep it.
     const lay = layout({ ytitle: '', uirevision: run.id });
     lay.showlegend = false;
     Object.assign(lay.yaxis, { type: 'category', autorange: 'reversed', title: { text: '' } });
     if (body.step_end[body.step_end.length - 1] <= 10) lay.xaxis.dtick = 1; // no "step 1.5" ticks
+    setX(lay.xaxis, view.xrange ?? null);
     const m = markLayout(run.marks, run.color);
     lay.shapes = m.shapes;
     lay.annotations = m.annotations;
+    if (zeros) {
+      // As on the profiles: a log scale cannot show 0, so say how many cells are exactly 0.
+      lay.annotations.push({
+        name: 'zeros', text: `${zeros} cell${zeros > 1 ? 's are' : ' is'} exactly 0 (grey): no log of 0`,
+        showarrow: false, xref: 'paper', yref: 'paper', x: 1, y: 1, xanchor: 'right', yanchor: 'bottom',
+        font: { color: '#8b949e', size: 11 },
+      });
+    }
     return lay;
   }
+}
+
+// The median of a layer's first (up to) BASE_COLUMNS positive bucket maxima: its own start.
+function baseline(max, l, nb) {
+  const v = [];
+  for (let b = 0; b < nb && v.length < BASE_COLUMNS; b++) {
+    const m = max[b][l];
+    if (m > 0 && Number.isFinite(m)) v.push(m);
+  }
+  if (!v.length) return NaN;
+  v.sort((a, b) => a - b);
+  const mid = v.length >> 1;
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
 }

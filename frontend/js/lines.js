@@ -9,16 +9,18 @@
 // replaced with relayout only when they change; alerts are one trace of
 // markers along the top (see alertTrace).
 
-import { CONFIG, NO_RUNS, layout, positive, uid } from './plot.js';
+import { CONFIG, NO_RUNS, layout, positive, relayoutX, setX, uid } from './plot.js';
 import { ema } from './smooth.js';
 import { markLayout, stepLine } from './markers.js';
+import { autoLog } from './diagnosis.js';
 
 // What the figures are. `smooth`: follows the smoothing slider; `scaleToggle`:
-// follows the log/linear setting; `log`: always log.
+// follows the auto/linear/log setting (auto: diagnosis.js autoLog, over the
+// RunSeries.range of `key`); `log`: always log.
 export const LINE_SPECS = [
   { id: 'chart-loss', name: 'loss', ytitle: 'loss', key: 'loss', smooth: true, scaleToggle: true },
   { id: 'chart-acc', name: 'accuracy', ytitle: 'accuracy', key: 'accuracy', smooth: true, val: true },
-  { id: 'chart-gnorm', name: 'grad-norm', ytitle: 'global grad norm', key: 'gnorm', log: true },
+  { id: 'chart-gnorm', name: 'grad-norm', ytitle: 'global grad norm', key: 'gnorm', scaleToggle: true },
   // From the statistics taken every stats_every steps (RunSeries.layerStats), at the bottom of
   // the page. `none`: the note shown when no selected run has what the chart plots.
   {
@@ -45,6 +47,9 @@ export class LineFigure {
     this.key = null;
     this.marksKey = null;
     this.traces = [];  // [{run, kind: 'raw' | 'line', drawn, ema}] or {kind: 'val', runs, drawn: [per run]}
+    this.log = false;  // the y axis drawn: log (set on each rebuild)
+    this.xKey = null;  // the x range drawn (JSON of view.xrange)
+    this.note = div.closest('figure')?.querySelector('.scale-note') ?? null; // says which axis, and why
     this.requestDraw = () => {};
     // Alerts as one trace of markers along the top (cheaper than a shape each, and
     // they hover); the small multiples keep shapes.
@@ -59,16 +64,30 @@ export class LineFigure {
 
   // A rebuild (new runs, new settings) is what the person waits for; extends are not.
   urgent(runs, view) {
-    return this.traceKey(runs, view) !== this.key;
+    return this.traceKey(runs, view) !== this.key || this.xStale(view);
   }
 
-  isLog(view) {
-    return Boolean(this.spec.log || (this.spec.scaleToggle && view.scale === 'log'));
+  // The y axis for these runs: {log, why, auto}. On "auto", log when the values span more than
+  // a few decades or a run diverged (diagnosis.js); the person's linear/log wins.
+  scaleNow(runs, view) {
+    if (this.spec.log) return { log: true, why: '', auto: false };
+    if (!this.spec.scaleToggle) return { log: false, why: '', auto: false };
+    if (view.scale !== 'auto') return { log: view.scale === 'log', why: '', auto: false };
+    let lo = Infinity, hi = -Infinity, diverged = false;
+    for (const run of runs) {
+      const [a, b] = run.series.range?.[this.spec.key] ?? [Infinity, -Infinity];
+      lo = Math.min(lo, a);
+      hi = Math.max(hi, b);
+      diverged ||= Boolean(run.diverged);
+    }
+    return { ...autoLog(lo, hi, diverged), auto: true };
   }
+
+  isLog() { return this.log; }
 
   // runs: [{id, name, color, focused, series, marks}]; view: {smooth, scale, step}.
   stale(runs, view) {
-    return this.traceKey(runs, view) !== this.key || this.marksKeyNow(runs, view) !== this.marksKey
+    return this.traceKey(runs, view) !== this.key || this.marksKeyNow(runs, view) !== this.marksKey || this.xStale(view)
       || this.traces.some(t => (t.kind === 'val'
         ? t.runs.some((run, i) => run.series.valStep.length > t.drawn[i])
         : t.kind !== 'alerts' && t.run.series.length > t.drawn));
@@ -79,7 +98,8 @@ export class LineFigure {
   }
 
   traceKey(runs, view) {
-    return `${this.weight(view)}|${this.isLog(view)}|` + runs.map(r =>
+    this.scale = this.scaleNow(runs, view); // (its reason may change without a rebuild: draw() shows it)
+    return `${this.weight(view)}|${this.scale.log}|` + runs.map(r =>
       [r.id, r.name, r.color, r.focused, r.series.version, this.alertsAsTrace ? alertSteps(r) : ''].join('|')).join(';');
   }
 
@@ -91,11 +111,27 @@ export class LineFigure {
     const key = this.traceKey(runs, view);
     if (key !== this.key) this.rebuild(runs, view, key);
     else this.extend(view);
+    this.showScale(this.scale);
     const marksKey = this.marksKeyNow(runs, view);
     if (marksKey !== this.marksKey) {
       this.marksKey = marksKey;
       Plotly.relayout(this.div, this.markLayout(runs, view));
     }
+    const xKey = JSON.stringify(view.xrange ?? null);
+    if (xKey !== this.xKey) {
+      this.xKey = xKey;
+      relayoutX(this.div, view.xrange ?? null);
+    }
+  }
+
+  // The x range asked for and not drawn yet (another chart was zoomed): the person waits for it.
+  xStale(view) { return JSON.stringify(view.xrange ?? null) !== this.xKey; }
+
+  // Under the figure's title: which y axis, and on "auto" why.
+  showScale(scale) {
+    if (!this.note || !this.spec.scaleToggle) return;
+    const text = scale.log ? (scale.auto ? `log (auto: ${scale.why})` : 'log') : (scale.auto ? 'linear (auto)' : 'linear');
+    if (this.note.textContent !== text) this.note.textContent = text;
   }
 
   // The axes a run's traces use ({x: 'x', y: 'y'}: one plot area; subclasses split it).
@@ -103,7 +139,9 @@ export class LineFigure {
 
   baseLayout(runs, view) {
     const none = runs.length && this.spec.none?.(runs);
-    return layout({ ...this.spec, log: this.isLog(view), empty: (!runs.length && NO_RUNS) || none });
+    const lay = layout({ ...this.spec, log: this.log, empty: (!runs.length && NO_RUNS) || none });
+    setX(lay.xaxis, view.xrange ?? null);
+    return lay;
   }
 
   markLayout(runs, view) {
@@ -129,7 +167,7 @@ export class LineFigure {
       t.ema = out.state;
       y = out.values;
     }
-    return this.isLog(view) ? y.map(positive) : y;
+    return this.log ? y.map(positive) : y;
   }
 
   // The validation points of every run in one trace (a trace per run would
@@ -158,6 +196,8 @@ export class LineFigure {
   rebuild(runs, view, key) {
     this.key = key;
     this.marksKey = null;
+    this.log = this.scale.log;
+    this.xKey = JSON.stringify(view.xrange ?? null); // baseLayout draws it
     // Kind-major order: smoothed lines over their faint raw lines, validation markers on top.
     // Raw lines only while smoothing, and with many runs only the focused run's: each
     // trace costs Plotly a fixed amount on every redraw, and eight faint lines are noise.

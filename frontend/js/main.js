@@ -15,6 +15,7 @@ import { Scrubber } from './scrubber.js';
 import { runMarks } from './markers.js';
 import { downloadPng } from './plot.js';
 import { PresetPicker } from './presets.js';
+import { blowUpRange } from './diagnosis.js';
 import { readForm, fillForm, clearErrors, showErrors, detailErrors } from './form.js';
 
 const $ = sel => document.querySelector(sel);
@@ -43,7 +44,11 @@ const runList = new RunList($('#runs tbody'), {
 
 const detail = new DetailPanel($('#detail'), {
   api,
-  onCopy: run => fillForm(form, run.config ?? {}, run.name ? `${run.name} (copy)` : ''),
+  onCopy: run => {
+    fillForm(form, run.config ?? {}, run.name ? `${run.name} (copy)` : '');
+    presets.show(run.preset); // a copy of a preset run is still that preset's (with what changed)
+  },
+  onStep: step => state.set({ step }),
 });
 
 const groupPanel = new GroupPanel($('#group'), $('#group-pick'), {
@@ -252,7 +257,7 @@ function applyState() {
 
 // What the charts draw for each selected run: its buffers, color, and markers.
 function updateViews() {
-  const { selected, focus: f, smooth, scale, step, stat, layers } = state.get();
+  const { selected, focus: f, smooth, scale, step, stat, layers, relative } = state.get();
   colors = assignColors([...runs.values()], selected);
   // Legends name runs without what all their names share (a group's "BN × L2: ").
   const prefix = commonPrefix(selected.map(id => runs.get(id)?.name || id));
@@ -262,11 +267,22 @@ function updateViews() {
     const marks = runMarks(s, run);
     return {
       id, name: (run?.name || id).slice(prefix.length), color: colors.get(id) ?? hashColor(id), focused: id === f, series: s,
+      diverged: run?.status === 'diverged', // its loss and gradient norm axes go log by themselves
       // What is drawn, not how often alerts fired: one more alert in a merged marker redraws nothing.
       marks, marksKey: marks.map(m => `${m.kind}@${m.step}${m.kind === 'alert' ? '' : `:${m.label}`}`).join(','),
     };
   }));
-  charts.setView({ smooth, scale, step, stat, layers, heatRun: heatmapRun() });
+  charts.setView({ smooth, scale, step, stat, layers, relative, heatRun: heatmapRun(), xrange: xRange().range });
+}
+
+// The steps every step chart shows: the person's zoom, all of them, or (when
+// they have not chosen) the steps around an early blow-up of a shown run.
+function xRange() {
+  const { x, selected } = state.get();
+  const blowUp = blowUpRange(selected.map(id => runs.get(id)).filter(Boolean));
+  if (Array.isArray(x)) return { range: x, why: 'zoom', blowUp };
+  if (x === 'full' || !blowUp) return { range: null, why: 'all', blowUp };
+  return { range: blowUp, why: 'blow-up', blowUp };
 }
 
 state.subscribe((s, changed) => {
@@ -296,7 +312,7 @@ function render() {
     if (groupPanel.render(group, { runs, series, colors, focus: f }) && group) {
       globalThis.Plotly.Plots.resize($('#chart-group')); // drawn while hidden: size it now
     }
-    detail.render(runs.get(f), colors.get(f), series.get(f)?.events);
+    detail.render(runs.get(f), colors.get(f), series.get(f));
   }, 100);
 }
 
@@ -314,12 +330,30 @@ function renderHeatmapSelect() {
 }
 
 function renderSettings() {
-  const { smooth, scale, layers } = state.get();
-  $('#weights-only').checked = layers === 'weights';
+  const { smooth, scale, layers, relative, stat } = state.get();
+  $('#weights-only').checked = $('#heatmap-weights').checked = layers === 'weights';
+  $('#heatmap-relative').checked = relative;
+  $('#heatmap-relative').disabled = Boolean(HEATMAP_STATS.find(s => s.key === stat)?.linear); // a fraction: drawn as it is
+  renderXRange();
   const slider = $('#smooth');
   if (document.activeElement !== slider) slider.value = smooth;
   $('#smooth-value').textContent = smooth.toFixed(2);
   for (const b of document.querySelectorAll('[data-scale]')) b.setAttribute('aria-pressed', String(b.dataset.scale === scale));
+}
+
+// The note on which steps the charts show, with the way back to all of them
+// (or to the blow-up, once the person left it).
+function renderXRange() {
+  const { range, why, blowUp } = xRange();
+  const box = $('#xrange');
+  const steps = r => `${Math.round(r[0])}–${Math.round(r[1])}`;
+  const text = why === 'blow-up' ? `steps ${steps(range)}: around the blow-up`
+    : why === 'zoom' ? `steps ${steps(range)}` : blowUp ? 'all steps' : '';
+  box.hidden = !text;
+  box.classList.toggle('focused', why === 'blow-up');
+  box.querySelector('.what').textContent = text;
+  box.querySelector('.all').hidden = why === 'all';
+  box.querySelector('.blowup').hidden = !blowUp || why === 'blow-up';
 }
 
 function renderScrubber() {
@@ -341,14 +375,14 @@ function renderScrubber() {
 form.addEventListener('input', ev => { if (ev.target.name) clearErrors(form, ev.target.name); });
 form.addEventListener('submit', async ev => {
   ev.preventDefault();
-  await submit($('#start'), read => api.createRun(read.name, read.config), run => {
+  await submit($('#start'), read => api.createRun(read.name, read.config, presets.chosen()), run => {
     upsert(run);
     select(run.id, true); // a new run is what the person wants to watch
     state.set({ focus: run.id });
   });
 });
 
-$('#ablate').addEventListener('click', () => submit($('#ablate'), read => api.createGroup(ablationBody(read.name, read.config)), g => {
+$('#ablate').addEventListener('click', () => submit($('#ablate'), read => api.createGroup(ablationBody(read.name, read.config, presets.chosen())), g => {
   for (const run of g.runs) upsert(run);
   groups = [g, ...groups.filter(x => x.id !== g.id)];
   const ids = g.runs.map(r => r.id);
@@ -375,16 +409,27 @@ async function submit(button, send, done) {
 $('#defaults').addEventListener('click', () => {
   form.reset();
   clearErrors(form);
-  $('#preset-about').hidden = true;
+  presets.pick(''); // own settings again
 });
 
 const presets = new PresetPicker($('#preset'), $('#preset-about'), (config, name) => fillForm(form, config, name));
+presets.onLoad(list => {
+  detail.setPresets(list);
+  groupPanel.setPresets(list);
+  render();
+});
 
 // ---- chart settings and downloads
 
 $('#heatmap-run').addEventListener('change', ev => state.set({ heatmap: ev.target.value || null }));
 $('#heatmap-stat').addEventListener('change', ev => state.set({ stat: ev.target.value }));
-$('#weights-only').addEventListener('change', ev => state.set({ layers: ev.target.checked ? 'weights' : 'all' }));
+for (const box of [$('#weights-only'), $('#heatmap-weights')]) {
+  box.addEventListener('change', ev => state.set({ layers: ev.target.checked ? 'weights' : 'all' }));
+}
+$('#heatmap-relative').addEventListener('change', ev => state.set({ relative: ev.target.checked }));
+charts.onX = x => state.set({ x });
+$('#xrange .all').addEventListener('click', () => state.set({ x: 'full' }));
+$('#xrange .blowup').addEventListener('click', () => state.set({ x: null }));
 $('#smooth').addEventListener('input', ev => {
   state.set({ smooth: Number(ev.target.value) });
   $('#smooth-value').textContent = Number(ev.target.value).toFixed(2);

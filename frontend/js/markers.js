@@ -2,7 +2,7 @@
 // (interventions), gradient alerts and divergence, each at its step. Builds
 // the Plotly layout shapes and annotations that draw them; no DOM.
 
-const MAX_ALERT_MARKS = 20; // per run and chart, after merging close ones
+const MAX_ALERT_MARKS = 40; // per run and chart: more are merged into fewer, never dropped
 
 // A number as a short label: 0.5, 0.01, 1e-4.
 export function short(v) {
@@ -28,18 +28,32 @@ export function runMarks(series, run) {
   marks.push(...mergeAlerts(series?.alerts ?? [], run?.config?.steps));
   const s = run?.summary ?? series?.finished?.summary ?? {};
   if ((run?.status === 'diverged' || series?.finished?.status === 'diverged') && s.diverged_step != null) {
+    // diverged_layer: the layer whose gradient first departed from its own baseline (the origin).
     const where = s.diverged_layer ? ` in ${s.diverged_layer}` : '';
+    const since = s.diverged_since != null && s.diverged_since < s.diverged_step ? `, departing since step ${s.diverged_since}` : '';
     marks.push({ step: s.diverged_step, kind: 'diverged', label: `diverged${where}`, layer: s.diverged_layer ?? null,
-      hover: `diverged at step ${s.diverged_step}${where}` });
+      hover: `diverged at step ${s.diverged_step}${where}${since}` });
   }
   return marks;
 }
 
-// Alerts can fire on many steps in a row while a run blows up: alerts closer
-// than 1% of the run's steps become one marker ("⚠×5"), the newest kept.
+// Every alert gets a marker, merged where they are dense: alerts closer than
+// 1% of the run's steps become one marker ("⚠×5", at the first), and while that
+// leaves more than MAX_ALERT_MARKS the gap doubles. None is ever left out.
 function mergeAlerts(alerts, steps) {
   if (!alerts.length) return [];
-  const gap = Math.max(1, (steps || alerts[alerts.length - 1].step || 100) / 100);
+  const sorted = [...alerts].sort((a, b) => (a.step ?? 0) - (b.step ?? 0));
+  let gap = Math.max(1, (steps || sorted[sorted.length - 1].step || 100) / 100);
+  let out = merge(sorted, gap);
+  while (out.length > MAX_ALERT_MARKS) out = merge(sorted, (gap *= 2));
+  return out.map(m => ({
+    step: m.step, kind: 'alert', count: m.count,
+    label: m.count > 1 ? `⚠×${m.count}` : '⚠',
+    hover: m.count > 1 ? `${m.count} alerts, steps ${m.step}–${m.last}; first: ${m.message}` : `step ${m.step}: ${m.message}`,
+  }));
+}
+
+function merge(alerts, gap) {
   const out = [];
   for (const a of alerts) {
     const prev = out[out.length - 1];
@@ -50,11 +64,7 @@ function mergeAlerts(alerts, steps) {
     }
     out.push({ step: a.step, last: a.step, count: 1, message: a.message ?? a.kind ?? 'alert' });
   }
-  return out.slice(-MAX_ALERT_MARKS).map(m => ({
-    step: m.step, kind: 'alert',
-    label: m.count > 1 ? `⚠×${m.count}` : '⚠',
-    hover: m.count > 1 ? `${m.count} alerts, steps ${m.step}–${m.last}; first: ${m.message}` : `step ${m.step}: ${m.message}`,
-  }));
+  return out;
 }
 
 const STYLE = {

@@ -4,7 +4,7 @@
 // subplot grid; the line logic (extend, smoothing, markers) is LineFigure's.
 
 import { LineFigure } from './lines.js';
-import { FONT, NO_RUNS, layout, emptyNote } from './plot.js';
+import { FONT, NO_RUNS, layout, emptyNote, setX } from './plot.js';
 import { markLayout } from './markers.js';
 
 const axisName = (kind, k) => (k === 1 ? kind : `${kind}${k}`);
@@ -39,7 +39,7 @@ export class MultiplesFigure extends LineFigure {
 
   baseLayout(runs, view) {
     const { rows, cols } = this.grid;
-    const lay = layout({ ytitle: '', log: this.isLog(view), empty: false });
+    const lay = layout({ ytitle: '', log: this.log, empty: false });
     Object.assign(lay, {
       showlegend: false,
       margin: { l: 50, r: 10, t: 22, b: 34 },
@@ -48,9 +48,9 @@ export class MultiplesFigure extends LineFigure {
     const n = rows * cols;
     for (let k = 1; k <= n; k++) {
       // The same scales everywhere: small multiples compare by position.
-      lay[axisName('xaxis', k)] = {
+      lay[axisName('xaxis', k)] = setX({
         ...lay.xaxis, title: { text: '' }, matches: k > 1 ? 'x' : undefined, visible: true,
-      };
+      }, view.xrange ?? null);
       lay[axisName('yaxis', k)] = {
         ...lay.yaxis, title: { text: '' }, matches: k > 1 ? 'y' : undefined, visible: true,
       };

@@ -3,7 +3,8 @@
 // trace ids, value helpers and the PNG download.
 
 export const CONFIG = {
-  responsive: true, displaylogo: false, modeBarButtonsToRemove: ['lasso2d', 'select2d'],
+  // A double-click shows everything (all steps: the linked charts follow), never a half-way "reset".
+  responsive: true, displaylogo: false, modeBarButtonsToRemove: ['lasso2d', 'select2d'], doubleClick: 'autosize',
 };
 export const FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
 const GRID = '#eceff3';
@@ -22,7 +23,8 @@ export function layout({ xtitle = 'step', ytitle, log = false, empty = false, ui
     legend: { orientation: 'h', x: 0, y: 1.02, yanchor: 'bottom', font: { size: 11 } },
     xaxis: { title: { text: xtitle }, gridcolor: GRID, zeroline: false, automargin: true, visible: !empty },
     yaxis: {
-      title: { text: ytitle }, type: log ? 'log' : 'linear', gridcolor: GRID,
+      // A new axis type starts from its own autorange, not the other type's zoom.
+      title: { text: ytitle }, type: log ? 'log' : 'linear', uirevision: log ? 'log' : 'linear', gridcolor: GRID,
       zeroline: false, automargin: true, exponentformat: 'power', visible: !empty,
       // Fewer ticks than Plotly's default: on a log axis spanning about a
       // decade it otherwise labels every digit 2..9 and they overlap (4 gives 2, 5, 10).
@@ -31,6 +33,51 @@ export function layout({ xtitle = 'step', ytitle, log = false, empty = false, ui
     shapes: [],
     annotations: empty ? [emptyNote(empty)] : [],
   };
+}
+
+// The steps an x axis shows: `range` [a, b], or null for all of them. Its
+// uirevision is the range itself, so a new range (another chart zoomed, the
+// blow-up focus, "all steps") replaces what the person dragged before, and
+// the same range keeps it.
+export function setX(axis, range) {
+  axis.autorange = !range;
+  if (range) axis.range = [...range];
+  else delete axis.range;
+  axis.uirevision = range ? range.join(',') : 'all';
+  return axis;
+}
+
+// Relayout of `div`'s x axis to `range` (null: all), unless it shows that already
+// (the chart the person zoomed).
+export function relayoutX(div, range) {
+  const ax = div._fullLayout?.xaxis;
+  if (ax && (range ? !ax.autorange && near(ax.range, range) : ax.autorange)) return;
+  Plotly.relayout(div, range
+    ? { 'xaxis.range': [...range], 'xaxis.autorange': false, 'xaxis.uirevision': range.join(',') }
+    : { 'xaxis.autorange': true, 'xaxis.uirevision': 'all' });
+}
+
+// The x range a plotly_relayout event sets: [a, b], 'full' (autorange: a
+// double-click), or undefined (it changed something else). Any x axis of the
+// figure counts (the small multiples' panels share theirs).
+export function xOfRelayout(ev) {
+  let a, b;
+  for (const [k, v] of Object.entries(ev ?? {})) {
+    if (/^xaxis\d*\.autorange$/.test(k) && v === true) return 'full';
+    if (/^xaxis\d*\.range\[0\]$/.test(k)) a = v;
+    else if (/^xaxis\d*\.range\[1\]$/.test(k)) b = v;
+    else if (/^xaxis\d*\.range$/.test(k) && Array.isArray(v)) [a, b] = v;
+  }
+  a = Number(a); b = Number(b);
+  if (!Number.isFinite(a) || !Number.isFinite(b) || a === b) return undefined;
+  return a < b ? [a, b] : [b, a];
+}
+
+// Two ranges the same to a millionth of their span.
+export function near(r, s) {
+  if (!Array.isArray(r) || !Array.isArray(s)) return false;
+  const tol = 1e-6 * Math.max(1e-9, Math.abs(s[1] - s[0]));
+  return Math.abs(r[0] - s[0]) <= tol && Math.abs(r[1] - s[1]) <= tol;
 }
 
 export function emptyNote(text) {

@@ -9,6 +9,8 @@
 import { CONFIG, NO_RUNS, layout, mergeOrder, positive, uid } from './plot.js';
 import { markLayout } from './markers.js';
 
+const FINITE_BACK = 50; // rows looked back for a finite one
+
 export const PROFILE_SPECS = [
   { id: 'chart-layers', name: 'grad-norm-per-layer', stat: 'grad_norm', ytitle: 'grad norm' },
   { id: 'chart-weights', name: 'weight-norm-per-layer', stat: 'weight_norm', ytitle: 'weight norm' },
@@ -42,8 +44,17 @@ export class ProfileFigure {
   }
 
   // The row each run shows: its last stored step at or before view.step.
+  // The row each run shows: its last stored step at or before view.step, or before that
+  // the last with a finite value of the statistic (a diverged run's last steps are all NaN:
+  // its profile is the one at its last finite step, where the blow-up shows).
   rows(runs, view) {
-    return runs.map(run => ({ run, i: run.series.layers.length ? run.series.indexAt(view.step) : -1 }));
+    return runs.map(run => {
+      const s = run.series;
+      let i = s.layers.length ? s.indexAt(view.step) : -1;
+      const col = s.stats[this.spec.stat];
+      for (let back = 0; i > 0 && back < FINITE_BACK && !col.row(i).some(Number.isFinite); back++) i--;
+      return { run, i };
+    });
   }
 
   keyNow(runs, view) {

@@ -2,6 +2,8 @@
 // live update does not steal a click or reset a checkbox mid-interaction.
 // Actions are reported through `handlers` (select, focus, stop, remove).
 
+import { notLearning } from './diagnosis.js';
+
 const ACTIVE = new Set(['queued', 'running', 'stalled']); // Stop is offered
 
 const fmt = {
@@ -18,15 +20,31 @@ export function duration(s) {
   return `${Math.floor(s / 3600)} h ${String(Math.floor(s / 60) % 60).padStart(2, '0')} min`;
 }
 
-// Why a run ended badly, in words, or '' when it did not.
+// Why a run ended badly, in words, or '' when it did not. A diverged run names
+// the layer it diverged in: the origin (the first to depart from its own
+// baseline, summary.diverged_layer), and since when.
 export function problem(run) {
   if (run.status === 'failed') return run.error || 'failed (no reason given)';
+  const s = run.summary ?? {};
   if (run.status === 'diverged') {
-    const s = run.summary ?? {};
     const where = s.diverged_layer ? ` in ${s.diverged_layer}` : '';
-    return `diverged at step ${s.diverged_step ?? '?'}${where}` + (run.error ? `: ${run.error}` : '');
+    const since = s.diverged_since != null && s.diverged_since < s.diverged_step ? ` (departing since step ${s.diverged_since})` : '';
+    return `diverged at step ${s.diverged_step ?? '?'}${where}${since}` + (run.error ? `: ${run.error}` : '');
   }
+  const stuck = notLearning(run);
+  if (stuck) return `not learning: validation ${fmt.pct(stuck.val)} at the end, chance is ${fmt.pct(stuck.chance)}`;
   return '';
+}
+
+// The status badge: the status, except that a run which ended at chance says
+// "not learning" (diagnosis.js) rather than a green "completed".
+export function badge(run) {
+  const stuck = notLearning(run);
+  if (stuck) {
+    return { text: 'not learning', cls: 'badge status-not-learning',
+      title: `${run.status}, but its validation accuracy (${fmt.pct(stuck.val)}) is within 5 points of chance (${fmt.pct(stuck.chance)})` };
+  }
+  return { text: run.status, cls: `badge status-${run.status}`, title: '' };
 }
 
 function el(tag, cls, text) {
@@ -116,7 +134,7 @@ export class RunList {
     const status = cell('status', el('span', 'badge'));
     status.append(el('div', 'idle'));
     tr.append(cell('sel', select), name, status,
-      cell('num step'), cell('num loss'), cell('num acc'), actions);
+      cell('num step'), cell('num loss'), cell('num acc'), cell('num best'), cell('num alerts'), actions);
     return tr;
   }
 
@@ -129,9 +147,8 @@ export class RunList {
     q('.swatch').style.background = view.colors.get(run.id);
     q('button.focus').textContent = run.name || run.id;
     q('button.focus').title = 'show details (and the heatmap) of this run';
-    const badge = q('.badge');
-    badge.textContent = run.status;
-    badge.className = `badge status-${run.status}`;
+    const b = badge(run);
+    Object.assign(q('.badge'), { textContent: b.text, className: b.cls, title: b.title });
     q('.problem').textContent = q('.problem').title = problem(run);
     if (run.idle_s != null && !this.idleFrom.has(run)) this.idleFrom.set(run, performance.now() - 1000 * run.idle_s);
     tr.idleFrom = run.idle_s != null ? this.idleFrom.get(run) : null;
@@ -139,7 +156,13 @@ export class RunList {
     q('.step').textContent = fmt.step(s.step) + (run.config?.steps ? ` / ${run.config.steps}` : '');
     q('.loss').textContent = fmt.loss(s.loss);
     q('.acc').textContent = fmt.pct(s.accuracy);
-    q('.acc').title = s.val_accuracy == null ? '' : `validation ${fmt.pct(s.val_accuracy)}`;
+    q('.acc').title = 'the last batch';
+    q('.best').textContent = fmt.pct(s.best_val_accuracy);
+    q('.best').title = s.val_accuracy == null ? 'no validation yet' : `the best validation accuracy; the last: ${fmt.pct(s.val_accuracy)}`;
+    // Every alert episode counted (the details panel lists them, the first first).
+    q('.alerts').textContent = s.alerts ? String(s.alerts) : s.alerts === 0 ? '0' : '—';
+    q('.alerts').classList.toggle('some', s.alerts > 0);
+    q('.alerts').title = s.alerts > 0 ? `${s.alerts} alert${s.alerts > 1 ? 's' : ''}, the first at step ${s.first_alert_step ?? '?'}` : '';
     q('.stop').hidden = !ACTIVE.has(run.status);
   }
 

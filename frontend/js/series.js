@@ -7,8 +7,7 @@
 // Non-finite values arrive as null (JSON has no NaN) and are stored as NaN.
 
 export const LAYER_STATS = ['grad_norm', 'weight_norm', 'update_ratio'];
-const MAX_EVENTS = 200;  // the details panel's list
-const MAX_ALERTS = 500;  // alert markers kept per run (the newest)
+const MAX_EVENTS = 200;  // the details panel's list of other events (alerts are all kept, apart)
 
 // A growable Float64Array (or a rows x width Float32Array matrix when width > 1).
 class Column {
@@ -88,6 +87,13 @@ const mean = values => {
   return v.length ? v.reduce((a, b) => a + b, 0) / v.length : NaN;
 };
 
+// [lo, hi]: the smallest positive and the largest finite value seen.
+function widen(range, v) {
+  if (v == null || !Number.isFinite(v)) return;
+  if (v > 0 && v < range[0]) range[0] = v;
+  if (v > range[1]) range[1] = v;
+}
+
 // What LineFigure reads of a series: its steps (a plain array, for Plotly) and
 // one scalar column, from index `from` on.
 class Steps {
@@ -156,9 +162,13 @@ export class RunSeries extends Steps {
     this.resetLayers(0);
     this.valStep = [];
     this.valAccuracy = [];
-    this.events = [];          // recent non-metrics events, for the details panel
+    this.events = [];          // recent events other than metrics and alerts, for the details panel
     this.interventions = [];   // every intervention: markers on the charts
-    this.alerts = [];          // the newest alerts: markers
+    this.alerts = [];          // every alert (one per episode): markers, and the panel's list
+    this.alertEnds = [];       // every alert.end: the peak of an episode
+    // Smallest positive and largest finite value of loss and global grad norm
+    // ever stored: whether their axes go log by itself (diagnosis.js autoLog).
+    this.range = { loss: [Infinity, -Infinity], gnorm: [Infinity, -Infinity] };
     this.finished = null;      // the run.finished event, once it came
     this.marksVersion = 0;     // bumped when an event that draws a marker arrives
     this.received = 0;         // live metrics events taken (the benchmark counts them)
@@ -208,8 +218,12 @@ export class RunSeries extends Steps {
         break;
       case 'alert':
         this.alerts.push(msg);
-        if (this.alerts.length > MAX_ALERTS) this.alerts.splice(0, this.alerts.length - MAX_ALERTS);
-        break;
+        this.marksVersion++;
+        return;
+      case 'alert.end':
+        this.alertEnds.push(msg);
+        this.marksVersion++;
+        return;
       case 'run.finished':
         this.finished = msg;
         break;
@@ -228,6 +242,8 @@ export class RunSeries extends Steps {
   }
 
   push(step, loss, accuracy, gnorm, grad, weight, update) {
+    widen(this.range.loss, loss);
+    widen(this.range.gnorm, gnorm);
     this.step.push(step);
     this.loss.push(loss);
     this.accuracy.push(accuracy);

@@ -40,17 +40,34 @@ const FIELDS = {
     parse: s => { const v = Number(s); return Number.isFinite(v) ? Math.min(0.99, Math.max(0, v)) : 0.6; },
     format: v => String(v),
   },
-  layers: {                                          // layer profiles: every parameter, or weights only
-    key: 'layers', default: 'all',
-    parse: s => (s === 'weights' ? 'weights' : 'all'),
+  layers: {                                          // layer profiles and heatmap: weights only, or every parameter
+    key: 'layers', default: 'weights',
+    parse: s => (s === 'all' ? 'all' : 'weights'),
     format: v => v,
   },
-  scale: {                                           // the loss chart's y axis
-    key: 'scale', default: 'linear',
-    parse: s => (s === 'log' ? 'log' : 'linear'),
+  relative: {                                        // heatmap: each layer divided by its own first steps
+    key: 'relative', default: false,
+    parse: s => s === '1',
+    format: v => (v ? '1' : ''),
+  },
+  scale: {                                           // y axis of loss and global grad norm (auto: diagnosis.js)
+    key: 'scale', default: 'auto',
+    parse: s => (s === 'log' || s === 'linear' ? s : 'auto'),
     format: v => v,
+  },
+  x: {                                               // steps shown on every step chart (linked)
+    key: 'x', default: null,                         // null: auto (around an early blow-up, else all)
+    parse: parseRange,                               // 'full': all of them; [a, b]: the person's zoom
+    format: v => (v == null ? '' : v === 'full' ? 'full' : v.map(n => +n.toPrecision(6)).join(',')),
   },
 };
+
+// "12.5,40" -> [12.5, 40]; "full" -> 'full'; anything else -> null (auto).
+function parseRange(s) {
+  if (s === 'full') return 'full';
+  const v = s.split(',').map(Number);
+  return v.length === 2 && v.every(Number.isFinite) && v[0] < v[1] ? v : null;
+}
 
 export const DEFAULTS = Object.fromEntries(Object.entries(FIELDS).map(([k, f]) => [k, f.default]));
 
