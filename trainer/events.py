@@ -11,6 +11,7 @@ from typing import Any
 RUN_STARTED = "run.started"
 METRICS = "metrics"
 ALERT = "alert"
+ALERT_END = "alert.end"  # an alert episode closed: its peak
 INTERVENTION = "intervention"
 RUN_FINISHED = "run.finished"
 DROPPED = "dropped"
@@ -20,10 +21,12 @@ HEARTBEAT = "heartbeat"  # sender -> server when idle, about every second; not a
 TERMINAL = ("completed", "stopped", "failed", "diverged")
 
 
-def run_started(layers: list[dict], device: str, n_params: int, config: dict[str, Any]) -> dict[str, Any]:
-    """Layer metadata once: name, module type and shape of every parameter, forward order."""
+def run_started(layers: list[dict], device: str, n_params: int, config: dict[str, Any],
+                n_classes: int | None = None) -> dict[str, Any]:
+    """Layer metadata once: name, module type and shape of every parameter, forward order;
+    n_classes when the run knows it (a classifier: chance is 1/n_classes)."""
     return {"type": RUN_STARTED, "time": time.time(), "layers": layers, "device": device,
-            "n_params": n_params, "config": config}
+            "n_params": n_params, "config": config, "n_classes": n_classes}
 
 
 def metrics(stats: dict[str, Any], val: tuple[float, float] | None = None) -> dict[str, Any]:
@@ -36,6 +39,14 @@ def metrics(stats: dict[str, Any], val: tuple[float, float] | None = None) -> di
 
 def alert(step: int, kind: str, message: str, **data: Any) -> dict[str, Any]:
     return {"type": ALERT, "time": time.time(), "step": step, "kind": kind, "message": message, **data}
+
+
+def alert_end(step: int, episode: int, kind: str, start_step: int, peak_step: int, peak_value: float,
+              peak_ratio: float, layer: str | None) -> dict[str, Any]:
+    """An alert episode (trainer/diagnosis.py) closed at `step`: where and how high it peaked."""
+    return {"type": ALERT_END, "time": time.time(), "step": step, "episode": episode, "kind": kind,
+            "start_step": start_step, "peak_step": peak_step, "peak_value": peak_value,
+            "peak_ratio": peak_ratio, "layer": layer}
 
 
 def intervention(step: int, field: str, old: Any, new: Any, source: str = "api") -> dict[str, Any]:

@@ -39,9 +39,10 @@ import torch
 from torch import nn
 
 from . import events
-from .loop import Control, _Alerts
+from .diagnosis import Diagnosis
+from .loop import Control
 from .models import count_params
-from .probe import Probe, first_nonfinite, watch
+from .probe import Probe, watch
 from .rest import ApiError, api_request
 from .worker import IngestClient
 
@@ -62,10 +63,9 @@ class Run:
         self.client = IngestClient(f"{ws_base}/api/ingest/{quote(self.id)}", ingest_token,
                                    control=self.control, max_pending=max_pending)
         self.probe: Probe | None = None
-        self.summary: dict[str, Any] = {"step": 0, "loss": None, "accuracy": None, "val_accuracy": None,
-                                        "val_loss": None, "global_grad_norm": None,
-                                        "diverged_step": None, "diverged_layer": None}
-        self._alerts = _Alerts(alert_factor)
+        self.alert_factor = alert_factor
+        self._diagnosis: Diagnosis | None = None  # made by watch(), when the layers are known
+        self.summary: dict[str, Any] = Diagnosis([], alert_factor).summary  # until then, an empty one
         self._val: tuple[float, float] | None = None
         self._started = time.perf_counter()
         self._finished = False
@@ -90,6 +90,8 @@ class Run:
         if self.probe is not None:
             raise RuntimeError(f"run {self.id} already watches a model; call watch() once per run")
         self.probe = watch(model, optimizer, on_step=self._on_step, stats_every=stats_every)
+        self._diagnosis = Diagnosis(self.probe.names, self.alert_factor, loss_given=False)
+        self.summary = self._diagnosis.summary
         device = str(self.probe.params[0].device)
         self.emit(events.run_started(self.probe.layers, device, count_params(model), self.config))
         return self.probe
@@ -119,23 +121,11 @@ class Run:
         val, self._val = self._val, None
         event = events.metrics(stats, val)
         self.emit(event)
-        step = stats["step"]
-        self.summary.update(step=step, loss=stats["loss"], accuracy=stats["accuracy"],
-                            global_grad_norm=stats["global_grad_norm"])
         if val is not None:
-            self.summary.update(val_loss=val[0], val_accuracy=val[1])
-        bad_layer = first_nonfinite(self.probe.names, stats["grad_norm"])
-        if self.summary["diverged_step"] is None and (bad_layer or not _finite_or_nan(stats["loss"])):
-            # Your loop decides whether to go on; the dashboard shows where it went wrong.
-            self.summary.update(diverged_step=step, diverged_layer=bad_layer)
-            where = f"; first non-finite gradient: {bad_layer}" if bad_layer else ""
-            self.emit(events.alert(step, "nonfinite", f"non-finite loss or gradient at step {step}{where}"))
-        median = self._alerts.check(stats["global_grad_norm"])
-        if median is not None:
-            self.emit(events.alert(step, "explosion",
-                                   f"global gradient norm {stats['global_grad_norm']:.3g} is over "
-                                   f"{self._alerts.factor:g}x its running median {median:.3g}",
-                                   value=stats["global_grad_norm"], median=median))
+            self._diagnosis.validated(*val)
+        # Your loop decides whether to go on after a non-finite step; the dashboard shows where it went wrong.
+        for alert in self._diagnosis.step(stats):
+            self.emit(alert)
 
     # ---- the end ----------------------------------------------------------------------
 
@@ -147,6 +137,8 @@ class Run:
         if self.probe is not None:
             self.probe.close()  # the last step's values (CUDA: still in flight), then unhook
         if not self._finished:
+            for event in self._diagnosis.close() if self._diagnosis is not None else ():
+                self.emit(event)
             if status is None:
                 status = "stopped" if self.should_stop else "completed"
             if reason is None and status == "stopped" and self.should_stop:
@@ -176,11 +168,6 @@ class Run:
             self.finish("stopped", "interrupted (Ctrl-C)")
         else:
             self.finish("failed", f"{exc_type.__name__}: {exc}")
-
-
-def _finite_or_nan(x: float) -> bool:
-    """A loss that was never recorded is NaN: not a divergence."""
-    return math.isnan(x) or math.isfinite(x)
 
 
 def connect(url: str = DEFAULT_URL, token: str | None = None, name: str | None = None,

@@ -5,11 +5,8 @@ for stop requests and live changes, applied before the next step.
 
 from __future__ import annotations
 
-import math
 import queue
-import statistics
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,8 @@ from torch import nn
 from . import data as data_mod
 from . import events, models, optim
 from .config import LIVE_FIELDS, RunConfig, check_field
-from .probe import first_nonfinite, watch
+from .diagnosis import Diagnosis
+from .probe import watch
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -59,33 +57,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class _Alerts:
-    """Explosion alert: global grad norm above factor x its running median (window of steps).
-
-    After an alert, the next `window` steps alert again only on a norm higher than the last
-    alert's: near convergence the median collapses and ordinary hard batches would otherwise
-    alert every few steps, burying the one that matters."""
-
-    def __init__(self, factor: float, window: int = 50, warmup: int = 10) -> None:
-        self.factor, self.warmup, self.window = factor, warmup, window
-        self.hist: deque[float] = deque(maxlen=window)
-        self.quiet_until = 0  # steps seen before which only a bigger spike alerts
-        self.last_alert = 0.0
-        self.seen = 0
-
-    def check(self, g: float) -> float | None:
-        fired = None
-        self.seen += 1
-        if len(self.hist) >= self.warmup and math.isfinite(g):
-            med = statistics.median(self.hist)
-            if med > 0 and g > self.factor * med and (self.seen >= self.quiet_until or g > self.last_alert):
-                fired = med
-                self.quiet_until, self.last_alert = self.seen + self.window, g
-        if math.isfinite(g):
-            self.hist.append(g)
-        return fired
-
-
 def train(
     cfg: RunConfig,
     emit: Emit,
@@ -106,37 +77,23 @@ def train(
     batches = data_mod.Batches(len(ds.x_train), cfg.batch_size, cfg.seed, device)
     amp = cfg.amp and device.type == "cuda"
     live = {"l2": cfg.l2, "lr": cfg.lr, "grad_clip": cfg.grad_clip}
-    alerts = _Alerts(cfg.alert_factor)
-    summary: dict[str, Any] = {"step": 0, "loss": None, "accuracy": None, "val_accuracy": None,
-                               "val_loss": None, "global_grad_norm": None,
-                               "diverged_step": None, "diverged_layer": None}
     pending_val: dict[int, tuple[float, float]] = {}
     outcome: list[tuple[str, str | None]] = []  # set by on_step when the run must end
 
     probe = watch(model, opt, stats_every=cfg.stats_every)
-    names = probe.names
-    emit(events.run_started(probe.layers, str(device), models.count_params(model), cfg.to_dict()))
+    diagnosis = Diagnosis(probe.names, cfg.alert_factor, ds.n_classes)
+    summary = diagnosis.summary
+    emit(events.run_started(probe.layers, str(device), models.count_params(model), cfg.to_dict(), ds.n_classes))
 
     def on_step(stats: dict[str, Any]) -> None:
-        step = stats["step"]
-        event = events.metrics(stats, pending_val.pop(step, None))
-        emit(event)
-        summary.update(step=step, loss=stats["loss"], accuracy=stats["accuracy"],
-                       global_grad_norm=stats["global_grad_norm"])
-        if "val_accuracy" in event:
-            summary.update(val_accuracy=event["val_accuracy"], val_loss=event["val_loss"])
-        bad_layer = first_nonfinite(names, stats["grad_norm"])
-        if bad_layer is not None or not math.isfinite(stats["loss"]):
-            where = f"; first non-finite gradient: {bad_layer}" if bad_layer else ""
-            summary.update(diverged_step=step, diverged_layer=bad_layer)
-            outcome.append(("diverged", f"non-finite loss or gradient at step {step}{where}"))
-            return
-        median = alerts.check(stats["global_grad_norm"])
-        if median is not None:
-            emit(events.alert(step, "explosion",
-                              f"global gradient norm {stats['global_grad_norm']:.3g} is over "
-                              f"{cfg.alert_factor:g}x its running median {median:.3g}",
-                              value=stats["global_grad_norm"], median=median))
+        val = pending_val.pop(stats["step"], None)
+        emit(events.metrics(stats, val))
+        if val is not None:
+            diagnosis.validated(*val)
+        for event in diagnosis.step(stats):
+            emit(event)
+        if diagnosis.reason is not None and not outcome:
+            outcome.append(("diverged", diagnosis.reason))
 
     probe.on_step = on_step
     started = time.perf_counter()
@@ -177,9 +134,11 @@ def train(
         probe.flush()  # the last step's values (CUDA: still in flight)
         if not outcome:
             vl, va = models.evaluate(model, ds.x_val, ds.y_val)
-            summary.update(val_loss=vl.item(), val_accuracy=va.item())  # the trained weights, once
+            diagnosis.validated(vl.item(), va.item())  # the trained weights, once
     finally:
         probe.close()
+    for event in diagnosis.close():
+        emit(event)
 
     status, reason = outcome[0] if outcome else ("completed", None)
     summary["seconds"] = time.perf_counter() - started
