@@ -339,7 +339,10 @@ class JobManager:
     def ingest_batch(self, run_id: str, events: list[dict[str, Any]]) -> int:
         """Store a batch, apply its effects on the run, fan it out; returns the last stored seq."""
         new, last = self.store.append_events(run_id, events)
-        summary = self.summaries.setdefault(run_id, {})
+        summary = self.summaries.get(run_id)
+        if summary is None:  # the first batch since the server started: go on from what is stored
+            stored = self.store.get_run(run_id)
+            summary = self.summaries[run_id] = dict((stored or {}).get("summary") or {})
         changes: dict[str, Any] = {}
         stepped = False
         for e in new:
@@ -349,12 +352,22 @@ class JobManager:
                 summary.update(step=e.get("step"), loss=e.get("loss"), accuracy=e.get("accuracy"),
                                global_grad_norm=e.get("global_grad_norm"))
                 if "val_accuracy" in e:
-                    summary.update(val_accuracy=e["val_accuracy"], val_loss=e.get("val_loss"))
+                    va = e["val_accuracy"]
+                    summary.update(val_accuracy=va, val_loss=e.get("val_loss"))
+                    best = summary.get("best_val_accuracy")
+                    if isinstance(va, (int, float)) and (not isinstance(best, (int, float)) or va > best):
+                        summary["best_val_accuracy"] = va
+            elif kind == "alert":  # counted here too, so a live run's record says how many so far
+                summary["alerts"] = (summary.get("alerts") or 0) + 1
+                if summary.get("first_alert_step") is None:
+                    summary["first_alert_step"] = e.get("step")
             elif kind == "run.started":
                 layers = e.get("layers")
                 if isinstance(layers, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str)
                                                     for x in layers):
                     changes["layers"] = layers
+                if isinstance(e.get("n_classes"), int):
+                    summary["n_classes"] = e["n_classes"]
             elif kind == "run.finished":
                 sent = e.get("summary")
                 summary.update({k: v for k, v in (sent if isinstance(sent, dict) else {}).items() if k != "traceback"})
