@@ -111,6 +111,7 @@ export class DetailPanel {
     const b = badge(run);
     Object.assign(el.status, { textContent: b.text, className: b.cls, title: b.title });
     el.problem.textContent = problem(run);
+    el.problem.title = problem(run, true);
     this.renderTop(run);
     this.renderPreset(run);
     this.renderAlerts(run, s);
@@ -148,7 +149,7 @@ export class DetailPanel {
   }
 
   // A diverged run: the layers that had departed most from their own baselines at its last
-  // finite step (summary.diverged_top), the origin first.
+  // finite step (summary.diverged_top); the origin, named above, is where it began.
   renderTop(run) {
     const top = run.status === 'diverged' ? run.summary?.diverged_top ?? [] : [];
     const text = top.length ? 'departed most at the last finite step: '

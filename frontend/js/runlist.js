@@ -22,14 +22,15 @@ export function duration(s) {
 
 // Why a run ended badly, in words, or '' when it did not. A diverged run names
 // the layer it diverged in: the origin (the first to depart from its own
-// baseline, summary.diverged_layer), and since when.
-export function problem(run) {
+// baseline, summary.diverged_layer), and since when; the worker's own words
+// (run.error) are in the tooltip and the finish event (`full`: here too).
+export function problem(run, full = false) {
   if (run.status === 'failed') return run.error || 'failed (no reason given)';
   const s = run.summary ?? {};
   if (run.status === 'diverged') {
     const where = s.diverged_layer ? ` in ${s.diverged_layer}` : '';
     const since = s.diverged_since != null && s.diverged_since < s.diverged_step ? ` (departing since step ${s.diverged_since})` : '';
-    return `diverged at step ${s.diverged_step ?? '?'}${where}${since}` + (run.error ? `: ${run.error}` : '');
+    return `diverged at step ${s.diverged_step ?? '?'}${where}${since}` + (full && run.error ? `: ${run.error}` : '');
   }
   const stuck = notLearning(run);
   if (stuck) return `not learning: validation ${fmt.pct(stuck.val)} at the end, chance is ${fmt.pct(stuck.chance)}`;
@@ -149,7 +150,8 @@ export class RunList {
     q('button.focus').title = 'show details (and the heatmap) of this run';
     const b = badge(run);
     Object.assign(q('.badge'), { textContent: b.text, className: b.cls, title: b.title });
-    q('.problem').textContent = q('.problem').title = problem(run);
+    q('.problem').textContent = problem(run);
+    q('.problem').title = problem(run, true);
     if (run.idle_s != null && !this.idleFrom.has(run)) this.idleFrom.set(run, performance.now() - 1000 * run.idle_s);
     tr.idleFrom = run.idle_s != null ? this.idleFrom.get(run) : null;
     this.showIdle(tr);
