@@ -163,6 +163,27 @@ def test_the_heatmap_shows_weights_only_and_each_layer_relative_to_its_start(ser
     assert page.errors == []
 
 
+def test_a_run_that_ended_at_chance_is_marked_not_learning(server: LiveServer, page: Any) -> None:
+    # explosion `plain-l2`: strong L2 keeps the plain deep net finite by shrinking it to nothing.
+    r = server.client.post("/api/runs", json={"preset": "explosion", "variant": "plain-l2",
+                                              "config": {"steps": 100, "eval_every": 50}})
+    run = server.wait_status(r.json()["id"], ENDED)
+    s = run["summary"]
+    assert run["status"] == "completed" and abs(s["val_accuracy"] - 1 / s["n_classes"]) <= 0.05, s
+    open_dashboard(page, server, f"&runs={run['id']}&focus={run['id']}")
+    row = page.locator(f"#runs tr[data-run-id='{run['id']}']")
+    row.locator(".badge", has_text="not learning").wait_for()
+    assert "chance is 10.0%" in row.locator(".problem").text_content()
+    assert row.locator(".best").text_content() == f"{100 * s['best_val_accuracy']:.1f}%"
+    assert page.text_content("#detail .badge") == "not learning"
+    # Its dead layers' gradient norms are exactly 0: the heatmap says so rather than leave holes.
+    page.locator("#chart-heatmap").scroll_into_view_if_needed()
+    page.wait_for_function(f"({FIG.format('chart-heatmap')}.layout.annotations || [])"
+                           ".some(a => a.name === 'zeros' && / exactly 0 /.test(a.text))")
+    assert page.evaluate(f"{FIG.format('chart-heatmap')}.data[1].uid") == "heatmap-zeros"
+    assert page.errors == []
+
+
 # The rules, as pure functions (diagnosis.js), and the parts that draw them.
 RULES = """async () => {
   const d = await import('/static/js/diagnosis.js');
