@@ -3,6 +3,7 @@ nothing heavy happens at import time."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,24 +19,38 @@ from . import __version__
 from .hub import Hub
 from .jobs import JobManager
 from .middleware import Guard, scrub_token_logs, validation_error
-from .routes import groups, health, ingest, presets, runs, stream
-from .security import require_token
+from .routes import groups, health, ingest, presets, runs, session, stream
+from .security import Sessions, require_token
 from .settings import Settings, SettingsError
 from .store import Store
 
+log = logging.getLogger("gradwatch")
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def private_dir(path: Path) -> None:
+    """The data folder is this user's only (0700): it holds the store, worker logs, datasets.
+    (One the server may not chmod, say a volume owned by someone else, stays as it is, with a
+    warning: the database files in it are 0600 anyway.)"""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except OSError as e:
+            log.warning("data dir %s: could not make it private (0700): %s", path, e)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     settings.ensure_token()  # auth is always on
     scrub_token_logs()
+    sessions = Sessions()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(settings.data_dir)
             store = Store(settings.data_dir / "gradwatch.sqlite3")
         except OSError as e:
             raise SettingsError(f"data dir {settings.data_dir} is not usable: {e}") from e
@@ -54,11 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await jobs.shutdown()
             store.close()
 
-    app = FastAPI(title="gradwatch", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load their scripts from a public CDN, which would run in
+    # this origin, where the session works. The schema is at /openapi.json (with the token).
+    app = FastAPI(title="gradwatch", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Live per-layer training diagnostics. See docs/api.md.")
-    app.state.settings = settings
+    app.state.settings, app.state.sessions = settings, sessions
+    app.state.streams = {}  # identity -> its open /api/stream sockets (routes/stream.py)
     guarded = [Depends(require_token)]
     app.include_router(health.router)
+    app.include_router(session.router)  # the sign-in is public; the rest check the token themselves
     app.include_router(runs.router, dependencies=guarded)
     app.include_router(groups.router, dependencies=guarded)
     app.include_router(presets.router, dependencies=guarded)
@@ -74,6 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(PLOTLY_JS, media_type="text/javascript")
 
     app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
-    app.add_middleware(Guard, settings=settings)  # Host, token, Origin, JSON-only, body size
+    app.add_middleware(Guard, settings=settings, sessions=sessions)  # Host, token, Origin, JSON-only, body size
     app.add_exception_handler(RequestValidationError, validation_error)
     return app

@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .protocol import with_header_timeout
 
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
@@ -40,11 +41,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # an address a browser can open
     url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}/"
-    # As Jupyter: the token is in the link; opening it once signs the browser in (a cookie).
-    token = settings.token if settings.token_generated else "<GRADWATCH_TOKEN>"
-    print(f"gradwatch: serving the dashboard; open {url}?token={token}  (data in {settings.data_dir})", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                ws_max_size=8 * 1024 * 1024)
+    app = create_app(settings)
+    # A one-time sign-in link: opening it signs the browser in, and what stays in the browser's
+    # history is a used code (the token never is in a URL). The token itself is for API clients
+    # and for /login, where a person can paste it.
+    code = app.state.sessions.link_code(lifetime_s=None)
+    token = f"token {settings.token}" if settings.token_generated else "the token in GRADWATCH_TOKEN"
+    print(f"gradwatch: serving the dashboard; open {url}login#code={code}  (signs in one browser, once; "
+          f"or sign in at {url}login with {token})  (data in {settings.data_dir})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                ws_max_size=8 * 1024 * 1024, http=with_header_timeout(settings.header_timeout_s))
     return 0
 
 

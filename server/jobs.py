@@ -28,7 +28,7 @@ from .hub import Hub
 from .launcher import Handle, SubprocessLauncher, ZygoteLauncher
 from .liveness import Liveness
 from .settings import Settings
-from .store import Store
+from .store import Store, token_digest
 
 log = logging.getLogger("gradwatch.jobs")
 
@@ -135,15 +135,16 @@ class JobManager:
         run_id = secrets.token_hex(4)
         while self.store.get_run(run_id) is not None:
             run_id = secrets.token_hex(4)
+        token = secrets.token_urlsafe(24)  # an external run's; a local run's worker gets its own at launch
         run = {
             "id": run_id, "name": name or run_id, "status": "queued", "config": config,
-            "created": time.time(), "token": secrets.token_urlsafe(24), "kind": kind,
+            "created": time.time(), "token": token_digest(token), "kind": kind,
             "group_id": group_id, "summary": {},
         }
         if kind == "external":  # the user's own loop: it is running as soon as it connects
             run["status"], run["started"] = "running", time.time()
         self.store.create_run(run)
-        run = self.store.get_run(run_id)
+        run = {**self.store.get_run(run_id), "token": token}  # the store keeps only its digest
         if kind == "local":
             self.queue.append(run_id)
             self._wake.set()
@@ -177,7 +178,9 @@ class JobManager:
         run_id = run["id"]
         argv = ["--server", self.settings.self_url, "--run", run_id,
                 "--data-dir", str(self.settings.data_dir / "datasets")]
-        env = {"GRADWATCH_RUN_TOKEN": run["token"], "GRADWATCH_TORCH_THREADS": str(self.worker_threads)}
+        token = secrets.token_urlsafe(24)  # the worker's own; the store keeps only its digest
+        self.store.update_run(run_id, token=token_digest(token))
+        env = {"GRADWATCH_RUN_TOKEN": token, "GRADWATCH_TORCH_THREADS": str(self.worker_threads)}
         gpu = self._pick_gpu()
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -265,16 +268,25 @@ class JobManager:
         return self.store.get_run(run_id)
 
     async def _kill_after(self, run_id: str, grace: float, status: str) -> None:
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
+        """A stopped worker stops at its next step boundary. One that reaches none within
+        stop_step_grace_s (a step of a huge batch, a hang) is killed then; one that does gets
+        `grace` in all to send its last events. (A user's own loop is no process of ours to kill:
+        it gets `grace`.)"""
+        asked = time.monotonic()
+        step_grace = min(self.settings.stop_step_grace_s, grace) if run_id in self.procs else grace
+        reason = f"the worker did not stop within {grace:g} s and was killed"
+        while time.monotonic() < asked + grace:
             run = self.store.get_run(run_id)
             if run is None or run["status"] in TERMINAL:
                 return
+            if time.monotonic() - asked >= step_grace and self.liveness.progress.get(run_id, 0.0) < asked:
+                reason = f"the worker reached no step boundary within {step_grace:g} s of the stop and was killed"
+                break
             await asyncio.sleep(0.05)
         handle = self.procs.get(run_id)
         if handle is not None:
             handle.kill()
-        self.finalize(run_id, status, f"the worker did not stop within {grace:g} s and was killed")
+        self.finalize(run_id, status, reason)
 
     async def delete(self, run_id: str) -> None:
         handle = self.procs.get(run_id)

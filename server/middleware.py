@@ -2,16 +2,20 @@
 
 In order, for HTTP requests and websocket upgrades alike:
 1. Host allow-list -> 400 (DNS rebinding).
-2. `GET /?token=...` -> the session cookie and a redirect to `/` without the token.
-3. Authentication (server/security.py) for everything but the page shell and /api/health
-   -> 401 over HTTP; websockets are refused before accept() (close 1008, an HTTP 403 to the
-   client). The ingest websocket is left to its route, which takes only its run's token.
-4. Origin: a foreign Origin is refused on every websocket and every state-changing request
+2. Authentication (server/security.py) for everything but /api/health, the sign-in page and
+   its POST, and static files -> 401 over HTTP; websockets are refused before accept() (close
+   1008, an HTTP 403 to the client). The ingest websocket is left to its route, which takes
+   only its run's token. The page itself (`/`) sends a browser that is not signed in to
+   /login, keeping the rest of its address (the view) for after; a `?token=` there signs
+   nobody in any more (it would stay in the browser's history) and is dropped.
+3. Origin: a foreign Origin is refused on every websocket and every state-changing request
    -> 403. No CORS headers are ever sent, so other origins cannot read any answer either.
-5. State changes (POST/PUT/PATCH/DELETE) with a body take JSON only -> 415, and any body over
+4. State changes (POST/PUT/PATCH/DELETE) with a body take JSON only -> 415, and any body over
    MAX_BODY bytes -> 413, decided from Content-Length or while counting the stream, before the
    whole body is read.
-Every HTTP answer also carries headers that keep the page out of frames and referrers.
+A request that used a session renews it (and now and then its cookie). Every HTTP answer also
+carries headers that keep the page out of frames and referrers, and a Content-Security-Policy
+that lets the page run only its own scripts.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import math
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode
 
 import orjson
 from fastapi.encoders import jsonable_encoder
@@ -34,21 +38,36 @@ from .settings import Settings
 
 MAX_BODY = 1024 * 1024  # bytes; the largest real request (an ablation group) is a few KiB
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
-PUBLIC_PATHS = ("/", "/api/health", "/favicon.ico")
+PUBLIC_PATHS = ("/api/health", "/favicon.ico", "/login")
+PUBLIC_POSTS = ("/api/login",)  # the sign-in itself (it checks the token or code it is given)
 PUBLIC_PREFIXES = ("/static/",)
 SELF_AUTHENTICATED_WS = ("/api/ingest/",)  # the route checks the run's own token
+# The page runs its own scripts only (no inline script, no eval, nothing from elsewhere); Plotly
+# sets inline styles; images are the page's own or data: (icons, PNG downloads).
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"content-security-policy", CSP.encode()),
     (b"referrer-policy", b"no-referrer"),
 ]
 
 
+def query_token(query: str) -> str | None:
+    """The value of a `token=` query parameter, named exactly so: `?%74oken=` is no token (the
+    log scrubber would have to know every spelling of the name; the server takes one)."""
+    for part in query.split("&"):
+        if part.startswith("token="):
+            return unquote_plus(part[6:])
+    return None
+
+
 class Guard:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, sessions: security.Sessions) -> None:
         self.app = app
         self.settings = settings
+        self.sessions = sessions
         settings.ensure_token()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,9 +89,11 @@ class Guard:
         if origin is not None and not security.origin_allowed(origin, headers.get("host"), s):
             return await _deny_websocket(scope, send, 403, "Origin not allowed")
         if not scope["path"].startswith(SELF_AUTHENTICATED_WS):
-            query_token = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("token")
-            if not security.websocket_authenticated(headers, query_token, s):
+            token = query_token(scope.get("query_string", b"").decode("latin-1"))
+            who = security.websocket_identity(headers, token, s, self.sessions)
+            if who is None:
                 return await _deny_websocket(scope, send, None, "missing or wrong token")
+            scope.setdefault("state", {})["identity"] = who
         await self.app(scope, receive, send)
 
     # ---- HTTP --------------------------------------------------------------------------
@@ -84,14 +105,25 @@ class Guard:
         send = _with_security_headers(send)
         if not security.host_allowed(headers.get("host"), s):
             return await _json(send, 400, "Host header not allowed: add the name to GRADWATCH_ALLOWED_HOSTS")
-        query = scope.get("query_string", b"").decode("latin-1")
-        if path == "/" and method in ("GET", "HEAD") and "token" in dict(parse_qsl(query)):
-            return await self._exchange(scope, query, headers, send)
-        public = method in ("GET", "HEAD") and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))
-        if not public and not security.http_authenticated(headers, s):
+        who = security.http_identity(headers, s, self.sessions, method)
+        if path == "/" and method in ("GET", "HEAD"):
+            query = scope.get("query_string", b"").decode("latin-1")
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if who is None or any(k == "token" for k, _ in pairs):
+                rest = urlencode([(k, v) for k, v in pairs if k != "token"])
+                view = "/?" + rest if rest else "/"
+                return await _redirect(send, view if who is not None else "/login?next=" + quote(view, safe=""))
+        public = (method in ("GET", "HEAD") and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))) \
+            or (method == "POST" and path in PUBLIC_POSTS)
+        if not public and who is None:
             return await _json(send, 401, "missing or wrong token: send Authorization: Bearer <token>, "
-                                          "or open the URL `gradwatch serve` printed",
+                                          "or sign in at /login",
                                [(b"www-authenticate", b"Bearer")])
+        if who is not None and who.startswith("session:"):
+            value = security.session_value(headers, s)
+            if self.sessions.touch(value):  # renewed: send the cookie again, with a fresh Max-Age
+                send = _with_cookie(send, security.session_cookie(s, value, _secure(scope, headers),
+                                                                  self.sessions.idle_s))
         origin = headers.get("origin")
         if method in UNSAFE_METHODS and origin is not None and not security.origin_allowed(
                 origin, headers.get("host"), s):
@@ -115,19 +147,25 @@ class Guard:
             receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
-    async def _exchange(self, scope: Scope, query: str, headers: Headers, send: Send) -> None:
-        """`/?token=X`: sign the browser in with a cookie, send it to the same page without X."""
-        pairs = parse_qsl(query, keep_blank_values=True)
-        given = dict(pairs).get("token")
-        if not security.token_matches(given, self.settings.token):
-            return await _json(send, 401, "wrong token in the link: open the URL `gradwatch serve` printed")
-        rest = urlencode([(k, v) for k, v in pairs if k != "token"])
-        secure = scope.get("scheme") == "https" or headers.get("x-forwarded-proto") == "https"
-        await send({"type": "http.response.start", "status": 303, "headers": [
-            (b"location", ("/?" + rest if rest else "/").encode()),
-            (b"set-cookie", security.session_cookie(self.settings, secure).encode()),
-            (b"cache-control", b"no-store"), (b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
+
+def _secure(scope: Scope, headers: Headers) -> bool:
+    """Is the browser on https (directly, or through a proxy that says so)?"""
+    return scope.get("scheme") == "https" or headers.get("x-forwarded-proto") == "https"
+
+
+async def _redirect(send: Send, location: str) -> None:
+    await send({"type": "http.response.start", "status": 303, "headers": [
+        (b"location", location.encode()), (b"cache-control", b"no-store"), (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _with_cookie(send: Send, cookie: str) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie.encode())]}
+        await send(message)
+
+    return wrapped
 
 
 def _is_json(ctype: str | None) -> bool:
@@ -221,18 +259,30 @@ def _finite(value: Any) -> Any:
 
 # ---- logs never show a token --------------------------------------------------------------
 
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
+_QUERY_PARAM = re.compile(r"([?&])([^=&\s\"?#]*)=([^&\s\"#]*)")
+
+
+def scrub_query(text: str) -> str:
+    """Every query parameter whose name decodes to `token` (`token`, `%74oken`, `t%6fken`, …)
+    gets the value `[hidden]`."""
+    def hide(m: re.Match[str]) -> str:
+        name = m.group(2)
+        if "oken" not in name.lower() and "%" not in name:
+            return m.group(0)
+        return f"{m.group(1)}{name}=[hidden]" if unquote_plus(name).strip().lower() == "token" else m.group(0)
+
+    return _QUERY_PARAM.sub(hide, text) if "=" in text else text
 
 
 class ScrubTokens(logging.Filter):
-    """uvicorn's access log prints request paths, query strings included: hide ?token= values."""
+    """uvicorn's access log prints request paths, query strings included: hide token values,
+    however the parameter's name is spelled."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1[hidden]", a) if isinstance(a, str) else a
-                                for a in record.args)
-        if isinstance(record.msg, str) and "token=" in record.msg:
-            record.msg = _TOKEN_IN_QUERY.sub(r"\1[hidden]", record.msg)
+            record.args = tuple(scrub_query(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = scrub_query(record.msg)
         return True
 
 

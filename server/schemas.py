@@ -133,7 +133,10 @@ def preset_record(preset: str | None, variant: str | None, config: dict[str, Any
 
 
 def _live_model() -> type[BaseModel]:
-    spec = {name: (_field_type(name, "float") | None, None) for name in LIVE_FIELDS}
+    # Each field may be left out, never null: `{"lr": null}` is a 422, not a change to nothing
+    # (which a queued run would keep in its config and fail on at launch). The default None is
+    # what "left out" looks like; pydantic does not validate defaults.
+    spec = {name: (_field_type(name, "float"), None) for name in LIVE_FIELDS}
     return create_model("RunChange", __config__=ConfigDict(extra="forbid", strict=True), **spec)
 
 

@@ -1,19 +1,24 @@
-"""Who may talk to the server: the token, the session cookie, and the Host and Origin checks.
+"""Who may talk to the server: the token, browser sessions, and the Host and Origin checks.
 
-Policy only, no ASGI plumbing (that is server/middleware.py). The model, as Jupyter's:
+Policy only, no ASGI plumbing (that is server/middleware.py). The model:
 
-- There is always a token (GRADWATCH_TOKEN, or a random one made at start and printed in the
-  URL to open). API clients send `Authorization: Bearer <token>`.
-- A browser opens `/?token=<token>` once; the server answers with a session cookie (HttpOnly,
-  SameSite=Strict) and a redirect to `/`, so the token leaves the address bar and history.
-  The cookie holds an HMAC of the token, not the token: it survives a server restart, and a
-  new token ends every session.
-- Cookies are ambient (the browser adds them to requests other pages make), so a request
-  that rides on the cookie must also come from our own origin: its Origin header, when there
-  is one, must be ours, and its Sec-Fetch-Site, when there is one, same-origin.
+- There is always a token (GRADWATCH_TOKEN, or a random one made at start). API clients send
+  `Authorization: Bearer <token>`.
+- A browser signs in on /login: it posts the token, or a one-time code from a sign-in link
+  (`/login#code=…`, printed at start or made by `POST /api/login/links`), and gets a session
+  cookie. Nothing that signs in is ever in a URL the browser navigates to, so nothing that
+  signs in is in its history (a used code signs in nobody).
+- A session is a random value made at sign-in and known only to this server process (as a
+  digest): signing out ends it, a restart ends them all, SESSION_IDLE_S unused ends it, and
+  each use renews it. The cookie is HttpOnly and SameSite=Strict.
+- Cookies are ambient, and they ignore ports: the browser adds ours to requests other pages
+  make, and sends it to every port of the host. So a request that rides on the cookie must
+  also say it comes from our own page, always: an Origin that is ours, or Sec-Fetch-Site
+  same-origin (or `none`, a person's own navigation, for GET). Browsers set both and no page
+  can change them.
 - The Host header must be one of ours (DNS rebinding: a page on evil.example whose name
   re-resolves to 127.0.0.1 reaches this port with `Host: evil.example`).
-Every comparison of secrets is constant-time.
+Every comparison of secrets is constant-time; session values are looked up by digest.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Mapping
+import secrets
+import time
+from collections.abc import Callable, Mapping
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
@@ -31,7 +38,9 @@ from starlette.websockets import WebSocket
 from .settings import Settings
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-SESSION_DAYS = 30  # a browser stays signed in this long (or until the token changes)
+SESSION_IDLE_S = 12 * 3600  # a browser session unused this long ends (each use renews it)
+LINK_CODE_S = 600  # a sign-in link made by POST /api/login/links works once, within this long
+MAX_SESSIONS = 1000  # sessions kept at once; past it the least recently used one ends
 
 
 def token_matches(given: str | None, expected: str | None) -> bool:
@@ -47,7 +56,87 @@ def bearer(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-# ---- the session cookie -------------------------------------------------------------------
+# ---- browser sessions -----------------------------------------------------------------------
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class Sessions:
+    """Browser sessions and one-time sign-in codes, in this process's memory only.
+
+    Values are random (256 bits) and kept as digests: a session is looked up by the digest of
+    what the cookie holds, so no comparison depends on how much of a secret matches."""
+
+    def __init__(self, idle_s: float = SESSION_IDLE_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_s = idle_s
+        self.clock = clock
+        self._sessions: dict[str, list[float]] = {}  # digest -> [expires, renewed (cookie last sent)]
+        self._codes: dict[str, float | None] = {}  # digest -> expires (None: until used)
+
+    def create(self) -> str:
+        """A new session; returns the cookie's value."""
+        now = self.clock()
+        self._prune(now)
+        while len(self._sessions) >= MAX_SESSIONS:  # the least recently renewed one goes
+            self._sessions.pop(min(self._sessions, key=lambda d: self._sessions[d][0]))
+        value = secrets.token_urlsafe(32)
+        self._sessions[_digest(value)] = [now + self.idle_s, now]
+        return value
+
+    def check(self, value: str | None) -> bool:
+        if not value:
+            return False
+        entry = self._sessions.get(_digest(value))
+        if entry is None:
+            return False
+        if entry[0] <= self.clock():
+            self._sessions.pop(_digest(value), None)
+            return False
+        return True
+
+    def touch(self, value: str) -> bool:
+        """A request used the session: it lasts SESSION_IDLE_S from now. True when its cookie
+        should be sent again (its Max-Age renewed too), about every quarter of that."""
+        entry = self._sessions.get(_digest(value))
+        if entry is None:
+            return False
+        now = self.clock()
+        entry[0] = now + self.idle_s
+        if now - entry[1] >= self.idle_s / 4:
+            entry[1] = now
+            return True
+        return False
+
+    def revoke(self, value: str | None) -> None:
+        if value:
+            self._sessions.pop(_digest(value), None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def identity(self, value: str) -> str:
+        """A name for the session that is not its secret (for per-session limits)."""
+        return "session:" + _digest(value)[:16]
+
+    def link_code(self, lifetime_s: float | None = LINK_CODE_S) -> str:
+        """A one-time sign-in code (`/login#code=<it>`), valid once, for lifetime_s (None: until used)."""
+        now = self.clock()
+        self._codes = {d: t for d, t in self._codes.items() if t is None or t > now}
+        code = secrets.token_urlsafe(24)
+        self._codes[_digest(code)] = None if lifetime_s is None else now + lifetime_s
+        return code
+
+    def use_code(self, code: str | None) -> bool:
+        if not code:
+            return False
+        expires = self._codes.pop(_digest(code), 0.0)
+        return expires is None or expires > self.clock()
+
+    def _prune(self, now: float) -> None:
+        for d in [d for d, (expires, _) in self._sessions.items() if expires <= now]:
+            del self._sessions[d]
 
 
 def cookie_name(settings: Settings) -> str:
@@ -55,30 +144,27 @@ def cookie_name(settings: Settings) -> str:
     return f"gradwatch-session-{settings.port}"
 
 
-def session_value(token: str) -> str:
-    return hmac.new(token.encode(), b"gradwatch browser session v1", hashlib.sha256).hexdigest()
-
-
-def session_cookie(settings: Settings, secure: bool) -> str:
-    """The Set-Cookie header value that signs a browser in."""
-    parts = [f"{cookie_name(settings)}={session_value(settings.token)}", "Path=/", "HttpOnly",
-             "SameSite=Strict", f"Max-Age={SESSION_DAYS * 86400}"]
+def session_cookie(settings: Settings, value: str, secure: bool, idle_s: float = SESSION_IDLE_S) -> str:
+    """The Set-Cookie header value that signs a browser in (or, with value "", out)."""
+    parts = [f"{cookie_name(settings)}={value}", "Path=/", "HttpOnly", "SameSite=Strict",
+             f"Max-Age={int(idle_s) if value else 0}"]
     if secure:
         parts.append("Secure")
     return "; ".join(parts)
 
 
-def cookie_session_ok(headers: Mapping[str, str], settings: Settings) -> bool:
+def session_value(headers: Mapping[str, str], settings: Settings) -> str | None:
+    """The session cookie's value, if the request carries one."""
     raw = headers.get("cookie")
-    if not raw or settings.token is None:
-        return False
+    if not raw:
+        return None
     jar = SimpleCookie()
     try:
         jar.load(raw)
     except Exception:  # noqa: BLE001 - a malformed Cookie header is simply no session
-        return False
+        return None
     morsel = jar.get(cookie_name(settings))
-    return morsel is not None and token_matches(morsel.value, session_value(settings.token))
+    return morsel.value if morsel is not None else None
 
 
 # ---- Host and Origin ------------------------------------------------------------------
@@ -145,42 +231,59 @@ def origin_allowed(origin: str, host_header: str | None, settings: Settings) -> 
     return host_header is not None and parts.netloc == host_header.strip().lower()
 
 
-def browser_request_ok(headers: Mapping[str, str], settings: Settings) -> bool:
-    """A request that carries ambient credentials must come from our own page."""
+def browser_request_ok(headers: Mapping[str, str], settings: Settings, method: str = "GET") -> bool:
+    """A request that rides on the session cookie must say it comes from our own page: an Origin
+    of ours, or Sec-Fetch-Site same-origin (`none`, a person's own navigation, for GET and
+    HEAD). Neither header: refused (a replayed cookie, or a browser that sends neither: one on
+    plain http to a name other than localhost; use https there)."""
     origin = headers.get("origin")
     if origin is not None and not origin_allowed(origin, headers.get("host"), settings):
         return False
-    return headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin" or (site == "none" and method in ("GET", "HEAD"))
+    return origin is not None
 
 
 # ---- who is asking ----------------------------------------------------------------------
 
 
-def http_authenticated(headers: Mapping[str, str], settings: Settings) -> bool:
-    """Bearer header, or the session cookie from our own origin. Never a ?token= on /api:
-    query strings end up in logs and histories."""
+def http_identity(headers: Mapping[str, str], settings: Settings, sessions: Sessions,
+                  method: str = "GET") -> str | None:
+    """Who an HTTP request comes from: "token" (Bearer header), the session's identity (the
+    session cookie, from our own page), or None. Never a ?token= on /api: query strings end up
+    in logs and histories."""
     if token_matches(bearer(headers), settings.token):
-        return True
-    return cookie_session_ok(headers, settings) and browser_request_ok(headers, settings)
+        return "token"
+    value = session_value(headers, settings)
+    if sessions.check(value) and browser_request_ok(headers, settings, method):
+        return sessions.identity(value)
+    return None
 
 
-def websocket_authenticated(headers: Mapping[str, str], query_token: str | None, settings: Settings) -> bool:
+def websocket_identity(headers: Mapping[str, str], query_token: str | None, settings: Settings,
+                       sessions: Sessions) -> str | None:
     """Browser websockets: the session cookie, and only with our own Origin (browsers always
     send one). Other clients: the Bearer header, or ?token= where they cannot set headers."""
     if token_matches(bearer(headers) or query_token, settings.token):
-        return True
+        return "token"
     origin = headers.get("origin")
-    return (cookie_session_ok(headers, settings) and origin is not None
-            and origin_allowed(origin, headers.get("host"), settings))
+    value = session_value(headers, settings)
+    if sessions.check(value) and origin is not None and origin_allowed(origin, headers.get("host"), settings):
+        return sessions.identity(value)
+    return None
 
 
 def require_token(request: Request) -> None:
     """Dependency kept on the API routers: the middleware already checked; this is the
     second lock, should a route ever be mounted outside it."""
-    if not http_authenticated(request.headers, request.app.state.settings):
+    state = request.app.state
+    if http_identity(request.headers, state.settings, state.sessions, request.method) is None:
         raise HTTPException(401, "missing or wrong token: send Authorization: Bearer <token>",
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def websocket_token_ok(ws: WebSocket, expected: str | None = None) -> bool:
-    return websocket_authenticated(ws.headers, ws.query_params.get("token"), ws.app.state.settings)
+def websocket_token_ok(ws: WebSocket) -> str | None:
+    """The websocket's identity (see websocket_identity), or None."""
+    state = ws.app.state
+    return websocket_identity(ws.headers, ws.query_params.get("token"), state.settings, state.sessions)

@@ -10,6 +10,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.config import memory_budget, parse_size
+
 
 class SettingsError(ValueError):
     pass
@@ -39,6 +41,16 @@ class Settings:
     # (CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia/gpus). With two or more, each worker gets one.
     gpus: list[str] | None = None
     gpu_memory_fraction: float = 0.0  # each worker's cap on its GPU's memory (0: none), for workers sharing one
+    # A run's estimated memory (activations of a batch, weights and optimizer state, data) must fit
+    # this, or it is refused with a 422 before any worker starts. Read from GRADWATCH_WORKER_MEMORY by
+    # trainer.config.memory_budget (which validates runs); half the machine's memory by default.
+    worker_memory: int = field(default_factory=memory_budget)
+    stop_step_grace_s: float = 2.0  # a stopped worker that reaches no step boundary this long is killed
+    run_max_events: int = 2_000_000  # events one run may store; past it the run ends `failed`, saying so
+    run_max_bytes: int = 2 * 2**30  # bytes of event JSON one run may store (its ingest token's disk budget)
+    max_streams: int = 256  # browser websockets (/api/stream) open at once; more are refused (close 1013)
+    max_streams_per_session: int = 32  # ...and per browser session (or per token, for API clients)
+    header_timeout_s: float = 10.0  # a connection that has not sent a whole request head this long is closed
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -48,7 +60,9 @@ class Settings:
             "host": str, "port": int, "data_dir": Path, "token": str, "max_concurrent": int,
             "max_queued": int, "max_external": int, "stop_grace_s": float, "reattach_grace_s": float,
             "heartbeat_timeout_s": float, "stalled_timeout_s": float, "external_grace_s": float, "idle_note_s": float,
-            "worker_threads": int, "gpu_memory_fraction": float,
+            "worker_threads": int, "gpu_memory_fraction": float, "worker_memory": parse_size,
+            "stop_step_grace_s": float, "run_max_events": int, "run_max_bytes": parse_size, "max_streams": int,
+            "max_streams_per_session": int, "header_timeout_s": float,
         }
         for name, kind in conv.items():
             raw = env.get(f"GRADWATCH_{name.upper()}")
@@ -108,7 +122,11 @@ class Settings:
         if not 0 <= self.gpu_memory_fraction <= 1:
             raise SettingsError("GRADWATCH_GPU_MEMORY_FRACTION must be 0 (no cap) to 1, "
                                 f"got {self.gpu_memory_fraction}")
-        for name in ("heartbeat_timeout_s", "stalled_timeout_s", "external_grace_s", "idle_note_s"):
+        for name in ("worker_memory", "run_max_events", "run_max_bytes", "max_streams", "max_streams_per_session"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"GRADWATCH_{name.upper()} must be at least 1, got {getattr(self, name)}")
+        for name in ("heartbeat_timeout_s", "stalled_timeout_s", "external_grace_s", "idle_note_s",
+                     "stop_step_grace_s", "header_timeout_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"GRADWATCH_{name.upper()} must be more than 0, got {getattr(self, name)}")
 
@@ -117,7 +135,7 @@ class Settings:
         not a traceback from deep inside the first request."""
         probe = self.data_dir / ".gradwatch-write-test"
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: see app.private_dir
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as e:

@@ -12,6 +12,9 @@ read transaction, so that everything one answer reads comes from one committed s
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import queue
 import sqlite3
 import threading
@@ -99,6 +102,11 @@ CREATE TABLE IF NOT EXISTS groups (
     spec TEXT NOT NULL,
     created REAL NOT NULL
 );
+-- Bytes of event JSON each run has stored (its per-run limit, GRADWATCH_RUN_MAX_BYTES).
+CREATE TABLE IF NOT EXISTS run_bytes (
+    run_id TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 SERIES_SCALARS = ("step", "time", "loss", "accuracy", "global_grad_norm")
@@ -115,9 +123,35 @@ RUN_FIELDS = ("id", "name", "status", "config", "created", "started", "finished"
 JSON_FIELDS = ("config", "summary", "layers", "preset")
 
 
+TOKEN_HASH = "sha256:"  # runs.token holds this + the hex digest of the run's ingest token
+
+
+def token_digest(token: str) -> str:
+    """What the store keeps of a run's ingest token: enough to check one, not to use it. (A
+    random 192-bit token needs no salt or slow hash: nobody can guess one from its digest.)"""
+    return TOKEN_HASH + hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_ok(given: str | None, stored: str | None) -> bool:
+    """Does `given` match the run's stored token digest? Constant-time."""
+    if not given or not stored:
+        return False
+    return hmac.compare_digest(token_digest(given).encode(), stored.encode())
+
+
+def private_file(path: Path) -> None:
+    """The database and its -wal/-shm files readable by this user only (SQLite creates the
+    -wal and -shm files with the database file's mode)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and p.stat().st_mode & 0o077:
+            p.chmod(0o600)
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        private_file(path)
         # The writer: every write, and the reads made on the thread that opened the store (the
         # event loop's). Other threads read in `snapshot()`, through a pooled connection (`rdb`).
         self.db = self._connect()
@@ -126,6 +160,7 @@ class Store:
         self.db.executescript(SCHEMA)
         self._add_columns()
         self._migrate()
+        self._hash_tokens()
         self._owner = threading.get_ident()
         # Reading threads borrow a connection from a small pool for the length of a snapshot.
         # (One per thread would leave SQLite holding file descriptors of every thread that ever
@@ -192,6 +227,12 @@ class Store:
         have = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
         if "preset" not in have:
             self.db.execute("ALTER TABLE runs ADD COLUMN preset TEXT")
+
+    def _hash_tokens(self) -> None:
+        """Ingest tokens stored in clear by an older version: keep only their digests."""
+        rows = self.db.execute("SELECT id, token FROM runs WHERE token NOT LIKE ?", (TOKEN_HASH + "%",)).fetchall()
+        for run_id, token in rows:
+            self._durable("UPDATE runs SET token = :t WHERE id = :id", {"t": token_digest(token), "id": run_id})
 
     def _migrate(self) -> None:
         """Fill the tables a data dir from an older version lacks from its events, once."""
@@ -290,7 +331,20 @@ class Store:
         self.db.execute("DELETE FROM evals WHERE run_id = ?", (run_id,))
         self.db.execute("DELETE FROM layer_stats WHERE run_id = ?", (run_id,))
         self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        self.db.execute("DELETE FROM run_bytes WHERE run_id = ?", (run_id,))
         self.db.execute("COMMIT")
+
+    def stored_bytes(self, run_id: str) -> int:
+        """Bytes of event JSON the run has stored (its events' sizes, summed once per run made by
+        an older version, then kept up to date by append_events)."""
+        row = self.rdb.execute("SELECT bytes FROM run_bytes WHERE run_id = ?", (run_id,)).fetchone()
+        if row is not None:
+            return row[0]
+        total = self.rdb.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM events WHERE run_id = ?",
+                                 (run_id,)).fetchone()[0]
+        if threading.get_ident() == self._owner:
+            self.db.execute("INSERT OR IGNORE INTO run_bytes VALUES (?, ?)", (run_id, total))
+        return total
 
     # ---- groups ---------------------------------------------------------------------
 
@@ -311,19 +365,25 @@ class Store:
     def append_events(self, run_id: str, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         """Store the events not stored yet; returns (the new ones, the run's last seq)."""
         new = []
+        size = 0  # bytes of JSON stored
         self.db.execute("BEGIN")
         try:
+            self.stored_bytes(run_id)  # its row, counted from its events for a run of an older version
             for e in events:
+                data = orjson.dumps(e).decode()
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO events (run_id, seq, type, step, data) VALUES (?, ?, ?, ?, ?)",
-                    (run_id, e["seq"], e["type"], e.get("step"), orjson.dumps(e).decode()),
+                    (run_id, e["seq"], e["type"], e.get("step"), data),
                 )
                 if cur.rowcount:
                     new.append(e)
+                    size += len(data)
                     if e["type"] == "metrics":
                         self._put_series(run_id, e)
             last = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
             self.db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (last, run_id))
+            if size:
+                self.db.execute("UPDATE run_bytes SET bytes = bytes + ? WHERE run_id = ?", (size, run_id))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

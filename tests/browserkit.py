@@ -11,12 +11,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-LIVE = "document.querySelector('#conn').textContent === 'live'"
+LIVE = "document.querySelector('#conn')?.textContent === 'live'"  # false on the sign-in page
 
 
 def _missing(what: str) -> None:
@@ -44,7 +45,9 @@ def browser_fixture() -> Iterator[Any]:
 @pytest.fixture(name="page")
 def page_fixture(browser: Any) -> Iterator[Any]:
     """A fresh page that records uncaught exceptions and console errors in `page.errors`."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1250})
+    # bypass_csp: Playwright's wait_for_function evaluates its predicate with eval, which the
+    # dashboard's Content-Security-Policy forbids (test_trust_browser.py checks the page under it).
+    page = browser.new_page(viewport={"width": 1400, "height": 1250}, bypass_csp=True)
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(f"uncaught: {e}"))
     page.on("console", lambda m: page.errors.append(f"console.error: {m.text}") if m.type == "error" else None)
@@ -54,9 +57,10 @@ def page_fixture(browser: Any) -> Iterator[Any]:
 
 
 def open_dashboard(page: Any, server: Any, query: str = "") -> None:
-    """Open the page (the token rides once in the URL and becomes a session cookie; `query`
-    adds state, e.g. "&runs=a,b") and wait for the live connection."""
+    """Sign in with a one-time link and open the dashboard (`query` adds state, e.g.
+    "&runs=a,b"), then wait for the live connection."""
     page.goto(server.browser_url + query)
+    page.wait_for_url(lambda url: urlsplit(url).path == "/")  # the sign-in page goes on to the dashboard
     page.wait_for_function(LIVE)
 
 

@@ -108,8 +108,12 @@ class LiveServer:
 
     @property
     def browser_url(self) -> str:
-        """What a person opens: the token is exchanged for a session cookie and leaves the URL."""
-        return f"{self.url}/?token={self.token}"
+        """What a person opens: a one-time sign-in link (`/login#code=…`, as `gradwatch serve`
+        prints), which signs the browser in and opens the dashboard. View state may follow as
+        `&runs=a,b`: the page carries it over."""
+        r = self.client.post("/api/login/links")
+        assert r.status_code == 201, r.text
+        return self.url + r.json()["url"]
 
     def ws_url(self, path: str, auth: bool = True) -> str:
         """A websocket URL; with auth, carrying ?token= (as non-browser clients may)."""

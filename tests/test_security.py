@@ -46,10 +46,12 @@ def own_origin(server: LiveServer) -> str:
 
 
 def signed_in(server: LiveServer) -> httpx.Client:
-    """A client that did what a browser does: open the token link once, keep the cookie."""
-    c = httpx.Client(base_url=server.url, timeout=10)
-    r = c.get(f"/?token={server.token}")
-    assert r.status_code == 303
+    """A client that did what a browser does: sign in on /login (a POST of the token), keep the
+    cookie, and say on every request that it comes from the page itself (browsers send
+    Sec-Fetch-Site, and no page can change it)."""
+    c = httpx.Client(base_url=server.url, timeout=10, headers={"Sec-Fetch-Site": "same-origin"})
+    r = c.post("/api/login", json={"token": server.token})
+    assert r.status_code == 204, r.text
     return c
 
 
@@ -75,22 +77,27 @@ def raw_http(port: int, request: bytes, read_timeout: float = 10) -> bytes:
 # ---- auth --------------------------------------------------------------------------------
 
 
-def test_the_token_link_becomes_an_httponly_strict_cookie_and_leaves_the_url(server: LiveServer, anon) -> None:
-    r = anon.get(f"/?token={server.token}&runs=a,b")
-    assert r.status_code == 303
-    assert r.headers["location"] == "/?runs=a%2Cb"  # the rest of the state stays, the token goes
+def test_signing_in_posts_the_token_for_an_httponly_strict_cookie(server: LiveServer, anon) -> None:
+    r = anon.post("/api/login", json={"token": server.token})
+    assert r.status_code == 204
     cookie = r.headers["set-cookie"]
     assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= {p.strip() for p in cookie.split(";")}
-    assert server.token not in cookie  # the cookie is derived from the token, not the token
-    assert anon.get("/api/runs").status_code == 200  # the cookie is the session
+    assert server.token not in cookie  # a session of its own, not the token
+    same = {"Sec-Fetch-Site": "same-origin"}
+    assert anon.get("/api/runs", headers=same).status_code == 200  # the cookie is the session
     assert anon.get("/api/runs", headers={"Sec-Fetch-Site": "same-site"}).status_code == 401
     assert anon.get("/api/runs", headers={"Origin": "http://localhost:3000"}).status_code == 401
-    # A wrong link signs nobody in; a forged cookie is nobody.
-    with httpx.Client(base_url=server.url, timeout=10) as other:
-        assert other.get("/?token=not-the-token").status_code == 401
+    # A wrong token signs nobody in; a forged cookie is nobody.
+    with httpx.Client(base_url=server.url, timeout=10, headers=same) as other:
+        assert other.post("/api/login", json={"token": "not-the-token"}).status_code == 401
         assert other.get("/api/runs").status_code == 401
-        other.cookies.set(f"gradwatch-session-{server.port}", "0" * 64)
+        other.cookies.set(f"gradwatch-session-{server.port}", "0" * 43)
         assert other.get("/api/runs").status_code == 401
+    # An old ?token= link signs nobody in any more (it would stay in the history): the page
+    # sends the browser to /login, the view kept and the token dropped.
+    r = httpx.get(f"{server.url}/?token={server.token}&runs=a,b")
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=%2F%3Fruns%3Da%252Cb"
+    assert "set-cookie" not in r.headers
     # The access log (level info here) shows requests, never the token.
     wait_for(lambda: "GET /?token=" in server.log_text(), timeout=5, what="the access log line")
     assert server.token not in server.log_text()
@@ -109,8 +116,9 @@ def test_every_route_but_health_and_the_page_shell_needs_auth(server: LiveServer
     assert checked >= 8
     for path in ("/openapi.json", "/docs", "/api/nothing-here"):
         assert anon.get(path).status_code == 401, path
-    for path in ("/", "/static/js/api.js", "/static/vendor/plotly.min.js", "/api/health"):
+    for path in ("/login", "/static/js/api.js", "/static/vendor/plotly.min.js", "/api/health"):
         assert anon.get(path).status_code == 200, path
+    assert anon.get("/").status_code == 303  # to /login
     assert anon.get("/api/runs", headers={"Authorization": "Bearer wrong-token-000"}).status_code == 401
     assert anon.get("/api/runs", headers={"Authorization": f"Bearer {server.token}"}).status_code == 200
 
@@ -169,7 +177,7 @@ def test_foreign_origins_cannot_change_state_and_nothing_is_shared_cross_origin(
     assert "access-control-allow-origin" not in r.headers
     r = c.get("/api/runs", headers={"Origin": EVIL})
     assert "access-control-allow-origin" not in r.headers
-    page = httpx.get(server.url + "/")
+    page = httpx.get(server.url + "/login")
     assert page.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in page.headers[
         "content-security-policy"]
 
@@ -285,9 +293,9 @@ def test_without_a_token_one_is_made_and_printed_in_the_url_to_open(tmp_path: Pa
     p = serve(["--port", str(port), "--data-dir", str(tmp_path / "d")], {})
     try:
         line = p.stdout.readline()
-        m = re.search(rf"open http://127\.0\.0\.1:{port}/\?token=(\S+)", line)
+        m = re.search(rf"open http://127\.0\.0\.1:{port}/login#code=(\S+) .* with token (\S+)\)", line)
         assert m, line
-        token = m.group(1)
+        code, token = m.groups()
         assert len(token) >= 32
         deadline = time.monotonic() + 60
         while True:
@@ -300,6 +308,10 @@ def test_without_a_token_one_is_made_and_printed_in_the_url_to_open(tmp_path: Pa
         assert httpx.get(f"http://127.0.0.1:{port}/api/runs").status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/api/runs",
                          headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        # The printed link's code signs one browser in, once.
+        login = f"http://127.0.0.1:{port}/api/login"
+        assert httpx.post(login, json={"code": code}).status_code == 204
+        assert httpx.post(login, json={"code": code}).status_code == 401
     finally:
         p.terminate()
         p.communicate(timeout=30)

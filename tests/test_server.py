@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from .conftest import LiveServer, wait_for, worker_pids
@@ -234,33 +234,35 @@ def test_workers_are_spread_over_the_gpus(tmp_path) -> None:  # noqa: ANN001
         server.stop()
 
 
-def test_malformed_events_on_the_ingest_socket_are_stored_not_fatal(live_server: LiveServer) -> None:
-    """A worker (or someone's own loop) sending events of the wrong shape: acknowledged and
-    stored whole, bad numbers are gaps, a run.finished with an unknown status fails the run
-    saying so, and the run's history and the server stay readable."""
+def test_a_malformed_event_is_refused_with_its_batch_and_the_run_fails_saying_why(live_server: LiveServer) -> None:
+    """A worker (or someone's own loop) sending an event of the wrong shape: nothing of its batch
+    is stored, the worker is asked to stop, the run ends failed naming the event and the field,
+    the socket closes with 1008, and the run's history and the server stay readable."""
     r = live_server.client.post("/api/runs", json={"name": "malformed", "external": True, "config": {}})
     run_id, token = r.json()["id"], r.json()["token"]
+    layers = [{"name": "fc1.weight", "module": "Linear", "shape": [2, 2]},
+              {"name": "fc1.bias", "module": "Linear", "shape": [2]}]
     batch = {"type": "batch", "events": [
-        {"type": "run.started", "seq": 1, "layers": "not a list"},
+        {"type": "run.started", "seq": 1, "layers": layers},
         {"type": "metrics", "seq": 2, "step": 1, "loss": 0.5, "grad_norm": [1.0, 2.0], "weight_norm": [1.0, 1.0],
          "update_ratio": [0.1, 0.1]},
         {"type": "metrics", "seq": 3, "step": "two", "loss": "abc", "grad_norm": ["x"], "stats": {"eff_lr": 5}},
-        {"type": "metrics", "seq": 4},
-        {"type": "run.finished", "seq": 5, "status": "banana", "summary": [1, 2]},
     ]}
     with connect(live_server.ws_url(f"/api/ingest/{run_id}"), open_timeout=10,
                  additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         assert orjson.loads(ws.recv(timeout=10))["type"] == "hello"
         ws.send(orjson.dumps(batch))
-        ack = orjson.loads(ws.recv(timeout=10))
-        assert ack == {"type": "ack", "seq": 5}
+        assert orjson.loads(ws.recv(timeout=10)) == {"type": "control", "stop": True}
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd.code == 1008 and "step" in closed.value.rcvd.reason
     done = live_server.wait_status(run_id, ("failed",), timeout=10)
-    assert "unknown status 'banana'" in done["error"]
+    assert "event 2 ('metrics', seq 3): step: expected an integer" in done["error"], done["error"]
     hist = live_server.client.get(f"/api/runs/{run_id}/metrics")
     assert hist.status_code == 200, hist.text
     body = hist.json()
-    assert body["layers"] == [] and body["step"] == [1, 0, 0] and body["loss"] == [0.5, None, None]
-    assert body["grad_norm"][0] == [1.0, 2.0] and body["grad_norm"][1] == [None, None]  # padded to the run's width
+    assert body["layers"] == [] and body["step"] == []  # not one event of the batch
+    assert [e["type"] for e in body["events"]] == ["run.finished"]  # the server's, saying why
     assert live_server.client.get(f"/api/runs/{run_id}/heatmap").status_code == 200
     assert live_server.client.get(f"/api/runs/{run_id}/export", params={"format": "csv"}).status_code == 200
     assert live_server.client.get("/api/health").json()["status"] == "ok"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -61,6 +62,12 @@ class RunConfig:
             raise ConfigError(
                 "width", f"depth {self.depth} x width {self.width} is over {MAX_PARAMS:,} parameters"
             )
+        need, budget = estimated_memory(self), memory_budget()
+        if need["total"] > budget:
+            raise ConfigError("batch_size", f"needs about {_gib(need['total'])} of memory (activations of a batch "
+                              f"{_gib(need['activations'])}, weights and optimizer state {_gib(need['parameters'])}, "
+                              f"data {_gib(need['data'])}), over the limit of {_gib(budget)} per worker "
+                              "(GRADWATCH_WORKER_MEMORY): a smaller batch, width or depth fits")
 
 
 class ConfigError(ValueError):
@@ -138,3 +145,73 @@ def estimated_params(cfg: RunConfig, in_features: int = 3 * 32 * 32, n_classes: 
     if cfg.model == "mlp":
         return in_features * w + (cfg.depth - 1) * w * w + w * n_classes + 4 * w * cfg.depth
     return 3 * 9 * w + (cfg.depth - 1) * 9 * w * w + w * n_classes + 4 * w * cfg.depth
+
+
+# ---- memory: what a run needs, and what one worker may take ----------------------------------
+
+# Each dataset's examples: (channels, height, width, count); see trainer/data.py.
+DATASET_SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "digits": (1, 8, 8, 1797), "synthetic": (1, 8, 8, 2048), "mnist": (1, 28, 28, 70_000),
+    "fashion_mnist": (1, 28, 28, 70_000), "cifar10": (3, 32, 32, 60_000),
+}
+EVAL_CHUNK = 4096  # examples per forward pass of models.evaluate
+
+
+def estimated_memory(cfg: RunConfig) -> dict[str, int]:
+    """Bytes a run needs, from its config alone (float32 throughout; an upper-end estimate):
+
+    - activations: what autograd keeps of one batch for the backward pass (per hidden block the
+      Linear/Conv output, the BatchNorm output, the activation and the dropout mask, as the run
+      has them, and the input), or an evaluation chunk's two largest blocks, the larger;
+    - parameters: weights, gradients, optimizer state (momentum: 1 copy, Adam: 2) and one more
+      copy for the probe's update norms;
+    - data: the whole dataset, held on the device (trainer/data.py)."""
+    c, h, w, n = DATASET_SHAPES[cfg.dataset]
+    blocks = []  # elements of one example's output of each hidden block
+    size = w
+    for i in range(1, cfg.depth + 1):
+        blocks.append(cfg.width * (size * size if cfg.model == "cnn" else 1))
+        if cfg.model == "cnn" and size > 8 and i % 2 == 0:  # models.build pools here
+            size //= 2
+    saved = 2 + int(cfg.batchnorm) + int(cfg.dropout > 0)  # tensors kept per block
+    per_example = c * h * w + saved * sum(blocks)
+    evaluation = min(EVAL_CHUNK, max(1, n // 10)) * 2 * max(blocks)
+    states = {"sgd": 1 if cfg.momentum > 0 else 0, "adam": 2, "adamw": 2}[cfg.optimizer]
+    out = {
+        "activations": 4 * max(cfg.batch_size * per_example, evaluation),
+        "parameters": 4 * estimated_params(cfg, c * h * w) * (3 + states),
+        "data": 4 * n * c * h * w,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def memory_budget(env: dict[str, str] | None = None) -> int:
+    """Bytes one run may need: GRADWATCH_WORKER_MEMORY (`8G`, `512M`, bytes), else half of this
+    machine's memory. The server refuses a bigger run with a 422 before any worker starts."""
+    raw = (os.environ if env is None else env).get("GRADWATCH_WORKER_MEMORY")
+    if raw:
+        return parse_size(raw)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return 8 * 2**30
+
+
+def parse_size(raw: str) -> int:
+    """Bytes: `1073741824`, or with a binary unit, `512M`, `8G` (K, M, G, T; a trailing B or iB is fine)."""
+    text = raw.strip().upper().removesuffix("IB").removesuffix("B")
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected bytes, or a number with K, M, G or T, got {raw!r}") from None
+    if not value >= 1 or value * scale > 2**62:
+        raise ValueError(f"expected a size from 1 byte to 4 EiB, got {raw!r}")
+    return int(value * scale)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"

@@ -15,7 +15,9 @@ export class ApiError extends Error {
 
 // `token` is the ?token= of the page URL, if any: a Bearer header on REST and
 // a ?token= on websocket URLs (browsers cannot set headers on a websocket).
-export function createApi(token = null, base = globalThis.location) {
+// `unauthorized()` is called on a 401: the session ended (a sign-out, a server
+// restart, 12 hours unused), and the page should send the person to /login.
+export function createApi(token = null, base = globalThis.location, { unauthorized } = {}) {
   async function request(method, path, body) {
     const init = { method, headers: {} };
     if (token) init.headers.Authorization = `Bearer ${token}`;
@@ -28,6 +30,7 @@ export function createApi(token = null, base = globalThis.location) {
     const text = await res.text();
     let data = text;
     try { data = text ? JSON.parse(text) : null; } catch { /* not JSON: keep the text */ }
+    if (res.status === 401) unauthorized?.();
     if (!res.ok) throw new ApiError(res.status, data?.detail ?? (data || res.statusText));
     return data;
   }
@@ -48,6 +51,7 @@ export function createApi(token = null, base = globalThis.location) {
     // along), so a big run never sits in the page's memory.
     exportUrl: (id, format) => `${run(id)}/export?format=${format}`,
     listPresets: () => request('GET', '/api/presets'),
+    session: () => request('GET', '/api/session'), // 401 (and unauthorized()) once signed out
     createGroup: body => request('POST', '/api/groups', body),
     listGroups: () => request('GET', '/api/groups'),
     group: id => request('GET', `/api/groups/${encodeURIComponent(id)}`),
@@ -178,6 +182,9 @@ export class Stream {
       const delay = Math.min(10000, 500 * 2 ** this.attempt) * (0.75 + Math.random() / 2);
       this.attempt++;
       this.on.connection?.('reconnecting', { delay, code: ev.code, reason: ev.reason });
+      // A refused upgrade looks like a server that is away; a session that ended
+      // answers this with a 401 (unauthorized() then leaves for /login).
+      this.api.session?.().catch(() => {});
       setTimeout(() => this.connect(), delay);
     };
   }

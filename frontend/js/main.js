@@ -2,6 +2,7 @@
 // their buffers, and the page's parts (runs table, launch form, details
 // panel, group card, chips, settings, scrubber, charts).
 
+import './plotsafe.js'; // first: every text handed to Plotly is escaped (see there)
 import { createState, HEATMAP_STATS } from './state.js';
 import { assignColors, hashColor } from './colors.js';
 import { createApi, ApiError, Stream } from './api.js';
@@ -20,7 +21,10 @@ import { readForm, fillForm, clearErrors, showErrors, detailErrors } from './for
 
 const $ = sel => document.querySelector(sel);
 
-const api = createApi(new URLSearchParams(location.search).get('token'));
+// Signed out (a sign-out, a server restart, a session unused for 12 h): sign in
+// again on /login, which comes back to this view.
+const toLogin = () => location.replace(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+const api = createApi(new URLSearchParams(location.search).get('token'), globalThis.location, { unauthorized: toLogin });
 const state = createState();
 const runs = new Map();   // run id -> run record (docs/api.md), as the server last said
 const series = new Map(); // run id -> RunSeries, for the selected runs only

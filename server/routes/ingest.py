@@ -4,22 +4,32 @@ server → worker, on connect: {"type": "hello", "run_id", "acked_seq", "config"
 worker → server: {"type": "batch", "events": [{"type", "seq", ...}, ...]}
                  {"type": "heartbeat"} when it has nothing to send for a second (not stored, not acked)
 server → worker: {"type": "ack", "seq": last stored seq}, and {"type": "control", ...}
-The run's own token is checked before accept(); a wrong one is closed with 1008.
+
+The run's own token is checked before accept(); a wrong one is closed with 1008. A token acts for
+its run only, and only as a worker: every event is checked against its type's schema first
+(server/wire.py), and the run has limits on what it may store (GRADWATCH_RUN_MAX_EVENTS,
+GRADWATCH_RUN_MAX_BYTES). A message that breaks either is refused whole: the worker is asked to
+stop, the run ends `failed` with the reason (its run.finished event says it, in every open
+dashboard), the reason is logged, and the socket is closed — 1003 for a message that is not a
+batch, 1008 for an event a worker may not send, 1009 for a message over 4 MiB, 1008 at a limit.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import logging
 
-import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
-from trainer.events import HEARTBEAT, TERMINAL
+from trainer.events import TERMINAL
 
-from ..security import bearer, token_matches
+from .. import wire
+from ..middleware import query_token
+from ..security import bearer
+from ..store import token_ok
 
 router = APIRouter(prefix="/api", tags=["ingest"])
+log = logging.getLogger("gradwatch.ingest")
 
 MAX_INGEST_MESSAGE = 4 * 1024 * 1024  # one batch; the worker sends at most 512 events per message
 MAX_EVENTS_PER_BATCH = 2048
@@ -29,8 +39,8 @@ MAX_EVENTS_PER_BATCH = 2048
 async def ingest(ws: WebSocket, run_id: str) -> None:
     jobs = ws.app.state.jobs
     run = jobs.store.get_run(run_id)
-    given = bearer(ws.headers) or ws.query_params.get("token")
-    if run is None or not token_matches(given, run["token"]):
+    given = bearer(ws.headers) or query_token(ws.scope.get("query_string", b"").decode("latin-1"))
+    if run is None or not token_ok(given, run["token"]):
         await ws.close(code=status.WS_1008_POLICY_VIOLATION, reason="unknown run or wrong token")
         return
     await ws.accept()
@@ -40,6 +50,7 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
         return
     jobs.attach(run_id, ws)
     jobs.liveness.seen(run_id)
+    checker = wire.Checker(run_id, run["layers"], run["last_seq"])
     try:
         await ws.send_json({"type": "hello", "run_id": run_id, "acked_seq": run["last_seq"],
                             "config": run["config"]})
@@ -50,16 +61,30 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
                 break
             data = raw.get("bytes") or (raw.get("text") or "").encode()
             if len(data) > MAX_INGEST_MESSAGE:
-                await ws.close(code=status.WS_1009_MESSAGE_TOO_BIG)
+                await refuse(ws, run_id, status.WS_1009_MESSAGE_TOO_BIG,
+                             f"a message of {len(data)} bytes, over {MAX_INGEST_MESSAGE}")
                 break
             jobs.liveness.seen(run_id)
-            if len(data) < 64 and _is_heartbeat(data):
+            if wire.is_heartbeat(data):
                 continue
-            events = _parse_batch(data)
-            if events is None:
-                await ws.close(code=status.WS_1003_UNSUPPORTED_DATA, reason="expected a batch of events")
+            try:
+                events = wire.parse_batch(data)
+            except wire.BadEvent as e:
+                await refuse(ws, run_id, status.WS_1003_UNSUPPORTED_DATA, f"not a batch of events: {e}")
+                break
+            try:
+                if len(events) > MAX_EVENTS_PER_BATCH:
+                    raise wire.BadEvent(f"{len(events)} events in one batch, over {MAX_EVENTS_PER_BATCH}")
+                checker.check(events)
+            except wire.BadEvent as e:
+                await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, f"an event a worker may not send: {e}")
+                break
+            over = over_limit(ws, run_id, events, len(data))
+            if over:
+                await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, over)
                 break
             last = jobs.ingest_batch(run_id, events)
+            checker.accepted(events, last)
             await ws.send_json({"type": "ack", "seq": last})
     except WebSocketDisconnect:
         pass
@@ -69,26 +94,37 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
             await ws.close()
 
 
-def _is_heartbeat(data: bytes) -> bool:
-    try:
-        msg = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(msg, dict) and msg.get("type") == HEARTBEAT
+def over_limit(ws: WebSocket, run_id: str, events: list[dict], size: int) -> str | None:
+    """Why storing this batch (`size` bytes of JSON, more than its events take in the store)
+    would take the run past its storage limits, or None. A batch of events all stored already
+    (a resend) passes."""
+    settings, store = ws.app.state.settings, ws.app.state.jobs.store
+    run = store.get_run(run_id)
+    fresh = [e for e in events if e["seq"] > run["last_seq"]]
+    if not fresh:
+        return None
+    if run["last_seq"] + len(fresh) > settings.run_max_events:
+        return (f"the run reached its storage limit of {settings.run_max_events:,} events "
+                "(GRADWATCH_RUN_MAX_EVENTS)")
+    if store.stored_bytes(run_id) + size > settings.run_max_bytes:
+        return (f"the run reached its storage limit of {settings.run_max_bytes:,} bytes of events "
+                "(GRADWATCH_RUN_MAX_BYTES)")
+    return None
 
 
-def _parse_batch(data: bytes) -> list[dict[str, Any]] | None:
-    try:
-        msg = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(msg, dict) or msg.get("type") != "batch" or not isinstance(msg.get("events"), list):
-        return None
-    events = msg["events"]
-    if len(events) > MAX_EVENTS_PER_BATCH:
-        return None
-    for e in events:
-        if not (isinstance(e, dict) and isinstance(e.get("type"), str) and isinstance(e.get("seq"), int)
-                and not isinstance(e.get("seq"), bool) and e["seq"] > 0):
-            return None
-    return events
+async def refuse(ws: WebSocket, run_id: str, code: int, reason: str) -> None:
+    """End the run for what its worker sent: ask the worker to stop (a local one would otherwise
+    train on to no purpose), fail the run with the reason, log it, close the socket."""
+    jobs = ws.app.state.jobs
+    log.warning("run %s: ingest refused, the run ends failed: %s", run_id, reason)
+    with contextlib.suppress(Exception):
+        await ws.send_json({"type": "control", "stop": True})
+    jobs.finalize(run_id, "failed", f"the server refused what the worker sent: {reason}")
+    with contextlib.suppress(Exception):
+        await ws.close(code=code, reason=_close_reason(reason))
+
+
+def _close_reason(text: str) -> str:
+    """A close frame's reason holds at most 123 bytes of UTF-8."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."

@@ -1,0 +1,59 @@
+"""uvicorn's HTTP/1.1 protocol (h11) with a deadline on the request head.
+
+uvicorn closes a kept-alive connection that stays idle, but waits for ever on one that opened
+and sent nothing, or half a request head: a few thousand of those hold as many sockets and file
+descriptors (issue 15 held 1500 for 20 s and more). Here a connection must send a whole request
+head (request line and headers) within GRADWATCH_HEADER_TIMEOUT_S of opening, or of its
+previous response ending, or it is closed. Bodies and websockets are not timed by this (bodies
+are capped in size by the guard; a websocket has its own pings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+def with_header_timeout(timeout_s: float) -> type[H11Protocol]:
+    class HeaderTimeoutProtocol(H11Protocol):
+        header_timeout_s = timeout_s
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:  # still waiting for (the rest of) a request head
+                self._arm()
+            else:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._disarm()
+                self._arm()  # the next request's head has the same deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete):
+                self.transport.close()  # no request under way, and no whole head of the next one
+
+    return HeaderTimeoutProtocol
