@@ -129,6 +129,8 @@ export class GroupPanel {
     const val = s?.valAccuracy?.filter(v => v != null) ?? [];
     const best = Math.max(cell.best_val_accuracy ?? -Infinity, sum.best_val_accuracy ?? -Infinity, ...val);
     const b = badge(run ?? { status: cell.status, summary: {} });
+    // A live run's record counts alerts from its first one on; its buffers have every one.
+    const alerts = Math.max(sum.alerts ?? cell.alerts ?? -1, s?.alerts?.length ?? -1);
     return {
       id: cell.run_id, title: title ?? cell.name, color: color ?? '#8b949e', focused: focus === cell.run_id,
       status: b.text, statusClass: b.cls, statusTitle: b.title,
@@ -137,7 +139,7 @@ export class GroupPanel {
       divergedIn: sum.diverged_layer ?? null,
       loss: sum.loss ?? cell.final_loss,
       best: Number.isFinite(best) ? best : null,
-      alerts: sum.alerts ?? cell.alerts ?? null,
+      alerts: alerts >= 0 ? alerts : null,
     };
   }
 

@@ -304,7 +304,9 @@ function render() {
     renderTimer = null;
     const { selected, focus: f } = state.get();
     updateViews();
-    runList.render(newestFirst(), { selected: new Set(selected), focus: f, colors });
+    // A live run's record counts alerts from its first one on; the page has every alert of the runs it draws.
+    const alerts = new Map([...series].map(([id, sr]) => [id, sr.alerts.length]));
+    runList.render(newestFirst(), { selected: new Set(selected), focus: f, colors, alerts });
     $('#runs-empty').hidden = runs.size > 0;
     renderHeatmapSelect();
     renderSettings();

@@ -99,7 +99,7 @@ export class RunList {
     }, 3000);
   }
 
-  // runs: records newest first; view: {selected: Set, focus, colors: Map}.
+  // runs: records newest first; view: {selected: Set, focus, colors: Map, alerts: Map (run id -> alerts the page has)}.
   render(runs, view) {
     const seen = new Set();
     runs.forEach((run, i) => {
@@ -162,9 +162,10 @@ export class RunList {
     q('.best').textContent = fmt.pct(s.best_val_accuracy);
     q('.best').title = s.val_accuracy == null ? 'no validation yet' : `the best validation accuracy; the last: ${fmt.pct(s.val_accuracy)}`;
     // Every alert episode counted (the details panel lists them, the first first).
-    q('.alerts').textContent = s.alerts ? String(s.alerts) : s.alerts === 0 ? '0' : '—';
-    q('.alerts').classList.toggle('some', s.alerts > 0);
-    q('.alerts').title = s.alerts > 0 ? `${s.alerts} alert${s.alerts > 1 ? 's' : ''}, the first at step ${s.first_alert_step ?? '?'}` : '';
+    const n = Math.max(s.alerts ?? -1, view.alerts?.get(run.id) ?? -1);
+    q('.alerts').textContent = n >= 0 ? String(n) : '—';
+    q('.alerts').classList.toggle('some', n > 0);
+    q('.alerts').title = n > 0 ? `${n} alert${n > 1 ? 's' : ''}, the first at step ${s.first_alert_step ?? '?'}` : '';
     q('.stop').hidden = !ACTIVE.has(run.status);
   }
 
