@@ -195,7 +195,25 @@ RULES = """async () => {
   const s = new RunSeries('r', 100);
   for (let i = 0; i < 1000; i++) s.addEvent({ type: 'alert', step: 3 * i, kind: 'grad_spike', episode: i + 1 });
   const marks = runMarks(s, run('completed', {}, 3000)).filter(m => m.kind === 'alert');
+  // The group's small multiples (matched y axes) going log by themselves mid-run.
+  const { MultiplesFigure } = await import('/static/js/multiples.js');
+  const div = document.body.appendChild(document.createElement('div'));
+  Object.assign(div.style, { width: '800px', height: '400px' });
+  const mf = new MultiplesFigure(div);
+  mf.setCells([{ runId: 'a', title: 'a', panel: 1 }, { runId: 'b', title: 'b', panel: 2 }], { rows: 1, cols: 2 });
+  const [sa, sb] = [new RunSeries('a', 4000), new RunSeries('b', 4000)];
+  const cells = [sa, sb].map((series, i) => ({ id: 'ab'[i], name: 'ab'[i], color: '#000', focused: false, series,
+                                                marks: [], marksKey: '' }));
+  const grow = (from, to, loss) => {
+    for (let i = from; i <= to; i++) { sa.addEvent({ type: 'metrics', step: i, loss: loss(i) });
+                                       sb.addEvent({ type: 'metrics', step: i, loss: 2.3 }); }
+    mf.draw(cells, { smooth: 0.6, scale: 'auto', step: null, xrange: null });
+    const y = div._fullLayout.yaxis;
+    return [y.type, y.autorange, y.range];
+  };
+  const multiples = [grow(1, 50, i => 2.3 / i), grow(51, 100, () => 1e-4)];
   return {
+    multiples,
     notLearning: [
       d.notLearning(run('completed', { val_accuracy: 0.109, n_classes: 10 })),
       d.notLearning(run('completed', { val_accuracy: 0.16, n_classes: 10 })),
@@ -246,6 +264,11 @@ def test_the_diagnosis_rules(server: LiveServer, page: Any) -> None:
     count, total, first = r["alertMarks"]
     assert count <= 40 and total == 1000 and first == 0
     assert r["relayout"] == [[4, 12], "full", [1, 2], None]
+    # The small multiples go log when one cell's loss comes to span 4 decades, and autorange
+    # there (not Plotly's [-1, 4] of an empty axis, which a matched axis keeps on a type change).
+    (t0, a0, _), (t1, a1, r1) = r["multiples"]
+    assert (t0, a0, t1, a1) == ("linear", True, "log", True)
+    assert r1[0] < math.log10(1e-4) and math.log10(2.3) < r1[1] < 1, r1
     defaults, chosen, full, bad, url = r["state"]
     assert defaults["scale"] == "auto" and defaults["layers"] == "weights" and defaults["x"] is None
     assert defaults["relative"] is False

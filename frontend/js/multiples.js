@@ -51,8 +51,10 @@ export class MultiplesFigure extends LineFigure {
       lay[axisName('xaxis', k)] = setX({
         ...lay.xaxis, title: { text: '' }, matches: k > 1 ? 'x' : undefined, visible: true,
       }, view.xrange ?? null);
+      // autorange said, not left to the default: matched axes whose type changes (linear -> log
+      // when the loss comes to span 3 decades) otherwise keep Plotly's empty-axis range [-1, 4].
       lay[axisName('yaxis', k)] = {
-        ...lay.yaxis, title: { text: '' }, matches: k > 1 ? 'y' : undefined, visible: true,
+        ...lay.yaxis, title: { text: '' }, matches: k > 1 ? 'y' : undefined, visible: true, autorange: true,
       };
     }
     if (!this.cells.length) lay.annotations = [emptyNote(NO_RUNS)];
