@@ -7,6 +7,8 @@ the caption.
     .venv/bin/python docs/presets/shoot_views.py explosion plain bn          # -> docs/presets/explosion.png
     .venv/bin/python docs/presets/shoot_views.py lr-robustness plain-0.02 plain-0.3 bn-0.3 bn-1 bn-3 \\
         --out lr-robustness.png --focus plain-0.3
+    .venv/bin/python docs/presets/shoot_views.py explosion plain-l2 bn-l2 --out explosion-l2.png \
+        --query '&stat=weight_norm'
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--focus", help="the variant whose details show (default: the first)")
     ap.add_argument("--out", help="file name under docs/presets (default: PRESET.png)")
+    ap.add_argument("--query", default="", help="more page state, as in its link: e.g. '&stat=weight_norm'")
     args = ap.parse_args()
     out = ROOT / "docs" / "presets" / (args.out or f"{args.preset}.png")
     server = LiveServer(Path(tempfile.mkdtemp()) / "data", env={"GRADWATCH_MAX_CONCURRENT": "2"}).start()
@@ -55,7 +58,7 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1250}, bypass_csp=True)
-            page.goto(f"{server.browser_url}&runs={ids}&focus={focus}")
+            page.goto(f"{server.browser_url}&runs={ids}&focus={focus}{args.query}")
             page.wait_for_function(LIVE)
             height = page.evaluate("document.documentElement.scrollHeight")
             page.set_viewport_size({"width": 1400, "height": height})
