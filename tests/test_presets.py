@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import torch
 
 from trainer.config import ConfigError, RunConfig
 from trainer.data import DatasetUnavailable
@@ -28,6 +31,62 @@ def test_every_preset_variant_starts(preset: str, variant: str, tmp_path) -> Non
     metrics = [e for e in events if e["type"] == "metrics"]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert "stats" in metrics[0] and len(metrics[0]["stats"]["act_layers"]) == cfg.depth
+
+
+CLAIMED = [(p.name, v.name) for p in PRESETS.values() for v in p.variants if v.checks]
+
+
+def facts(result: dict, events: list[dict]) -> dict:
+    """What a variant's `checks` speak of, measured on a real run's events (Variant.checks)."""
+    names = [layer["name"] for layer in events[0]["layers"]]
+    metrics = [e for e in events if e["type"] == "metrics"]
+    stats = [e["stats"] for e in metrics if "stats" in e]
+
+    def mean(values: list) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
+
+    out = {"status": result["status"], "diverged_step": result["diverged_step"], "val": result["val_accuracy"],
+           "best_val": result["best_val_accuracy"],
+           "alerts": [[e["step"], e["kind"]] for e in events if e["type"] == "alert"],
+           "alerted": any(e["type"] == "alert" and e["kind"] != "nonfinite" for e in events),
+           "dead": mean(stats[-1]["dead_frac"]), "eff_lr": (mean(stats[0]["eff_lr"]), mean(stats[-1]["eff_lr"]))}
+    if "fc4.weight" in names:
+        i = names.index("fc4.weight")
+        out["w4"] = (metrics[0]["weight_norm"][i], metrics[-1]["weight_norm"][i])
+    if "fc32.weight" in names:
+        out["grad_fc1_fc32"] = (metrics[0]["grad_norm"][names.index("fc1.weight")]
+                                / metrics[0]["grad_norm"][names.index("fc32.weight")])
+    return out
+
+
+def holds(claim: object, value: object) -> bool:
+    """A (low, high) range holds a number; a pair of ranges a pair; anything else is equal."""
+    if isinstance(claim, tuple) and claim and isinstance(claim[0], tuple):
+        return value is not None and all(holds(c, v) for c, v in zip(claim, value, strict=True))
+    if isinstance(claim, tuple):
+        return value is not None and claim[0] <= value <= claim[1]
+    return claim == value
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The claims were measured with one torch thread: a run on the edge of chaos (lr 3.0 with
+    BN) takes another path when its sums are reduced in another order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("preset", "variant"), CLAIMED)
+def test_every_claim_of_a_preset_variant_holds_on_a_real_run(preset: str, variant: str, one_thread: None) -> None:
+    v = next(v for v in PRESETS[preset].variants if v.name == variant)
+    events: list[dict] = []
+    result = train(resolve(preset, {**v.config, "device": "cpu"}), events.append)
+    measured = facts(result, events)
+    wrong = {k: (claim, measured[k]) for k, claim in v.checks.items() if not holds(claim, measured[k])}
+    assert wrong == {}, f"{preset} {variant}: claimed vs measured {wrong} (its text: {v.expect!r})"
 
 
 def test_explosion_diverges_without_bn_and_trains_with_it() -> None:

@@ -20,7 +20,14 @@ class Variant:
     name: str  # short id, e.g. "bn"
     title: str  # what the UI shows
     config: dict[str, Any]  # fields over the preset's config
-    expect: str  # what should happen, measured on the CPU (seed 0)
+    expect: str  # what should happen, measured on the CPU (seed 0, one torch thread)
+    # The claims of `expect` as numbers, each checked against a real run by tests/test_presets.py:
+    # status, diverged_step, alerts ([step, kind] of every alert), alerted (any spike alert),
+    # val / best_val (final and best validation accuracy: low, high), w4 (‖fc4.weight‖ at the
+    # first and last step: (low, high) each), dead (mean dead-unit fraction at the last statistics
+    # step), eff_lr (mean effective lr at the first and last statistics step), grad_fc1_fc32
+    # (step 1's gradient norm ratio fc1 / fc32).
+    checks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -40,9 +47,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         title="Exploding gradients in a deep MLP, and what BatchNorm and L2 do about it",
         explanation=(
             "A 20-layer ReLU MLP (Kaiming init) trained with SGD + momentum 0.9 at lr 0.3. Without "
-            "BatchNorm the gradient norms grow step by step, the explosion alert fires, and the loss "
-            "turns non-finite within a few dozen steps: the run ends `diverged`. With BatchNorm the same "
-            "network, optimizer and learning rate train to about 94% validation accuracy. Strong L2 "
+            "BatchNorm it trains for a dozen steps, then its gradients blow up in two steps, every layer "
+            "at once (some 100x, then 10^5x over their own baselines): a gradient-spike alert fires at the "
+            "first of them, the loss turns non-finite right after, and the run ends `diverged`, naming the "
+            "layer whose departure began first. With BatchNorm the same network, optimizer and learning "
+            "rate reach about 94% validation accuracy at best. Strong L2 "
             "(0.05) keeps the plain network finite, but only by shrinking its weights and gradients "
             "towards zero: it stays at chance, with most of its ReLU units dead (the Dead ReLU units "
             "chart). Finite is not the same as learning; compare the weight norms and the validation "
@@ -52,11 +61,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                 "optimizer": "sgd", "lr": 0.3, "momentum": 0.9, "batchnorm": False, "l2": 0.0,
                 "batch_size": 64, "steps": 300, "eval_every": 25, "seed": 0},
         variants=(
-            Variant("plain", "no BN", {}, "diverges at step 15, after explosion alerts at steps 13 and 14"),
-            Variant("bn", "BN", {"batchnorm": True}, "completes, ~94% validation accuracy"),
+            Variant("plain", "no BN", {}, "a gradient-spike alert at step 13, non-finite at step 15",
+                    {"status": "diverged", "diverged_step": 15, "alerts": [[13, "grad_spike"], [15, "nonfinite"]]}),
+            Variant("bn", "BN", {"batchnorm": True}, "completes, best ~94% validation accuracy (last ~90%)",
+                    {"status": "completed", "alerts": [], "best_val": (0.92, 0.97), "val": (0.85, 0.95)}),
             Variant("plain-l2", "no BN, L2 0.05", {"l2": 0.05},
-                    "stays finite: ‖fc4.weight‖ decays 16 → 2e-6, ~70% dead units, ~11% (chance)"),
-            Variant("bn-l2", "BN, L2 5e-4", {"batchnorm": True, "l2": 5e-4}, "completes, ~92% validation accuracy"),
+                    "stays finite: ‖fc4.weight‖ decays 16 → 2e-6, ~70% dead units, ~11% (chance)",
+                    {"status": "completed", "w4": ((15, 17), (1e-6, 4e-6)), "dead": (0.6, 0.8), "val": (0.05, 0.15)}),
+            Variant("bn-l2", "BN, L2 5e-4", {"batchnorm": True, "l2": 5e-4},
+                    "completes, best ~90% validation accuracy; it swings (last ~76%)",
+                    {"status": "completed", "alerts": [], "best_val": (0.87, 0.94), "val": (0.65, 0.85)}),
         ),
         watch=("grad_norm", "global_grad_norm", "alert", "weight_norm", "val_accuracy"),
     ),
@@ -69,16 +83,18 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "(some 300x from fc32 to fc1 at width 128). Yang et al. show that BatchNorm itself causes "
             "this gradient explosion at initialization, for any width; it is why very deep BN networks "
             "want a small learning rate or warm-up at the start, and why the first layers' update "
-            "ratios are the largest. The no-BN variant (Kaiming init) has flat gradient norms."
+            "ratios are the largest. The no-BN variant (Kaiming init) has flat gradient norms and "
+            "learns more slowly here."
         ),
         config={"dataset": "digits", "model": "mlp", "depth": 32, "width": 128, "batchnorm": True,
                 "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "steps": 200, "eval_every": 50,
                 "stats_every": 5, "seed": 0},
         variants=(
-            Variant("bn", "BN", {}, "step 1: grad norm fc1 / fc32 ≈ 300, about 1.2x per layer"),
+            Variant("bn", "BN", {}, "step 1: grad norm fc1 / fc32 ≈ 300, about 1.2x per layer; best ~82%",
+                    {"status": "completed", "grad_fc1_fc32": (250, 400), "best_val": (0.75, 0.88)}),
             Variant("plain", "no BN, Kaiming init", {"batchnorm": False, "init": "kaiming"},
-                    "grad norms flat across depth (fc1 / fc32 ≈ 0.5); learns, then gradient spikes "
-                    "(alerts) undo it: val 0.44 at step 100, 0.09 at the end"),
+                    "grad norms flat across depth (fc1 / fc32 ≈ 0.5); best ~69% in 200 steps",
+                    {"status": "completed", "grad_fc1_fc32": (0.3, 0.7), "best_val": (0.6, 0.78)}),
         ),
         reference="Yang, Pennington, Rao, Sohl-Dickstein, Schoenholz (2019), "
                   "A Mean Field Theory of Batch Normalization, ICLR",
@@ -90,20 +106,28 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         explanation=(
             "A 6-layer MLP with BatchNorm. A weight that feeds a BatchNorm can be scaled without changing "
             "the network's output, so L2 does not regularize it; what L2 changes is its norm, and so its "
-            "effective learning rate lr/‖w‖². Without L2 the weight norms grow (6.5 to 9 here) and the "
-            "effective learning rate falls by half; with L2 5e-3 they shrink to an equilibrium (about 3) "
-            "and the effective learning rate ends about 9 times higher (0.010 against 0.0012), as do the "
-            "update ratios. Compare the Effective learning rate chart and the weight norms between the "
+            "effective learning rate lr/‖w‖². Without L2 the weight norms grow (6.5 to 9.4 here) and the "
+            "effective learning rate falls by more than half; with L2 5e-3 they shrink to an equilibrium "
+            "(about 3) and the effective learning rate ends about 9 times higher (0.0093 against 0.0010), "
+            "as do the update ratios. Compare the Effective learning rate chart and the weight norms between the "
             "variants; without BN, L2 is plain weight decay."
         ),
         config={"dataset": "digits", "model": "mlp", "depth": 6, "width": 128, "batchnorm": True,
                 "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "l2": 5e-3, "steps": 1000,
                 "eval_every": 100, "stats_every": 10, "seed": 0},
         variants=(
-            Variant("bn-l2", "BN, L2 5e-3", {}, "‖fc4.weight‖ 6.5 → 3.1, eff. lr 0.0024 → 0.010; ~94%"),
-            Variant("bn", "BN, no L2", {"l2": 0.0}, "‖fc4.weight‖ 6.5 → 9.1, eff. lr 0.0024 → 0.0012; ~97%"),
-            Variant("bn-l2-strong", "BN, L2 2e-2", {"l2": 0.02}, "‖w‖ → 2.3, eff. lr ≈ 0.02; ~85%"),
-            Variant("plain-l2", "no BN, L2 5e-3", {"batchnorm": False}, "completes, ~93%; no BN, so no eff. lr"),
+            Variant("bn-l2", "BN, L2 5e-3", {}, "‖fc4.weight‖ 6.5 → 2.9, eff. lr 0.0024 → 0.0093; ~95%",
+                    {"status": "completed", "w4": ((6.3, 6.7), (2.6, 3.2)),
+                     "eff_lr": ((0.0022, 0.0025), (0.008, 0.011)), "val": (0.92, 0.98)}),
+            Variant("bn", "BN, no L2", {"l2": 0.0}, "‖fc4.weight‖ 6.5 → 9.4, eff. lr 0.0024 → 0.0010; ~98%",
+                    {"status": "completed", "w4": ((6.3, 6.7), (8.8, 10)),
+                     "eff_lr": ((0.0022, 0.0025), (0.0008, 0.0012)), "val": (0.95, 1.0)}),
+            Variant("bn-l2-strong", "BN, L2 2e-2", {"l2": 0.02}, "‖fc4.weight‖ → 2.9, eff. lr ≈ 0.012; ~92%",
+                    {"status": "completed", "w4": ((6.3, 6.7), (2.5, 3.2)),
+                     "eff_lr": ((0.0022, 0.0025), (0.009, 0.014)), "val": (0.87, 0.96)}),
+            Variant("plain-l2", "no BN, L2 5e-3", {"batchnorm": False},
+                    "completes, ~87% (best ~91%); no BN, so no eff. lr",
+                    {"status": "completed", "val": (0.82, 0.92), "best_val": (0.87, 0.95)}),
         ),
         reference="van Laarhoven (2017), L2 Regularization versus Batch and Weight Normalization, arXiv:1706.05350",
         watch=("weight_norm", "stats.eff_lr", "update_ratio"),
@@ -113,19 +137,26 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         title="BatchNorm tolerates learning rates that break the plain network",
         explanation=(
             "An 8-layer MLP (Kaiming init, SGD + momentum 0.9) at several learning rates, with and "
-            "without BatchNorm. Without BN it trains at lr 0.02 and diverges at 0.1 and above (every seed "
-            "we tried). With BN it trains from 0.02 up to 1.0; at 3.0 it breaks too: BN widens the range "
-            "of usable learning rates, it does not remove the limit."
+            "without BatchNorm. Without BN it trains at lr 0.02 and diverges at 0.3, after a gradient-spike "
+            "alert two steps before. With BN it trains at 0.3 and 1.0; at 3.0 it stays finite but learns "
+            "nothing: BN widens the range of usable learning rates, it does not remove the limit."
         ),
         config={"dataset": "digits", "model": "mlp", "depth": 8, "width": 128, "init": "kaiming",
                 "batchnorm": True, "optimizer": "sgd", "lr": 0.3, "momentum": 0.9, "steps": 300,
                 "eval_every": 25, "seed": 0},
         variants=(
-            Variant("plain-0.02", "no BN, lr 0.02", {"batchnorm": False, "lr": 0.02}, "completes, ~97%"),
-            Variant("plain-0.3", "no BN, lr 0.3", {"batchnorm": False}, "diverges at step 9"),
-            Variant("bn-0.3", "BN, lr 0.3", {}, "completes, ~96%"),
-            Variant("bn-1", "BN, lr 1.0", {"lr": 1.0}, "completes, ~93%"),
-            Variant("bn-3", "BN, lr 3.0", {"lr": 3.0}, "stays finite but learns nothing (~13%); 14 alerts"),
+            Variant("plain-0.02", "no BN, lr 0.02", {"batchnorm": False, "lr": 0.02}, "completes, ~93% (best ~97%)",
+                    {"status": "completed", "alerts": [], "val": (0.88, 0.97), "best_val": (0.93, 1.0)}),
+            Variant("plain-0.3", "no BN, lr 0.3", {"batchnorm": False},
+                    "a gradient-spike alert at step 7, non-finite at step 9",
+                    {"status": "diverged", "diverged_step": 9, "alerts": [[7, "grad_spike"], [9, "nonfinite"]]}),
+            Variant("bn-0.3", "BN, lr 0.3", {}, "completes, ~97%",
+                    {"status": "completed", "alerts": [], "val": (0.93, 1.0)}),
+            Variant("bn-1", "BN, lr 1.0", {"lr": 1.0}, "completes, ~96%",
+                    {"status": "completed", "alerts": [], "val": (0.92, 1.0)}),
+            Variant("bn-3", "BN, lr 3.0", {"lr": 3.0},
+                    "stays finite but learns nothing (~13%: not learning); spike alerts come and go",
+                    {"status": "completed", "val": (0.05, 0.15), "alerted": True}),
         ),
         reference="Ioffe & Szegedy (2015), Batch Normalization: Accelerating Deep Network Training by "
                   "Reducing Internal Covariate Shift, ICML",
@@ -147,7 +178,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         variants=(
             Variant("mnist", "MNIST (download)", {}, "needs internet once; ~99% validation accuracy"),
             Variant("digits", "digits (offline)", {"dataset": "digits", "steps": 300, "eval_every": 50},
-                    "completes, ~99% validation accuracy"),
+                    "completes, ~99% validation accuracy", {"status": "completed", "alerts": [], "val": (0.96, 1.0)}),
         ),
         watch=("loss", "val_accuracy", "grad_norm", "stats.dead_frac"),
     ),
