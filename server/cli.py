@@ -132,14 +132,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print("no runs" + (f" with status {', '.join(args.status)}" if args.status else ""))
         return 0
-    rows = [("ID", "NAME", "STATUS", "KIND", "STEP", "LOSS", "CREATED")]
+    from trainer.diagnosis import verdict
+
+    rows = [("ID", "NAME", "STATUS", "KIND", "STEP", "LOSS", "BEST", "ALERTS", "CREATED", "NOTE")]
     for r in runs:
         s = r.get("summary") or {}
         steps = r["config"].get("steps")
         step = f"{s.get('step', 0)}/{steps}" if isinstance(steps, int) else str(s.get("step", 0))
         loss = "-" if s.get("loss") is None else f"{s['loss']:.4g}"
+        best = "-" if s.get("best_val_accuracy") is None else f"{s['best_val_accuracy']:.1%}"
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))
-        rows.append((r["id"], r["name"][:30], r["status"], r.get("kind", "local"), step, loss, created))
+        rows.append((r["id"], r["name"][:30], r["status"], r.get("kind", "local"), step, loss, best,
+                     str(s.get("alerts") or 0), created, verdict(r["status"], s)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -83,7 +83,7 @@ def test_train_with_server_appears_in_the_runs_list(streamed: dict, live_server:
     listed = gradwatch("runs", server=live_server)
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "STATUS", "KIND", "STEP", "LOSS", "CREATED"]
+    assert header.split() == ["ID", "NAME", "STATUS", "KIND", "STEP", "LOSS", "BEST", "ALERTS", "CREATED", "NOTE"]
     mine = [row.split() for row in rows if row.startswith(run["id"])]
     assert mine and mine[0][1:5] == [run["name"], "completed", "external", "40/40"]
     as_json = json.loads(gradwatch("runs", "--json", "--status", "completed", server=live_server).stdout)

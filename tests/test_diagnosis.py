@@ -133,3 +133,13 @@ def test_an_own_loop_without_a_loss_is_not_diverged() -> None:
     (None, 10, False), (0.1, None, False), (math.nan, 10, False)])
 def test_not_learning_is_within_five_points_of_chance(acc: float | None, classes: int | None, expected: bool) -> None:
     assert not_learning(acc, classes) is expected
+
+
+def test_the_cli_verdict_names_the_diverged_layer_or_says_not_learning() -> None:
+    from trainer.diagnosis import verdict
+
+    diverged = {"diverged_layer": "fc7.weight", "diverged_step": 15}
+    assert verdict("diverged", diverged) == "diverged in fc7.weight at step 15"
+    assert verdict("completed", {"val_accuracy": 0.11, "n_classes": 10}) == "not learning"
+    assert verdict("completed", {"val_accuracy": 0.9, "n_classes": 10}) == ""
+    assert verdict("running", {"val_accuracy": 0.11, "n_classes": 10}) == ""  # it may still learn

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from . import config as config_module
 from .config import CHOICES, ConfigError, RunConfig
+from .diagnosis import verdict
 
 
 def _field_comments() -> dict[str, str]:
@@ -79,8 +80,11 @@ def format_summary(result: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.4g}"
 
     line = (f"{result['status']}: {result['step']} steps, loss {num(result['loss'])}, "
-            f"accuracy {num(result['accuracy'])}, val accuracy {num(result['val_accuracy'])}, "
+            f"accuracy {num(result['accuracy'])}, val accuracy {num(result['val_accuracy'])} "
+            f"(best {num(result.get('best_val_accuracy'))}), {result.get('alerts') or 0} alerts, "
             f"{num(result.get('steps_per_s'))} steps/s")
+    if verdict(result["status"], result) == "not learning":
+        line += " — not learning (validation accuracy near chance)"
     if result.get("reason"):
         line += f" ({result['reason']})"
     return line

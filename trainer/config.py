@@ -36,7 +36,7 @@ class RunConfig:
     seed: int = 0  # seeds init and data order: same seed => same data order
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     stats_every: int = 10  # steps between the costlier statistics (activations, BN drift)
-    alert_factor: float = 10.0  # alert when the global grad norm exceeds this x its running median
+    alert_factor: float = 10.0  # alert when a layer's gradient norm (or the loss) exceeds this x its own baseline
     amp: bool = False  # bf16 autocast on CUDA (ignored on the CPU)
 
     def to_dict(self) -> dict[str, Any]:
