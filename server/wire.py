@@ -18,7 +18,8 @@ and no more. So every event is checked before anything of its batch is stored or
 
 A batch with one bad event is refused whole (`BadEvent` says which event and why); the ingest
 route then ends the run `failed` with that reason (server/routes/ingest.py). Checks are plain
-type tests: a batch of 512 metrics events of 100 layers takes about 10 ms.
+type tests: a batch of 512 metrics events of 100 layers takes about 12 ms, as long as parsing it
+(11 ms; 2.8 ms and 1.1 ms at 8 layers; best of 30 on the 2-core dev VM).
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ def _names(stats: dict[str, Any], k: str) -> list[str]:
 def _numbers(e: dict[str, Any], k: str, width: int | None, what: str | None = None) -> int:
     """A per-layer list: numbers or null (a non-finite value), `width` of them when known."""
     v = e.get(k)
-    if not isinstance(v, list) or len(v) > MAX_LAYERS or not {type(x) for x in v} <= _NUM_OR_NULL:
+    if not isinstance(v, list) or len(v) > MAX_LAYERS or not set(map(type, v)) <= _NUM_OR_NULL:
         raise BadEvent(f"{what or k}: expected a list of numbers (null for non-finite)")
     if width is not None and len(v) != width:
         raise BadEvent(f"{what or k}: {len(v)} values for {width} layers")

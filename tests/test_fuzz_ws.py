@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from server.wire import WORKER_TYPES
-
 from .conftest import LiveServer
 
+WORKER_TYPES = ("run.started", "metrics", "alert", "alert.end", "intervention", "run.finished", "dropped")
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -7,6 +7,7 @@ websocket fuzzing in test_fuzz_ws.py."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -22,9 +23,6 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
-
-from server.security import SESSION_IDLE_S, Sessions
-from server.store import Store, token_ok
 
 from .conftest import LiveServer, wait_for, worker_pids
 
@@ -233,6 +231,8 @@ def test_the_data_folder_and_database_are_private_and_hold_no_ingest_token(serve
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         stored = dict(con.execute("SELECT id, token FROM runs").fetchall())
+    from server.store import token_ok
+
     assert stored[run_id].startswith("sha256:") and token_ok(token, stored[run_id])
     assert all(v.startswith("sha256:") for v in stored.values())
     for f in files:  # the token is nowhere in the files, in any form
@@ -240,6 +240,8 @@ def test_the_data_folder_and_database_are_private_and_hold_no_ingest_token(serve
 
 
 def test_an_older_store_keeps_only_digests_of_its_tokens(tmp_path: Path) -> None:
+    from server.store import Store, token_ok
+
     path = tmp_path / "old.sqlite3"
     Store(path).close()
     with sqlite3.connect(path) as con:  # a row as an older version wrote it: the token in clear
@@ -301,6 +303,8 @@ def test_a_restart_ends_every_session(tmp_path: Path) -> None:
 
 
 def test_sessions_are_short_lived_and_renewed_by_use() -> None:
+    from server.security import SESSION_IDLE_S, Sessions
+
     now = [1000.0]
     sessions = Sessions(clock=lambda: now[0])
     value = sessions.create()
@@ -335,7 +339,8 @@ def test_a_run_too_big_for_a_worker_is_refused_naming_the_estimate_and_the_limit
     assert r.status_code == 422, r.text
     detail = r.json()["detail"][0]
     assert detail["loc"][-1] == "batch_size"
-    assert "needs about 4.0 GiB" in detail["msg"] and "limit of 2.0 GiB" in detail["msg"], detail["msg"]
+    need = re.search(r"needs about ([\d.]+) GiB .* over the limit of 2\.0 GiB per worker", detail["msg"])
+    assert need and float(need.group(1)) > 4, detail["msg"]  # a 2 GiB activation tensor, and more
     assert "GRADWATCH_WORKER_MEMORY" in detail["msg"]
     ok = server.client.post("/api/runs", json={"config": {"model": "cnn", "width": 2048, "batch_size": 256,
                                                           "depth": 1, "steps": 1}})
@@ -365,8 +370,8 @@ def test_stop_kills_a_worker_that_reaches_no_step_boundary_within_a_short_grace(
 def test_an_encoded_token_parameter_is_neither_accepted_nor_logged(server: LiveServer) -> None:
     for name in ("%74oken", "t%6Fken", "TOKEN"):
         url = f"ws://127.0.0.1:{server.port}/api/stream?{name}={server.token}"
-        with pytest.raises(InvalidStatus) as e:
-            connect(url, open_timeout=10).close()
+        with pytest.raises(InvalidStatus) as e, connect(url, open_timeout=10):
+            pass
         assert e.value.response.status_code == 403
         httpx.get(f"{server.url}/api/health?{name}={server.token}")
     wait_for(lambda: "/api/health?TOKEN=" in server.log_text(), timeout=5, what="the access log lines")
