@@ -110,8 +110,9 @@ class Guard:
             query = scope.get("query_string", b"").decode("latin-1")
             pairs = parse_qsl(query, keep_blank_values=True)
             if who is None or any(k == "token" for k, _ in pairs):
-                rest = urlencode([(k, v) for k, v in pairs if k != "token"])
-                view = "/?" + rest if rest else "/"
+                if any(k == "token" for k, _ in pairs):
+                    query = urlencode([(k, v) for k, v in pairs if k != "token"])
+                view = "/?" + query if query else "/"  # the view, as the address had it
                 return await _redirect(send, view if who is not None else "/login?next=" + quote(view, safe=""))
         public = (method in ("GET", "HEAD") and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES))) \
             or (method == "POST" and path in PUBLIC_POSTS)

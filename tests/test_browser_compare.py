@@ -316,7 +316,7 @@ def test_a_reload_or_the_copied_link_restores_the_comparison(server: LiveServer,
     other.goto(url)
     other.fill("#token", server.token)  # the sign-in page, which keeps the view for after
     other.click("button[type=submit]")
-    other.wait_for_url(url)
+    other.wait_for_url(url)  # signed in, and back to the view as the link had it
     same_view(other)
     assert other.errors == [] and page.errors == []
     other.close()
@@ -325,7 +325,7 @@ def test_a_reload_or_the_copied_link_restores_the_comparison(server: LiveServer,
 def test_export_and_png_download_files(server: LiveServer, page: Any, tmp_path: Path) -> None:
     run = server.create_run({**FAST, "steps": 40}, name="to-export")
     server.wait_status(run["id"], ("completed",))
-    page.goto(f"{server.browser_url}&runs={run['id']}&focus={run['id']}")
+    open_dashboard(page, server, f"&runs={run['id']}&focus={run['id']}")
     page.wait_for_function(f"({POINTS_OF_RUN})(['chart-loss', '{run['id']}']) > 0")
 
     with page.expect_download() as download:

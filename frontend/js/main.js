@@ -461,7 +461,7 @@ async function loadRuns() {
     for (const run of list) upsert(run);
   } catch (err) {
     const auth = err instanceof ApiError && (err.status === 401 || err.status === 403);
-    flash(`could not list runs: ${err.message}` + (auth ? ' (open the link with the right ?token=)' : ''), auth);
+    flash(`could not list runs: ${err.message}` + (auth ? ' (sign in at /login)' : ''), auth);
     return;
   }
   if (!listed) {
