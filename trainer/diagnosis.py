@@ -65,39 +65,35 @@ class Baseline:
     def __init__(self, k: int) -> None:
         self.m = np.zeros(k)
         self.s = np.full(k, S_START)
+        self.den = np.maximum(self.s * 1.25, S_MIN)  # the spread z divides by
         self.n = np.zeros(k, dtype=np.int64)
         self.top = np.full(k, -np.inf)  # the highest m has been: the series' own scale in this run
+        self._steady = False  # every series has seen 1/ALPHA values: the weight is ALPHA for all
 
-    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(log ratio to the baseline, z, log ratio to the highest baseline, steps seen) of log
-        values x; NaN where x is missing."""
-        d = x - self.m
-        return d, d / np.maximum(self.s * 1.25, S_MIN), x - self.top, self.n
-
-    def update(self, x: np.ndarray) -> None:
-        ok = np.isfinite(x)
-        if not ok.any():
-            return
-        n = self.n[ok] + 1
-        self.n[ok] = n
-        a = np.maximum(1.0 / n, ALPHA)
-        m, s = self.m[ok], self.s[ok]
-        first = n == 1
-        lim = CLIP * np.maximum(s * 1.25, S_MIN)
-        xc = np.where(first, x[ok], np.clip(x[ok], m - lim, m + lim))
-        m_new = np.where(first, xc, m + a * (xc - m))
-        # The spread's first deviation comes with the second value; before it, S_START stands.
-        dev = np.abs(xc - m)
-        s_new = np.where(first, s, np.where(n == 2, dev, s + a * (dev - s)))
-        self.m[ok], self.s[ok] = m_new, s_new
-        self.top[ok] = np.maximum(self.top[ok], m_new)
-
-
-def _log(values: Any) -> np.ndarray:
-    """Log of positive finite values; NaN for missing ones (non-finite, zero, negative)."""
-    v = np.asarray(values, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        return np.where(np.isfinite(v) & (v > TINY), np.log(np.where(v > TINY, v, 1.0)), np.nan)
+    def update(self, x: np.ndarray, ok: np.ndarray) -> None:
+        """Take one step's log values x (where `ok`; elsewhere missing)."""
+        if self._steady and ok.all():  # the common case, in a dozen array operations
+            lim = CLIP * self.den
+            xc = np.clip(x, self.m - lim, self.m + lim)
+            dev = np.abs(xc - self.m)
+            self.m += ALPHA * (xc - self.m)
+            self.s += ALPHA * (dev - self.s)
+            self.n += 1
+        else:
+            n = self.n + ok
+            a = np.maximum(1.0 / np.maximum(n, 1), ALPHA)
+            lim = CLIP * self.den
+            first = n == 1
+            xc = np.where(first, x, np.clip(x, self.m - lim, self.m + lim))
+            dev = np.abs(xc - self.m)
+            # The spread's first deviation comes with the second value; before it, S_START stands.
+            s_new = np.where(first, self.s, np.where(n == 2, dev, self.s + a * (dev - self.s)))
+            self.m = np.where(ok, np.where(first, xc, self.m + a * (xc - self.m)), self.m)
+            self.s = np.where(ok, s_new, self.s)
+            self.n = n
+            self._steady = bool(n.min() >= 1 / ALPHA)
+        self.den = np.maximum(self.s * 1.25, S_MIN)
+        np.maximum(self.top, self.m, out=self.top)
 
 
 class _Episode:
@@ -127,8 +123,9 @@ class Detector:
         self.names = list(names)
         self.log_factor = math.log(factor)
         self.z = z
-        self.grads = Baseline(len(names) + 1)  # every layer, then the global norm
-        self.loss = Baseline(1)
+        self.base = Baseline(len(names) + 2)  # every layer, the global norm, the loss
+        self._v = np.empty(len(names) + 2)
+        self._log_above = math.log(ABOVE_TOP)
         self.open: dict[str, _Episode] = {}
         self.episodes = 0
         self.alerts = 0  # alert events given out, every kind
@@ -142,34 +139,37 @@ class Detector:
     # ---- every step ----------------------------------------------------------------------
 
     def update(self, step: int, grad_norm: list[float], global_norm: float, loss: float) -> list[dict[str, Any]]:
-        """Judge one finite step; returns the events it gives (alerts, episode ends)."""
-        k = len(self.names)
-        x = _log([*grad_norm, global_norm])
-        d, z, over, n = self.grads.score(x)
-        with np.errstate(invalid="ignore"):
-            depart = (n >= 1) & (d >= self.log_factor)
-            flag = self._alerting(depart, d, z, over, n)
-            if flag.any() and not (flag[k] or depart[:k].mean() >= BROAD):  # one layer alone
-                flag &= (d >= 2 * self.log_factor) & (z >= 2 * self.z)
-        starts = depart[:k] & (self._since == 0)
-        self._since[starts], self._since_d[starts] = step, d[:k][starts]
-        self._since[~depart[:k]] = 0
+        """Judge one finite step; returns the events it gives (alerts, episode ends). A missing
+        value (a zero gradient: an unused layer; a NaN loss: an own loop that gives none) neither
+        departs nor moves its baseline."""
+        k, b, v = len(self.names), self.base, self._v
+        v[:k], v[k], v[k + 1] = grad_norm, global_norm, loss
+        ok = v > TINY  # NaN compares False
+        x = np.log(np.where(ok, v, 1.0))
+        x[~ok] = np.nan
+        d = x - b.m  # log ratio to the baseline
+        z = d / b.den
+        n = b.n
+        depart = (n >= 1) & (d >= self.log_factor)
+        flag = depart & (x - b.top >= self._log_above) & ((n < WARMUP) | (z >= self.z))
+        gflag = flag[: k + 1]
+        if gflag.any() and not (gflag[k] or depart[:k].mean() >= BROAD):  # one layer alone
+            gflag = gflag & (d[: k + 1] >= 2 * self.log_factor) & (z[: k + 1] >= 2 * self.z)
+        dk = depart[:k]
+        starts = dk & (self._since == 0)
+        if starts.any():
+            self._since[starts], self._since_d[starts] = step, d[:k][starts]
+        self._since[~dk] = 0
         self._d, self._raw = d[:k], grad_norm
-        out = self._channel("grad_spike", step, flag, d, z, n, grad_norm, global_norm)
-        lx = _log([loss])
-        ld, lz, lover, ln = self.loss.score(lx)
-        with np.errstate(invalid="ignore"):
-            lflag = self._alerting((ln >= 1) & (ld >= self.log_factor), ld, lz, lover, ln)
-        if "grad_spike" in self.open:  # a loss spike while the gradients depart is part of their episode
-            lflag[:] = False
-        out += self._channel("loss_spike", step, lflag, ld, lz, ln, [loss], loss)
-        self.grads.update(x)
-        self.loss.update(lx)
+        out = []
+        if "grad_spike" in self.open or gflag.any():
+            out += self._channel("grad_spike", step, gflag, d[: k + 1], z[: k + 1], n[: k + 1], grad_norm,
+                                 global_norm)
+        lflag = flag[k + 1 :] & ("grad_spike" not in self.open)  # else the loss is part of their episode
+        if "loss_spike" in self.open or lflag.any():
+            out += self._channel("loss_spike", step, lflag, d[k + 1 :], z[k + 1 :], n[k + 1 :], [loss], loss)
+        b.update(x, ok)
         return out
-
-    def _alerting(self, depart: np.ndarray, d: np.ndarray, z: np.ndarray, over: np.ndarray,
-                  n: np.ndarray) -> np.ndarray:
-        return depart & (over >= math.log(ABOVE_TOP)) & ((n < WARMUP) | (z >= self.z))
 
     def _channel(self, kind: str, step: int, flag: np.ndarray, d: np.ndarray, z: np.ndarray, n: np.ndarray,
                  raw: list[float], whole: float) -> list[dict[str, Any]]:
@@ -185,8 +185,7 @@ class Detector:
             ep.track(step, *peak)
             return [self._alert(ep, step, d, raw, whole)]
         ep.track(step, *peak)
-        with np.errstate(invalid="ignore"):
-            warm = (n >= 1) & (d >= self.log_factor / 2) & ((n < WARMUP) | (z >= self.z / 2))
+        warm = (n >= 1) & (d >= self.log_factor / 2) & ((n < WARMUP) | (z >= self.z / 2))
         ep.quiet = 0 if warm.any() else ep.quiet + 1
         if ep.quiet >= COOL:
             del self.open[kind]
@@ -343,7 +342,7 @@ class Diagnosis:
         if self.reason is not None:  # diverged already: an own loop may go on, the diagnosis is made
             return []
         loss_ok = math.isfinite(loss) or (math.isnan(loss) and not self.loss_given)
-        if loss_ok and all(math.isfinite(g) for g in grads):
+        if loss_ok and math.isfinite(math.fsum(grads)):  # fsum: inf/NaN in, inf/NaN out; no overflow
             out = self.detector.update(step, grads, stats["global_grad_norm"], loss)
         else:
             where, out = self.detector.nonfinite(step, grads, loss)
