@@ -118,8 +118,8 @@ class Detector:
     `z`: the relative margin, in spreads of the series on the log scale."""
 
     def __init__(self, names: list[str], factor: float = 10.0, z: float = Z) -> None:
-        if factor <= 1:
-            raise ValueError(f"factor must be over 1, got {factor}")
+        if factor < 1:  # RunConfig.alert_factor's lower bound; 1 flags any rise, which a person may want
+            raise ValueError(f"factor must be 1 or more, got {factor}")
         self.names = list(names)
         self.log_factor = math.log(factor)
         self.z = z
