@@ -279,7 +279,9 @@ class JobManager:
             run = self.store.get_run(run_id)
             if run is None or run["status"] in TERMINAL:
                 return
-            if time.monotonic() - asked >= step_grace and self.liveness.progress.get(run_id, 0.0) < asked:
+            # Steps sent before the stop may still land after it: the grace runs from the later
+            # of the stop and the last step heard.
+            if time.monotonic() - max(asked, self.liveness.progress.get(run_id, 0.0)) >= step_grace:
                 reason = f"the worker reached no step boundary within {step_grace:g} s of the stop and was killed"
                 break
             await asyncio.sleep(0.05)
@@ -380,6 +382,7 @@ class JobManager:
                     changes["layers"] = layers
                 if isinstance(e.get("n_classes"), int):
                     summary["n_classes"] = e["n_classes"]
+                summary.setdefault("alerts", 0)  # a live run's record says "0 alerts", not nothing
             elif kind == "run.finished":
                 sent = e.get("summary")
                 summary.update({k: v for k, v in (sent if isinstance(sent, dict) else {}).items() if k != "traceback"})

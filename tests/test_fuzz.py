@@ -2,8 +2,8 @@
 
 With the token: no 5xx and no response that breaks its schema, over at least 500 generated
 requests (coverage, fuzzing and stateful phases: runs created, read, changed, stopped, deleted).
-Without it: every request but /api/health and the sign-in is refused with 401 or 403. Each run is the `st` CLI, so its report
-(and the seed to replay a failure) is in the test's output."""
+Without it: every request but /api/health and the sign-in is refused with 401 or 403. Each run is
+the `st` CLI, so its report (and the seed to replay a failure) is in the test's output."""
 
 from __future__ import annotations
 

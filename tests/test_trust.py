@@ -6,6 +6,7 @@ websocket fuzzing in test_fuzz_ws.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -356,11 +357,12 @@ def test_stop_kills_a_worker_that_reaches_no_step_boundary_within_a_short_grace(
     try:
         asked = time.monotonic()
         assert server.client.post(f"/api/runs/{run['id']}/stop").status_code == 200
-        done = server.wait_status(run["id"], ("stopped",), timeout=6)
+        done = server.wait_status(run["id"], ("stopped",), timeout=8)  # not the 10 s of a stepping worker
         took = time.monotonic() - asked
     finally:
-        os.kill(pid, signal.SIGCONT)  # it is dead by now; harmless if not
-    assert "no step boundary within 2 s" in done["error"] and took < 6, (took, done["error"])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # it is dead by now
+    assert "no step boundary within 2 s" in done["error"] and took < 8, (took, done["error"])
     wait_for(lambda: not worker_pids(run["id"]), timeout=10, what="the worker to be gone")
 
 

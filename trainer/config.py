@@ -66,8 +66,9 @@ class RunConfig:
         if need["total"] > budget:
             raise ConfigError("batch_size", f"needs about {_gib(need['total'])} of memory (activations of a batch "
                               f"{_gib(need['activations'])}, weights and optimizer state {_gib(need['parameters'])}, "
-                              f"data {_gib(need['data'])}, the worker itself {_gib(need['runtime'])}), over the limit of {_gib(budget)} per worker "
-                              "(GRADWATCH_WORKER_MEMORY): a smaller batch, width or depth fits")
+                              f"data {_gib(need['data'])}, the worker itself {_gib(need['runtime'])}), over the "
+                              f"limit of {_gib(budget)} per worker (GRADWATCH_WORKER_MEMORY): a smaller batch, "
+                              "width or depth fits")
 
 
 class ConfigError(ValueError):
