@@ -142,4 +142,5 @@ def test_the_cli_verdict_names_the_diverged_layer_or_says_not_learning() -> None
     assert verdict("diverged", diverged) == "diverged in fc7.weight at step 15"
     assert verdict("completed", {"val_accuracy": 0.11, "n_classes": 10}) == "not learning"
     assert verdict("completed", {"val_accuracy": 0.9, "n_classes": 10}) == ""
+    assert verdict("stopped", {"val_accuracy": 0.11, "n_classes": 10}) == "not learning"  # as the page says
     assert verdict("running", {"val_accuracy": 0.11, "n_classes": 10}) == ""  # it may still learn

@@ -301,16 +301,17 @@ def verdict(status: str, summary: dict[str, Any]) -> str:
     """What the CLI adds to a run's status: the diverged layer and step, or "not learning"."""
     if status == "diverged" and summary.get("diverged_layer"):
         return f"diverged in {summary['diverged_layer']} at step {summary.get('diverged_step')}"
-    if status == "completed" and not_learning(summary.get("val_accuracy"), summary.get("n_classes")):
+    if status in ("completed", "stopped") and not_learning(summary.get("val_accuracy"), summary.get("n_classes")):
         return "not learning"
     return ""
 
 
 def not_learning(val_accuracy: float | None, n_classes: int | None, margin: float = 0.05) -> bool:
-    """A run whose validation accuracy is within `margin` of chance (1/n_classes) learned nothing."""
-    if val_accuracy is None or not n_classes or not math.isfinite(val_accuracy):
+    """A run whose validation accuracy is within `margin` of chance (1/n_classes) learned nothing.
+    The page's rule is the same (frontend/js/diagnosis.js notLearning)."""
+    if val_accuracy is None or not n_classes or n_classes < 2 or not math.isfinite(val_accuracy):
         return False
-    return val_accuracy <= 1.0 / n_classes + margin
+    return abs(val_accuracy - 1.0 / n_classes) <= margin
 
 
 class Diagnosis:
