@@ -22,7 +22,7 @@ from .middleware import Guard, scrub_token_logs, validation_error
 from .routes import groups, health, ingest, presets, runs, session, stream
 from .security import Sessions, require_token
 from .settings import Settings, SettingsError
-from .store import Store
+from .store import Store, StoreError
 
 log = logging.getLogger("gradwatch")
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
@@ -41,7 +41,10 @@ def private_dir(path: Path) -> None:
             log.warning("data dir %s: could not make it private (0700): %s", path, e)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    """`store`: one opened already (`gradwatch serve` opens it first, to refuse a damaged or
+    read-only database with one line instead of a traceback from the lifespan)."""
+    opened = store
     settings = settings or Settings.from_env()
     settings.ensure_token()  # auth is always on
     scrub_token_logs()
@@ -51,9 +54,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             private_dir(settings.data_dir)
-            store = Store(settings.data_dir / "gradwatch.sqlite3")
+            store = opened or Store(settings.data_dir / "gradwatch.sqlite3")
         except OSError as e:
             raise SettingsError(f"data dir {settings.data_dir} is not usable: {e}") from e
+        except StoreError as e:
+            raise SettingsError(str(e)) from None
         # Big reads run in worker threads (routes/runs.py). Between two bytecodes of numpy and
         # orjson work such a thread keeps the interpreter for the switch interval, 5 ms by
         # default, and on a busy machine those waits pile up into 50-200 ms pauses of the event

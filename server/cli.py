@@ -30,18 +30,21 @@ The server's URL and token come from --server/--token, or GRADWATCH_URL/GRADWATC
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, private_dir
     from .protocol import with_header_timeout
+    from .store import Store, StoreError
 
     try:
         settings = Settings.from_env(host=args.host, port=args.port, data_dir=args.data_dir)
         settings.check_data_dir()
-    except SettingsError as e:
+        private_dir(settings.data_dir)
+        store = Store(settings.data_dir / "gradwatch.sqlite3")  # damaged or read-only: one line, exit 2
+    except (SettingsError, StoreError) as e:
         print(f"gradwatch: {e}", file=sys.stderr)
         return 2
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # an address a browser can open
     url = f"http://{'[' + host + ']' if ':' in host else host}:{settings.port}/"
-    app = create_app(settings)
+    app = create_app(settings, store)
     # A one-time sign-in link: opening it signs the browser in, and what stays in the browser's
     # history is a used code (the token never is in a URL). The token itself is for API clients
     # and for /login, where a person can paste it.

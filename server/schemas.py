@@ -215,3 +215,4 @@ class Health(BaseModel):
     version: str
     runs_active: int
     runs_queued: int
+    integrity: str  # "ok": PRAGMA quick_check passed at start and no write has found damage since

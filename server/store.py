@@ -148,19 +148,53 @@ def private_file(path: Path) -> None:
             p.chmod(0o600)
 
 
+class StoreError(Exception):
+    """The database cannot be served (damaged, not a database, read-only): one line that names
+    the file and says what to do."""
+
+
+def writable(path: Path) -> None:
+    """The database and its -wal/-shm files take writes, else StoreError: a server on a
+    read-only database would start and answer every write with a 500."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise StoreError(f"the database file {p} is read-only: make it writable (chmod u+w, or a "
+                             "read-write mount), or start with another --data-dir")
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        writable(path)
         private_file(path)
         # The writer: every write, and the reads made on the thread that opened the store (the
         # event loop's). Other threads read in `snapshot()`, through a pooled connection (`rdb`).
         self.db = self._connect()
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self._add_columns()
-        self._migrate()
-        self._hash_tokens()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # A damaged file (overwritten pages, a copy taken without its -wal mid-checkpoint)
+            # opens fine and fails later, on some read or write: find out now. quick_check reads
+            # every page once (about 1 s per GB); the result is /api/health's `integrity`.
+            problems = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                lines = [x for row in problems for x in row.splitlines() if not x.startswith("***")]
+                raise sqlite3.DatabaseError(f"quick_check: {'; '.join(lines)}")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self._add_columns()
+            self._migrate()
+            self._hash_tokens()
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            if "readonly" in str(e):
+                raise StoreError(f"the database file {path} is read-only ({e}): make it writable, or start "
+                                 "with another --data-dir") from None
+            first = " ".join(str(e).split())[:200]
+            raise StoreError(f"the database {path} is damaged ({first}): restore it from a backup, or move "
+                             f"it (and any {path.name}-wal, -shm) aside to start empty; `sqlite3 {path} .recover` "
+                             "may save what is readable") from None
+        self.integrity = "ok"  # PRAGMA quick_check at start; a write that finds damage says so
+        self.write_error: str | None = None  # the last write's failure, until a write succeeds
         self._owner = threading.get_ident()
         # Reading threads borrow a connection from a small pool for the length of a snapshot.
         # (One per thread would leave SQLite holding file descriptors of every thread that ever
@@ -385,8 +419,11 @@ class Store:
             if size:
                 self.db.execute("UPDATE run_bytes SET bytes = bytes + ? WHERE run_id = ?", (size, run_id))
             self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
+        except BaseException as e:
+            if self.db.in_transaction:  # SQLite has rolled back itself after some errors (a full disk)
+                self.db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
+                self.integrity = f"damaged: {e}"  # SQLITE_CORRUPT and kin, found by a write
             raise
         return new, last
 

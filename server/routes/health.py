@@ -12,4 +12,4 @@ router = APIRouter(prefix="/api", tags=["health"])
 @router.get("/health", response_model=Health)
 async def health(jobs: JobsDep) -> dict:
     return {"status": "ok", "version": __version__, "runs_active": len(jobs.procs) + len(jobs.conns),
-            "runs_queued": jobs.queued_count}
+            "runs_queued": jobs.queued_count, "integrity": jobs.store.integrity}

@@ -1,0 +1,139 @@
+"""Faults of the machine under the server (issue 19): a damaged or read-only database, a full
+disk, a double launch, a dead pre-importing parent. Each test runs the real `gradwatch serve`
+and says what gradwatch promises (docs/operations.md lists them)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.store import Store
+
+from .conftest import ROOT, LiveServer, free_port
+
+DB = "gradwatch.sqlite3"
+PAGE = 4096
+
+
+def serve(data_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`gradwatch serve` on a data dir it should refuse: it must exit by itself."""
+    env = {**os.environ, "GRADWATCH_TOKEN": "a-test-token-1234"}
+    return subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", str(free_port()),
+                           "--data-dir", str(data_dir)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def fill(store: Store, run_id: str, steps: int) -> None:
+    """A run with `steps` metrics events of 64 layers (about 1.5 pages of database each)."""
+    store.create_run({"id": run_id, "name": run_id, "status": "completed", "config": {}, "created": 1.0,
+                      "token": "sha256:0"})
+    for i in range(0, steps, 50):
+        store.append_events(run_id, [{"type": "metrics", "seq": s + 1, "step": s, "loss": 1.0,
+                                      "grad_norm": [0.5] * 64, "weight_norm": [1.0] * 64,
+                                      "update_ratio": [1e-3] * 64, "note": "x" * 300}
+                                     for s in range(i, min(i + 50, steps))])
+
+
+def checkpointed(path: Path) -> bytes:
+    """The database file with everything in it (the WAL folded in)."""
+    store = Store(path)
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    return path.read_bytes()
+
+
+def assert_refused(out: subprocess.CompletedProcess, path: Path, *words: str) -> None:
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert str(path) in lines[0] and all(w in lines[0] for w in words), lines[0]
+
+
+# ---- item 4: a damaged database --------------------------------------------------------------
+
+
+def test_a_database_with_overwritten_pages_is_refused_at_start_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    store = Store(data / DB)
+    fill(store, "a", 600)
+    store.close()
+    image = bytearray(checkpointed(data / DB))
+    pages = len(image) // PAGE
+    for n in (pages // 3, pages // 2, 2 * pages // 3):  # three pages in the middle, garbage
+        image[n * PAGE:(n + 1) * PAGE] = os.urandom(PAGE)
+    (data / DB).write_bytes(image)
+    assert_refused(serve(data), data / DB, "damaged", "backup", ".recover")
+
+
+def test_a_torn_copy_and_a_garbage_file_are_refused_at_start(tmp_path: Path) -> None:
+    """A copy taken without its -wal while a checkpoint was writing: half the pages of one state,
+    half of an earlier one. And a file that is no database at all (was a 44-line traceback)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    store = Store(data / DB)
+    fill(store, "a", 1000)
+    store.close()
+    before = checkpointed(data / DB)
+    store = Store(data / DB)
+    store.delete_run("a")
+    fill(store, "b", 1500)
+    store.close()
+    after = checkpointed(data / DB)
+    half = len(after) // PAGE // 2 * PAGE
+    (data / DB).write_bytes(after[:half] + before[half:len(after)] + after[len(before):])
+    assert_refused(serve(data), data / DB, "damaged")
+
+    (data / DB).write_bytes(b"not a database, " * 4096)
+    assert_refused(serve(data), data / DB, "damaged")
+
+
+def test_health_has_an_integrity_line(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "data").start()
+    try:
+        assert server.client.get("/api/health").json()["integrity"] == "ok"
+    finally:
+        server.stop()
+
+
+# ---- item 5: a read-only database ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """The file read-only, in a folder that stays writable: as root (CI) a read-only bind mount of
+    the file (root writes through any file mode), unmounted after; otherwise mode 0400."""
+    if os.geteuid() != 0:
+        path.chmod(0o400)
+        try:
+            yield
+        finally:
+            path.chmod(0o600)
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("no mount(8) to make a read-only file as root")
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_read_only_database_file_is_refused_at_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    store = Store(data / DB)
+    fill(store, "a", 10)
+    store.close()
+    checkpointed(data / DB)
+    with read_only(data / DB):
+        assert os.access(data, os.W_OK) and not os.access(data / DB, os.W_OK)
+        assert_refused(serve(data), data / DB, "read-only", "writable")
