@@ -147,3 +147,14 @@ def worker_pids(run_id: str) -> list[int]:
         if comm == f"gw-{run_id}"[:15] or (b"trainer.worker" in cmd and run_id.encode() in cmd):
             pids.append(int(entry.name))
     return pids
+
+
+@pytest.fixture(autouse=True)
+def _denormals_back() -> Iterator[None]:
+    """train() in this process flushes denormal floats to zero (trainer/loop.py: they are slow on
+    CPUs), a setting of the whole process; put it back so later tests (hypothesis's float
+    strategies refuse to run under it) see the default."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_flush_denormal(False)
