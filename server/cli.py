@@ -176,7 +176,9 @@ def _explain(e: Exception) -> str:
     status = getattr(e, "status", None)
     if status == 401:
         return f"{e}\n  the server needs its token: pass --token or set GRADWATCH_TOKEN"
-    if isinstance(e, ConnectionError):
+    from trainer.rest import AnswerCutOff
+
+    if isinstance(e, ConnectionError) and not isinstance(e, AnswerCutOff):  # a cut answer: it is running
         return f"{e}\n  is `gradwatch serve` running there? (--server URL or GRADWATCH_URL)"
     return str(e)
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from server.store import Store
 
-from .conftest import ROOT, LiveServer, free_port
+from .conftest import ROOT, LiveServer, free_port, wait_for
 
 DB = "gradwatch.sqlite3"
 PAGE = 4096
@@ -137,3 +139,51 @@ def test_a_read_only_database_file_is_refused_at_start(tmp_path: Path) -> None:
     with read_only(data / DB):
         assert os.access(data, os.W_OK) and not os.access(data / DB, os.W_OK)
         assert_refused(serve(data), data / DB, "read-only", "writable")
+
+
+# ---- item 6: smaller ones -------------------------------------------------------------------
+
+FOREVER = {"dataset": "synthetic", "depth": 3, "width": 16, "steps": 1_000_000, "eval_every": 0}
+
+
+def test_runs_active_counts_a_running_connected_run_once(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "data").start()
+    try:
+        run = server.create_run(FOREVER, name="counted")
+        wait_for(lambda: server.run(run["id"])["summary"].get("step", 0) > 3, what="the run to train")
+        health = server.client.get("/api/health").json()
+        assert health["runs_active"] == 1, health
+        server.client.post(f"/api/runs/{run['id']}/stop")
+        server.wait_status(run["id"], ("stopped",))
+        wait_for(lambda: server.client.get("/api/health").json()["runs_active"] == 0, what="no run active")
+    finally:
+        server.stop()
+
+
+def test_an_export_whose_download_is_cut_says_so_in_one_line(tmp_path: Path) -> None:
+    """A server that promises 100,000 bytes and closes after 10: `gradwatch export` says the
+    answer was cut off, exit 2, no traceback, and writes no file."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                         b"Content-Length: 100000\r\n\r\n{\"seq\": 1}")
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    out_file = tmp_path / "run.jsonl"
+    try:
+        out = subprocess.run([sys.executable, "-m", "server.cli", "export", "abcd1234", "--server",
+                              f"http://127.0.0.1:{listener.getsockname()[1]}", "--token", "x" * 16,
+                              "--out", str(out_file)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        thread.join(10)
+        listener.close()
+    assert out.returncode == 2, out
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "cut off after 10 bytes" in out.stderr, out.stderr
+    assert not out_file.exists()

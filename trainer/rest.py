@@ -4,11 +4,16 @@ packages to talk to it."""
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from typing import Any
 
 import orjson
+
+
+class AnswerCutOff(ConnectionError):
+    """The server was reached, but its answer ended early (a cut download)."""
 
 
 class ApiError(RuntimeError):
@@ -45,6 +50,10 @@ def api_request(base: str, method: str, path: str, token: str | None = None, bod
         except (orjson.JSONDecodeError, AttributeError):
             detail = text.decode(errors="replace").strip() or e.reason
         raise ApiError(method, url, e.code, detail) from None
+    except http.client.HTTPException as e:  # an answer cut short (IncompleteRead), a garbled one
+        got = f" after {len(e.partial):,} bytes" if isinstance(e, http.client.IncompleteRead) else ""
+        raise AnswerCutOff(f"the answer from the gradwatch server at {base} was cut off{got} "
+                              f"({type(e).__name__}); try again") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ConnectionError(f"cannot reach the gradwatch server at {base}: {reason}") from None
