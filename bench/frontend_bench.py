@@ -365,12 +365,14 @@ def measure(args: argparse.Namespace, base: str, token: str, client: httpx.Clien
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
         out["chromium"] = browser.version
-        page = browser.new_page(viewport={"width": 1400, "height": 1250})
+        # bypass_csp: wait_for_function evaluates its text, which the page's script-src 'self' forbids
+        page = browser.new_page(viewport={"width": 1400, "height": 1250}, bypass_csp=True)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.set_default_timeout(120_000)
         t0 = time.perf_counter()
-        page.goto(f"{base}/?token={token}&runs={','.join(eight)}&focus={focus}")
+        link = client.post("/api/login/links").json()["url"]  # a one-time sign-in, as `gradwatch serve` prints
+        page.goto(f"{base}{link}&runs={','.join(eight)}&focus={focus}")
         page.wait_for_function(f"{json.dumps(eight)}.every(id => gradwatch.charts.firstDrawn.get(id)?.loss)")
         out["open_s"] = time.perf_counter() - t0
         print(f"  page open, every run drawn: {out['open_s']:.1f} s", flush=True)

@@ -74,7 +74,8 @@ class Run:
 
     @property
     def url(self) -> str:
-        """The dashboard, with this run selected (add your ?token= to open it)."""
+        """The dashboard, with this run selected (a browser that is not signed in is sent to the
+        sign-in page first and brought back here)."""
         return f"{self.base_url}/?runs={self.id}&focus={self.id}"
 
     @property
