@@ -18,9 +18,9 @@ Each series also remembers `top`, the highest its baseline has been in this run:
   the first WARMUP steps, when the spread is not known yet: a 10× jump from step 1 alerts), and
 - broad: the global norm alerts, or at least BROAD of the layers depart. One layer alone must
   stand out twice as far (factor², 2·z): a lone layer's noise is not an explosion.
-Numbers (bench/alert_quality.py, docs/benchmarks.md): on 39 healthy runs (78k steps) 2 alerts,
-both real loss spikes above the untrained loss; 34 of 34 diverging runs alerted before their first
-non-finite step.
+Numbers (bench/alert_quality.py, docs/benchmarks.md): on 64 healthy runs (128k steps) 3 alerts,
+all real transient loss spikes above the untrained loss; 47 of 47 diverging runs alerted before
+their first non-finite step (seeds 3-4 of those were not used to choose these constants).
 
 **Episodes.** An alert opens an episode (one `alert` event: kind, origin layer, top 3 layers by
 departure, value and baseline); it stays open while any series is still elevated (√factor and
