@@ -4,15 +4,16 @@ nothing heavy happens at import time."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import plotly
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import __version__
@@ -22,7 +23,7 @@ from .middleware import Guard, scrub_token_logs, validation_error
 from .routes import groups, health, ingest, presets, runs, session, stream
 from .security import Sessions, require_token
 from .settings import Settings, SettingsError
-from .store import Store, StoreError
+from .store import Store, StoreError, disk_full
 
 log = logging.getLogger("gradwatch")
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
@@ -100,4 +101,15 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
     app.add_middleware(Guard, settings=settings, sessions=sessions)  # Host, token, Origin, JSON-only, body size
     app.add_exception_handler(RequestValidationError, validation_error)
+
+    async def store_error(request: Request, exc: Exception) -> JSONResponse:
+        """A write the store could not make: say why (a full disk: 507), never a bare 500."""
+        if disk_full(exc):
+            detail = (f"the server's disk is full ({exc}): free space in {settings.data_dir}, or delete runs "
+                      "(deletes use a reserve kept for them)")
+            return JSONResponse({"detail": detail}, status_code=507)
+        log.error("%s %s: the store failed: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"the store failed: {exc} (see /api/health)"}, status_code=503)
+
+    app.add_exception_handler(sqlite3.Error, store_error)
     return app

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import signal
+import sqlite3
 import time
 from collections import deque
 from typing import Any
@@ -74,6 +75,9 @@ class JobManager:
         self.conn_closed: dict[str, asyncio.Event] = {}
         self.summaries: dict[str, dict[str, Any]] = {}
         self.pending_control: dict[str, list[dict[str, Any]]] = {}  # for workers not connected yet
+        # Runs whose end could not be stored (a full disk, past its reserve): (status, reason),
+        # stored as soon as a write succeeds again, so no run stays `running` for want of room.
+        self.unfinished: dict[str, tuple[str, str | None]] = {}
         # Workers training at once share the cores: more torch threads than cores only thrash.
         self.worker_threads = settings.worker_threads or max(1, (os.cpu_count() or 1) // settings.max_concurrent)
         self._last_update: dict[str, float] = {}
@@ -291,6 +295,9 @@ class JobManager:
         self.finalize(run_id, status, reason)
 
     async def delete(self, run_id: str) -> None:
+        # The store first: on a full disk even past the reserve this raises (a 507), and the run
+        # and its worker are left as they were.
+        self.store.delete_run(run_id)
         handle = self.procs.get(run_id)
         if handle is not None:
             handle.kill()
@@ -300,7 +307,6 @@ class JobManager:
         if ws is not None:
             with contextlib.suppress(Exception):
                 await ws.close(code=1000, reason="run deleted")
-        self.store.delete_run(run_id)
         self.summaries.pop(run_id, None)
         if run_id in self.adopted:
             self.adopted.discard(run_id)
@@ -317,7 +323,22 @@ class JobManager:
         summary = {**run["summary"], **self.summaries.get(run_id, {})}
         event = {"type": "run.finished", "seq": run["last_seq"] + 1, "time": time.time(),
                  "status": status, "reason": reason, "summary": summary, "source": "server"}
-        self.ingest_batch(run_id, [event])
+        try:
+            self.ingest_batch(run_id, [event], essential=True)
+        except sqlite3.Error as e:
+            log.error("run %s: could not store its end (%s: %s), trying again each second", run_id, status, e)
+            if not self.unfinished:
+                self._spawn(self._finish_later())
+            self.unfinished[run_id] = (status, reason)
+            return
+        self.unfinished.pop(run_id, None)
+
+    async def _finish_later(self) -> None:
+        while self.unfinished:
+            await asyncio.sleep(1.0)
+            for run_id, (status, reason) in list(self.unfinished.items()):
+                with contextlib.suppress(sqlite3.Error):
+                    self.finalize(run_id, status, reason)
 
     # ---- ingest: events from workers ---------------------------------------------------
 
@@ -350,9 +371,11 @@ class JobManager:
             if run is not None and run["status"] not in TERMINAL and run_id not in self.procs:
                 self._spawn(self._orphan_watch(run_id, "the worker's connection was lost"))
 
-    def ingest_batch(self, run_id: str, events: list[dict[str, Any]]) -> int:
-        """Store a batch, apply its effects on the run, fan it out; returns the last stored seq."""
-        new, last = self.store.append_events(run_id, events)
+    def ingest_batch(self, run_id: str, events: list[dict[str, Any]], essential: bool = False) -> int:
+        """Store a batch, apply its effects on the run, fan it out; returns the last stored seq.
+        Raises sqlite3.Error when the store cannot write it (nothing of it is stored then).
+        `essential`: the server's own end of a run, which may use the disk's reserve."""
+        new, last = self.store.append_events(run_id, events, essential)
         summary = self.summaries.get(run_id)
         if summary is None:  # the first batch since the server started: go on from what is stored
             stored = self.store.get_run(run_id)
@@ -398,7 +421,7 @@ class JobManager:
             self.liveness.stepped(run_id)  # before any run.update below: it no longer says idle
         if "status" in changes:
             changes["summary"] = summary
-            self.store.update_run(run_id, durable=True, **changes)
+            self.store.update_run(run_id, durable=True, essential=True, **changes)  # an end: may use the reserve
             self._publish_run(self.store.get_run(run_id))
             self.summaries.pop(run_id, None)
             self.adopted.discard(run_id)  # its slot is free
@@ -428,6 +451,9 @@ class JobManager:
         out["gpu"] = self.gpu_of.get(run["id"])
         if run["status"] == "running":
             out["idle_s"] = self.liveness.idle_s(run["id"])
+        if self.store.write_error and run["status"] in ("running", "stalled") and not out.get("error"):
+            out["error"] = (f"the server cannot store this run's steps ({self.store.write_error}): free space in "
+                            f"{self.settings.data_dir} or delete runs; the worker keeps them until it can")
         return out
 
     def _publish_run(self, run: dict[str, Any] | None) -> None:

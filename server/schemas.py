@@ -216,3 +216,4 @@ class Health(BaseModel):
     runs_active: int
     runs_queued: int
     integrity: str  # "ok": PRAGMA quick_check passed at start and no write has found damage since
+    writes: str  # "ok", or why the store's last write failed ("disk full: …") until one succeeds

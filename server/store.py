@@ -148,6 +148,11 @@ def private_file(path: Path) -> None:
             p.chmod(0o600)
 
 
+def disk_full(e: BaseException) -> bool:
+    """SQLITE_FULL: the disk (or the file system's quota) has no room for the write."""
+    return isinstance(e, sqlite3.OperationalError) and getattr(e, "sqlite_errorname", "") == "SQLITE_FULL"
+
+
 class StoreError(Exception):
     """The database cannot be served (damaged, not a database, read-only): one line that names
     the file and says what to do."""
@@ -170,6 +175,13 @@ class Store:
         # The writer: every write, and the reads made on the thread that opened the store (the
         # event loop's). Other threads read in `snapshot()`, through a pooled connection (`rdb`).
         self.db = self._connect()
+        self.integrity = "ok"  # PRAGMA quick_check at start; a write that finds damage says so
+        self.write_error: str | None = None  # the last write's failure, until a write succeeds
+        # Room kept for the writes that free room or end runs (a delete, a run's last status) when
+        # the disk fills: a file of RESERVE_BYTES, given back to the file system on a full disk for
+        # those writes only, and taken again once writes succeed.
+        self.reserve = path.with_name("gradwatch.reserve")
+        self._take_reserve()
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             # A damaged file (overwritten pages, a copy taken without its -wal mid-checkpoint)
@@ -193,8 +205,6 @@ class Store:
             raise StoreError(f"the database {path} is damaged ({first}): restore it from a backup, or move "
                              f"it (and any {path.name}-wal, -shm) aside to start empty; `sqlite3 {path} .recover` "
                              "may save what is readable") from None
-        self.integrity = "ok"  # PRAGMA quick_check at start; a write that finds damage says so
-        self.write_error: str | None = None  # the last write's failure, until a write succeeds
         self._owner = threading.get_ident()
         # Reading threads borrow a connection from a small pool for the length of a snapshot.
         # (One per thread would leave SQLite holding file descriptors of every thread that ever
@@ -203,6 +213,44 @@ class Store:
         self._readers = 0  # connections made for the pool, at most READERS
         self._pool_lock = threading.Lock()
         self._local = threading.local()  # .db: the connection this thread holds, in snapshot()
+
+    RESERVE_BYTES = 8 * 1024 * 1024  # enough for a delete's and a few status changes' journal pages
+
+    def _take_reserve(self) -> bool:
+        if self.reserve.exists():
+            return True
+        try:
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            return True
+        except OSError:  # no room for it yet
+            self.reserve.unlink(missing_ok=True)
+            return False
+
+    def _write(self, fn: Any, essential: bool = False) -> Any:
+        """Run one write (`fn`, a whole transaction), keeping `write_error` and `integrity` true.
+        An `essential` write that finds the disk full gives back the reserve and tries once more."""
+        try:
+            result = fn()
+        except BaseException as e:
+            if self.db.in_transaction:  # SQLite has rolled back itself after some errors (a full disk)
+                self.db.execute("ROLLBACK")
+            if not isinstance(e, sqlite3.Error):
+                raise
+            if essential and disk_full(e) and self.reserve.exists():
+                self.reserve.unlink(missing_ok=True)
+                return self._write(fn)
+            self.write_error = f"disk full: {e}" if disk_full(e) else str(e)
+            if not isinstance(e, sqlite3.OperationalError):
+                self.integrity = f"damaged: {e}"  # SQLITE_CORRUPT and kin, found by a write
+            raise
+        if self.write_error is not None:
+            self.write_error = None
+            self._take_reserve()
+        return result
 
     READERS = 4  # big reads at once; more wait their turn (in their thread, not the event loop)
 
@@ -319,7 +367,7 @@ class Store:
         marks = ", ".join(f":{k}" for k in RUN_FIELDS)
         self._durable(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
 
-    def update_run(self, run_id: str, durable: bool = False, **changes: Any) -> None:
+    def update_run(self, run_id: str, durable: bool = False, essential: bool = False, **changes: Any) -> None:
         if not changes:
             return
         for k in JSON_FIELDS:
@@ -329,15 +377,15 @@ class Store:
         sql = f"UPDATE runs SET {sets} WHERE id = :_id"
         params = {**changes, "_id": run_id}
         if durable:
-            self._durable(sql, params)
+            self._durable(sql, params, essential)
         else:
-            self.db.execute(sql, params)
+            self._write(lambda: self.db.execute(sql, params))
 
-    def _durable(self, sql: str, params: dict[str, Any]) -> None:
+    def _durable(self, sql: str, params: dict[str, Any], essential: bool = False) -> None:
         """A state transition: committed with synchronous=FULL."""
         self.db.execute("PRAGMA synchronous=FULL")
         try:
-            self.db.execute(sql, params)
+            self._write(lambda: self.db.execute(sql, params), essential)
         finally:
             self.db.execute("PRAGMA synchronous=NORMAL")
 
@@ -359,14 +407,17 @@ class Store:
         return [_run_row(r) for r in self.rdb.execute(sql, params)]
 
     def delete_run(self, run_id: str) -> None:
-        self.db.execute("BEGIN")
-        self.db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
-        self.db.execute("DELETE FROM series WHERE run_id = ?", (run_id,))
-        self.db.execute("DELETE FROM evals WHERE run_id = ?", (run_id,))
-        self.db.execute("DELETE FROM layer_stats WHERE run_id = ?", (run_id,))
-        self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        self.db.execute("DELETE FROM run_bytes WHERE run_id = ?", (run_id,))
-        self.db.execute("COMMIT")
+        """Essential: a delete is how a full disk gets room back."""
+        def delete() -> None:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+            self.db.execute("DELETE FROM series WHERE run_id = ?", (run_id,))
+            self.db.execute("DELETE FROM evals WHERE run_id = ?", (run_id,))
+            self.db.execute("DELETE FROM layer_stats WHERE run_id = ?", (run_id,))
+            self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            self.db.execute("DELETE FROM run_bytes WHERE run_id = ?", (run_id,))
+            self.db.execute("COMMIT")
+        self._write(delete, essential=True)
 
     def stored_bytes(self, run_id: str) -> int:
         """Bytes of event JSON the run has stored (its events' sizes, summed once per run made by
@@ -396,35 +447,33 @@ class Store:
 
     # ---- events ---------------------------------------------------------------------
 
-    def append_events(self, run_id: str, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """Store the events not stored yet; returns (the new ones, the run's last seq)."""
+    def append_events(self, run_id: str, events: list[dict[str, Any]],
+                      essential: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """Store the events not stored yet; returns (the new ones, the run's last seq).
+        `essential`: the server's own end of a run, which may use the disk's reserve."""
+        return self._write(lambda: self._append(run_id, events), essential)
+
+    def _append(self, run_id: str, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         new = []
         size = 0  # bytes of JSON stored
         self.db.execute("BEGIN")
-        try:
-            self.stored_bytes(run_id)  # its row, counted from its events for a run of an older version
-            for e in events:
-                data = orjson.dumps(e).decode()
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO events (run_id, seq, type, step, data) VALUES (?, ?, ?, ?, ?)",
-                    (run_id, e["seq"], e["type"], e.get("step"), data),
-                )
-                if cur.rowcount:
-                    new.append(e)
-                    size += len(data)
-                    if e["type"] == "metrics":
-                        self._put_series(run_id, e)
-            last = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
-            self.db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (last, run_id))
-            if size:
-                self.db.execute("UPDATE run_bytes SET bytes = bytes + ? WHERE run_id = ?", (size, run_id))
-            self.db.execute("COMMIT")
-        except BaseException as e:
-            if self.db.in_transaction:  # SQLite has rolled back itself after some errors (a full disk)
-                self.db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
-                self.integrity = f"damaged: {e}"  # SQLITE_CORRUPT and kin, found by a write
-            raise
+        self.stored_bytes(run_id)  # its row, counted from its events for a run of an older version
+        for e in events:
+            data = orjson.dumps(e).decode()
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO events (run_id, seq, type, step, data) VALUES (?, ?, ?, ?, ?)",
+                (run_id, e["seq"], e["type"], e.get("step"), data),
+            )
+            if cur.rowcount:
+                new.append(e)
+                size += len(data)
+                if e["type"] == "metrics":
+                    self._put_series(run_id, e)
+        last = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
+        self.db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (last, run_id))
+        if size:
+            self.db.execute("UPDATE run_bytes SET bytes = bytes + ? WHERE run_id = ?", (size, run_id))
+        self.db.execute("COMMIT")
         return new, last
 
     def _put_series(self, run_id: str, e: dict[str, Any]) -> None:

@@ -187,3 +187,79 @@ def test_an_export_whose_download_is_cut_says_so_in_one_line(tmp_path: Path) -> 
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "cut off after 10 bytes" in out.stderr, out.stderr
     assert not out_file.exists()
+
+
+# ---- item 1: a full disk ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs of its own, unmounted after (mounting needs root: CI runs as root)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "gradwatch-test", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)]).returncode:
+            subprocess.run(["umount", "-l", str(disk)], check=True)  # busy still: detach it anyway
+
+
+def fill_up(disk: Path) -> Path:
+    """Write a file until the file system has no room left."""
+    filler = disk / "filler"
+    chunk = b"\0" * (1 << 20)
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
+        while True:
+            f.write(chunk)
+            f.flush()
+    with contextlib.suppress(OSError), open(filler, "ab") as f:  # and the last partial MiB
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+    return filler
+
+
+def test_a_full_disk_is_reported_deletes_work_and_the_run_goes_on_when_room_returns(small_disk: Path) -> None:
+    server = LiveServer(small_disk).start()  # its log goes beside the mount, not on it
+    try:
+        done = server.create_run({**FOREVER, "steps": 200}, name="to delete")
+        server.wait_status(done["id"], ("completed",))
+        run = server.create_run(FOREVER, name="through a full disk")
+        wait_for(lambda: server.run(run["id"])["summary"].get("step", 0) > 10, what="the run to train")
+        filler = fill_up(small_disk)
+        wait_for(lambda: server.client.get("/api/health").json()["writes"] != "ok", timeout=30,
+                 what="health to report failing writes")
+        health = server.client.get("/api/health").json()
+        assert health["writes"].startswith("disk full"), health
+        view = server.run(run["id"])
+        assert view["status"] == "running" and "disk full" in view["error"], view
+        # Never a bare 500: a new run is refused with a 507 saying why; a delete works (the reserve).
+        r = server.client.post("/api/runs", json={"config": FOREVER})
+        assert r.status_code in (201, 507), r.text
+        if r.status_code == 507:
+            assert "disk is full" in r.json()["detail"]
+        else:
+            server.client.delete(f"/api/runs/{r.json()['id']}")
+        r = server.client.delete(f"/api/runs/{done['id']}")
+        assert r.status_code == 204, r.text
+        assert server.client.get(f"/api/runs/{done['id']}").status_code == 404
+        assert server.run(run["id"])["status"] == "running"  # the delete killed nobody
+        # Room returns: the run goes on by itself, and nothing the worker sent is missing.
+        stuck_at = server.run(run["id"])["summary"]["step"]
+        filler.unlink()
+        wait_for(lambda: server.client.get("/api/health").json()["writes"] == "ok", timeout=30,
+                 what="writes to succeed again")
+        wait_for(lambda: server.run(run["id"])["summary"]["step"] > stuck_at + 50, timeout=30,
+                 what="the run to go on")
+        assert server.run(run["id"]).get("error") is None
+        server.client.post(f"/api/runs/{run['id']}/stop")
+        server.wait_status(run["id"], ("stopped",))
+        hist = server.client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 100_000}).json()
+        seqs = sorted(hist["seq"] + [e["seq"] for e in hist["events"]])
+        assert seqs == list(range(1, seqs[-1] + 1))  # no gap, no duplicate
+        assert "cannot rollback" not in server.log_text()
+    finally:
+        server.stop()

@@ -15,4 +15,5 @@ async def health(jobs: JobsDep) -> dict:
     # too: count each run once.
     active = len(jobs.procs.keys() | jobs.conns.keys() | jobs.adopted)
     return {"status": "ok", "version": __version__, "runs_active": active,
-            "runs_queued": jobs.queued_count, "integrity": jobs.store.integrity}
+            "runs_queued": jobs.queued_count, "integrity": jobs.store.integrity,
+            "writes": jobs.store.write_error or "ok"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 
@@ -26,7 +27,7 @@ from trainer.events import TERMINAL
 from .. import wire
 from ..middleware import query_token
 from ..security import bearer
-from ..store import token_ok
+from ..store import disk_full, token_ok
 
 router = APIRouter(prefix="/api", tags=["ingest"])
 log = logging.getLogger("gradwatch.ingest")
@@ -83,7 +84,14 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
             if over:
                 await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, over)
                 break
-            last = jobs.ingest_batch(run_id, events)
+            try:
+                last = jobs.ingest_batch(run_id, events)
+            except sqlite3.Error as e:  # nothing of the batch is stored: the worker keeps it and resends
+                if disk_full(e):  # 1013, try again later: it reconnects with its backoff
+                    await ws.close(code=status.WS_1013_TRY_AGAIN_LATER, reason="the server's disk is full")
+                else:  # damage: the run cannot go on in this store
+                    await refuse(ws, run_id, status.WS_1011_INTERNAL_ERROR, f"the store cannot write: {e}")
+                break
             checker.accepted(events, last)
             await ws.send_json({"type": "ack", "seq": last})
     except WebSocketDisconnect:
