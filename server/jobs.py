@@ -68,6 +68,7 @@ class JobManager:
         # Local runs that were running when the server (re)started: their workers may still be
         # alive and reconnect, so each holds a worker slot until the run ends (or is failed).
         self.adopted: set[str] = set()
+        self.launching: set[str] = set()  # runs recorded `running` whose process is being started
         # Several GPUs: each worker gets one (CUDA_VISIBLE_DEVICES), the least busy.
         self.gpus = settings.gpus if settings.gpus is not None else nvidia_gpus()
         self.gpu_of: dict[str, str] = {}  # run id -> its worker's GPU
@@ -183,23 +184,34 @@ class JobManager:
         argv = ["--server", self.settings.self_url, "--run", run_id,
                 "--data-dir", str(self.settings.data_dir / "datasets")]
         token = secrets.token_urlsafe(24)  # the worker's own; the store keeps only its digest
-        self.store.update_run(run_id, token=token_digest(token))
+        # The launch is recorded (committed, synchronous=FULL) before the process starts: a server
+        # killed in between finds the run `running` when it restarts, so it waits for a worker
+        # that may exist (adopts it if it connects, fails the run if none does) and never
+        # launches the run a second time.
+        self.store.update_run(run_id, durable=True, token=token_digest(token), status="running",
+                              started=time.time())
         env = {"GRADWATCH_RUN_TOKEN": token, "GRADWATCH_TORCH_THREADS": str(self.worker_threads)}
         gpu = self._pick_gpu()
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         if self.settings.gpu_memory_fraction:
             env["GRADWATCH_GPU_MEMORY_FRACTION"] = str(self.settings.gpu_memory_fraction)
-        handle = await self.launcher.launch(argv, env, self.log_dir / f"{run_id}.log")
+        self.launching.add(run_id)
+        try:
+            handle = await self.launcher.launch(argv, env, self.log_dir / f"{run_id}.log")
+        except BaseException:  # no process: the run waits again (or fails, as the scheduler decides)
+            self.store.update_run(run_id, durable=True, status="queued", started=None)
+            raise
+        finally:
+            self.launching.discard(run_id)
         now = self.store.get_run(run_id)
-        if now is None or now["status"] != "queued":  # stopped or deleted while its worker started
+        if now is None or now["status"] != "running":  # stopped or deleted while its worker started
             handle.kill()
             self._spawn(handle.wait())  # reaped; the run keeps the status it was given
             return
         self.procs[run_id] = handle
         if gpu is not None:
             self.gpu_of[run_id] = gpu
-        self.store.update_run(run_id, durable=True, status="running", started=time.time())
         self._publish_run(self.store.get_run(run_id))
         self._spawn(self._monitor(run_id, handle))
 

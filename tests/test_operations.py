@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,11 +15,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from server.store import Store
 
-from .conftest import ROOT, LiveServer, free_port, wait_for
+from .conftest import ROOT, LiveServer, free_port, wait_for, worker_pids
 
 DB = "gradwatch.sqlite3"
 PAGE = 4096
@@ -261,5 +265,93 @@ def test_a_full_disk_is_reported_deletes_work_and_the_run_goes_on_when_room_retu
         seqs = sorted(hist["seq"] + [e["seq"] for e in hist["events"]])
         assert seqs == list(range(1, seqs[-1] + 1))  # no gap, no duplicate
         assert "cannot rollback" not in server.log_text()
+    finally:
+        server.stop()
+
+
+# ---- item 2: one worker per run, across a crash ------------------------------------------------
+
+
+def children(pid: int, marker: bytes) -> list[int]:
+    """Live processes whose parent is `pid` and whose command line holds `marker`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if stat[0] != "Z" and int(stat[1]) == pid and marker in cmd:
+            out.append(int(entry.name))
+    return out
+
+
+def test_a_server_killed_between_the_launch_record_and_the_process_start_never_launches_twice(
+        tmp_path: Path) -> None:
+    """The pre-forking parent is frozen, so the launch is recorded but its process not started;
+    the server is killed there and restarted on the same port; then the parent wakes. Whether the
+    request reached it before the kill or not, the restarted server never launches the run again:
+    it adopts the worker the parent starts, or, when none comes within the reattach grace, fails
+    the run saying so. Never two workers, never two `run.started`."""
+    first = LiveServer(tmp_path / "data").start()
+    zygote = wait_for(lambda: children(first.proc.pid, b"trainer.zygote"), what="the pre-forking parent")[0]
+    again = None
+    try:
+        warm = first.create_run({**FOREVER, "steps": 5}, name="the parent is ready")
+        first.wait_status(warm["id"], ("completed",))
+        os.kill(zygote, signal.SIGSTOP)
+        run = first.create_run(FOREVER, name="launched once")
+        wait_for(lambda: first.run(run["id"])["status"] == "running", timeout=10,
+                 what="the launch to be recorded before the process starts")
+        assert worker_pids(run["id"]) == []
+        first.stop(signal.SIGKILL)
+        again = LiveServer(tmp_path / "data", port=first.port, token=first.token,
+                           env={"GRADWATCH_REATTACH_GRACE_S": "3"}).start()
+        os.kill(zygote, signal.SIGCONT)  # it forks the worker it was asked for, if the request came
+        seen: set[int] = set()
+
+        def settled() -> dict | None:
+            pids = worker_pids(run["id"])
+            assert len(pids) <= 1, f"two workers for one run: {pids}"
+            seen.update(pids)
+            view = again.run(run["id"])
+            return view if view["status"] == "failed" or view["summary"].get("step", 0) > 30 else None
+        view = wait_for(settled, timeout=60, what="the run to be adopted or failed")
+        if view["status"] == "failed":
+            assert seen == set() and "did not reconnect" in view["error"], (seen, view)
+        else:
+            assert len(seen) == 1 and len(worker_pids(run["id"])) == 1
+            again.client.post(f"/api/runs/{run['id']}/stop")
+            again.wait_status(run["id"], ("stopped",))
+        events = again.client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 100_000}).json()["events"]
+        assert [e["type"] for e in events].count("run.started") <= 1
+        assert len(seen) == 0 or [e["type"] for e in events].count("run.started") == 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(zygote, signal.SIGCONT)
+            os.kill(zygote, signal.SIGKILL)
+        if again is not None:
+            again.stop()
+        first.stop()
+
+
+def test_a_second_worker_connection_for_a_run_is_refused(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "data").start()
+    try:
+        r = server.client.post("/api/runs", json={"name": "own loop", "config": FOREVER, "external": True})
+        assert r.status_code == 201, r.text
+        run = r.json()
+        url = server.ws_url(f"/api/ingest/{run['id']}")
+        headers = {"Authorization": f"Bearer {run['token']}"}
+        with connect(url, additional_headers=headers, open_timeout=10) as one:
+            assert orjson.loads(one.recv(timeout=10))["type"] == "hello"
+            with connect(url, additional_headers=headers, open_timeout=10) as two:
+                with pytest.raises(ConnectionClosed) as closed:
+                    two.recv(timeout=10)
+                assert closed.value.rcvd.code == 1008 and "another worker" in closed.value.rcvd.reason
+            one.send(orjson.dumps({"type": "heartbeat"}))  # the first is untouched
+            assert server.run(run["id"])["status"] == "running"
     finally:
         server.stop()
