@@ -69,6 +69,7 @@ class JobManager:
         # alive and reconnect, so each holds a worker slot until the run ends (or is failed).
         self.adopted: set[str] = set()
         self.launching: set[str] = set()  # runs recorded `running` whose process is being started
+        self.fresh: set[str] = set()  # runs to start in a fresh interpreter (the zygote failed theirs)
         # Several GPUs: each worker gets one (CUDA_VISIBLE_DEVICES), the least busy.
         self.gpus = settings.gpus if settings.gpus is not None else nvidia_gpus()
         self.gpu_of: dict[str, str] = {}  # run id -> its worker's GPU
@@ -170,11 +171,13 @@ class JobManager:
                 try:
                     await self._launch(run)
                 except (OSError, TimeoutError) as e:
-                    if isinstance(self.launcher, ZygoteLauncher):  # fall back to a fresh interpreter
-                        log.warning("pre-forking launcher failed (%s); starting workers fresh", e)
-                        self.launcher = SubprocessLauncher()
+                    if isinstance(self.launcher, ZygoteLauncher) and run_id not in self.fresh:
+                        # This run starts in a fresh interpreter; the zygote restarts for the next.
+                        log.warning("pre-forking launcher failed (%s); starting run %s fresh", e, run_id)
+                        self.fresh.add(run_id)
                         self.queue.appendleft(run_id)
                     else:
+                        self.fresh.discard(run_id)
                         self.finalize(run_id, "failed", f"could not start the worker: {e}")
             self._wake.clear()
             await self._wake.wait()
@@ -198,12 +201,14 @@ class JobManager:
             env["GRADWATCH_GPU_MEMORY_FRACTION"] = str(self.settings.gpu_memory_fraction)
         self.launching.add(run_id)
         try:
-            handle = await self.launcher.launch(argv, env, self.log_dir / f"{run_id}.log")
+            launcher = SubprocessLauncher() if run_id in self.fresh else self.launcher
+            handle = await launcher.launch(argv, env, self.log_dir / f"{run_id}.log")
         except BaseException:  # no process: the run waits again (or fails, as the scheduler decides)
             self.store.update_run(run_id, durable=True, status="queued", started=None)
             raise
         finally:
             self.launching.discard(run_id)
+        self.fresh.discard(run_id)
         now = self.store.get_run(run_id)
         if now is None or now["status"] != "running":  # stopped or deleted while its worker started
             handle.kill()

@@ -67,6 +67,7 @@ class ZygoteLauncher:
         self._reader: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._start_lock = asyncio.Lock()
+        self._closing = False
 
     async def ensure(self) -> None:
         async with self._start_lock:  # the warm-up and the first launch may both get here: one zygote
@@ -124,8 +125,19 @@ class ZygoteLauncher:
         for pid, fut in list(self._exits.items()):
             asyncio.create_task(_watch_pid(pid, fut))
         self._exits = {}
+        if not self._closing:  # start another now, so the next run does not pay for its imports
+            asyncio.create_task(self._restart(proc))
+
+    async def _restart(self, dead: asyncio.subprocess.Process) -> None:
+        await dead.wait()  # reaped: ensure() sees it gone
+        log.warning("the pre-forking launcher exited (code %s); starting another", dead.returncode)
+        try:
+            await self.ensure()
+        except (OSError, TimeoutError) as e:  # the next launch tries again
+            log.warning("the pre-forking launcher did not restart: %s", e)
 
     async def close(self) -> None:
+        self._closing = True
         if self.proc is not None and self.proc.returncode is None:
             self.proc.stdin.close()
             try:
@@ -137,11 +149,51 @@ class ZygoteLauncher:
 
 
 async def _watch_pid(pid: int, fut: asyncio.Future[Any]) -> None:
-    while True:
+    """A worker whose parent (the zygote) is gone: its end, whoever its parent is now. Re-parented
+    to init it is reaped there; re-parented to us (the server as PID 1 in a container, or a
+    subreaper) it stays a zombie, which `kill(pid, 0)` still finds: so wait on a pidfd, which is
+    readable once the process has ended, zombie or not, and reap it if it is ours."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = None
+    except (OSError, AttributeError):  # no pidfd (old kernel): poll, counting a zombie as ended
+        fd = None
+        while _alive(pid):
+            await asyncio.sleep(0.2)
+    if fd is not None:
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+        try:
+            await ended
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+    if not fut.done():
+        fut.set_result(_reap(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
         try:
             os.kill(pid, 0)
+            return True
         except ProcessLookupError:
-            break
-        await asyncio.sleep(0.2)
-    if not fut.done():
-        fut.set_result(None)
+            return False
+        except OSError:
+            return True
+
+
+def _reap(pid: int) -> int | None:
+    """Its exit code (negative: the signal) when it is our child, reaping it; else None."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if got != pid:
+        return None
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -355,3 +356,67 @@ def test_a_second_worker_connection_for_a_run_is_refused(tmp_path: Path) -> None
             assert server.run(run["id"])["status"] == "running"
     finally:
         server.stop()
+
+
+# ---- item 3: the pre-forking parent dies, the server is PID 1 -----------------------------------
+
+
+class Pid1Server(LiveServer):
+    """The server as process 1 of its own PID namespace, as in a container run without an init
+    (`docker run` without --init): orphaned processes are re-parented to it."""
+
+    def start(self) -> Pid1Server:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, "GRADWATCH_TOKEN": self.token}
+        self.log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["unshare", "--pid", "--mount-proc", "--kill-child=SIGTERM", sys.executable, "-m", "server.cli",
+             "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", self.log_level],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        wait_for(self._healthy, timeout=60, what=f"server on port {self.port} to answer /api/health")
+        return self
+
+
+def zombies_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError):
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.name.isdigit() and stat[0] == "Z" and int(stat[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_workers_of_a_dead_pre_forking_parent_are_reaped_and_the_queue_goes_on_with_the_server_as_pid_1(
+        tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a PID namespace needs root and unshare(1)")
+    server = Pid1Server(tmp_path / "data", env={"GRADWATCH_MAX_CONCURRENT": "2"}).start()
+    pid1 = None
+    try:
+        pid1 = wait_for(lambda: children(server.proc.pid, b"server.cli"), what="the server in its namespace")[0]
+        zygote = wait_for(lambda: children(pid1, b"trainer.zygote"), what="the pre-forking parent")[0]
+        runs = [server.create_run(FOREVER, name=f"slot {i}") for i in range(2)]
+        for run in runs:
+            wait_for(lambda run=run: server.run(run["id"])["summary"].get("step", 0) > 5, what="both to train")
+        waiting = server.create_run({**FOREVER, "steps": 30}, name="queued")
+        assert server.run(waiting["id"])["status"] == "queued"
+        workers = [pid for run in runs for pid in worker_pids(run["id"])]
+        assert len(workers) == 2
+        os.kill(zygote, signal.SIGKILL)  # its workers are re-parented to the server, process 1
+        wait_for(lambda: zygote not in children(pid1, b"trainer.zygote"), what="the parent gone")
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        for run in runs:
+            failed = server.wait_status(run["id"], ("failed",), timeout=15)
+            assert "SIGKILL" in failed["error"] or "ended" in failed["error"], failed
+        server.wait_status(waiting["id"], ("completed",), timeout=30)  # the slots came back
+        wait_for(lambda: not zombies_of(pid1), timeout=10, what="no zombie left under the server")
+        restarted = wait_for(lambda: children(pid1, b"trainer.zygote"), timeout=60, what="a new pre-forking parent")
+        assert zygote not in restarted
+        wait_for(lambda: "pre-forking launcher exited" in server.log_text(), timeout=5, what="the log to say so")
+    finally:
+        server.stop()
+        if pid1 is not None:  # a server that did not stop: ending process 1 ends its whole namespace
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid1, signal.SIGKILL)
