@@ -158,3 +158,16 @@ def _denormals_back() -> Iterator[None]:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_flush_denormal(False)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for a train() in this process: what the presets' claims were measured
+    with (a run on the edge of chaos, lr 3.0 with BN, takes another path when its sums are reduced
+    in another order), and on 2 shared cores a second thread mostly waits for the first."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

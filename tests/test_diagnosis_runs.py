@@ -40,7 +40,7 @@ def test_explosion_plain_alerts_first_and_names_the_layer_the_reference_finds(li
     assert s["alerts"] == len(alerts) and s["first_alert_step"] == spikes[0]["step"]
 
 
-def test_lr_robustness_plain_0_3_alerts_before_its_two_step_blow_up() -> None:
+def test_lr_robustness_plain_0_3_alerts_before_its_two_step_blow_up(one_thread: None) -> None:
     events: list[dict] = []
     result = train(resolve("lr-robustness", {"batchnorm": False, "eval_every": 0}), events.append)
     assert result["status"] == "diverged"
@@ -51,7 +51,7 @@ def test_lr_robustness_plain_0_3_alerts_before_its_two_step_blow_up() -> None:
     assert result["diverged_layer"] in ref["first"]
 
 
-def test_a_default_batchnorm_run_of_2000_steps_fires_no_alert() -> None:
+def test_a_default_batchnorm_run_of_2000_steps_fires_no_alert(one_thread: None) -> None:
     events: list[dict] = []
     result = train(RunConfig(batchnorm=True, steps=2000, eval_every=500), events.append)
     assert result["status"] == "completed" and result["val_accuracy"] > 0.9

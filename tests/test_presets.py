@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 from trainer.config import ConfigError, RunConfig
 from trainer.data import DatasetUnavailable
@@ -67,16 +64,6 @@ def holds(claim: object, value: object) -> bool:
     if isinstance(claim, tuple):
         return value is not None and claim[0] <= value <= claim[1]
     return claim == value
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """The claims were measured with one torch thread: a run on the edge of chaos (lr 3.0 with
-    BN) takes another path when its sums are reduced in another order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(("preset", "variant"), CLAIMED)
