@@ -372,7 +372,10 @@ class JobManager:
         """Live change of l2/lr/grad_clip: the worker applies it before its next step and emits
         an `intervention` event. A queued run's config is changed instead."""
         run = self.store.get_run(run_id)
-        if run["status"] == "queued":
+        # Queued, or launched (recorded `running`) with no word from its worker yet: the worker
+        # takes its config from the hello, so the change goes there.
+        if run["status"] == "queued" or (run["kind"] == "local" and run_id not in self.conns
+                                         and run["last_seq"] == 0):
             self.store.update_run(run_id, durable=True, config={**run["config"], **changes})
             self._publish_run(self.store.get_run(run_id))
             return
