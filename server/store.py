@@ -178,9 +178,9 @@ class Store:
         self.integrity = "ok"  # PRAGMA quick_check at start; a write that finds damage says so
         self.write_error: str | None = None  # the last write's failure, until a write succeeds
         # Room kept for the writes that free room or end runs (a delete, a run's last status) when
-        # the disk fills: a file of RESERVE_BYTES, given back to the file system on a full disk for
-        # those writes only, and taken again once writes succeed.
-        self.reserve = path.with_name("gradwatch.reserve")
+        # the disk fills: RESERVE_CHUNKS files of 1 MiB, given back to the file system one at a
+        # time on a full disk for those writes only, and taken again once writes succeed.
+        self.reserve = [path.with_name(f"gradwatch.reserve.{i}") for i in range(self.RESERVE_CHUNKS)]
         self._take_reserve()
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -214,25 +214,26 @@ class Store:
         self._pool_lock = threading.Lock()
         self._local = threading.local()  # .db: the connection this thread holds, in snapshot()
 
-    RESERVE_BYTES = 8 * 1024 * 1024  # enough for a delete's and a few status changes' journal pages
+    RESERVE_CHUNKS = 8  # MiB kept for deletes and final statuses (a delete's WAL pages, many ends)
 
-    def _take_reserve(self) -> bool:
-        if self.reserve.exists():
-            return True
-        try:
-            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+    def _take_reserve(self) -> None:
+        for chunk in self.reserve:
+            if chunk.exists():
+                continue
             try:
-                os.posix_fallocate(fd, 0, self.RESERVE_BYTES)
-            finally:
-                os.close(fd)
-            return True
-        except OSError:  # no room for it yet
-            self.reserve.unlink(missing_ok=True)
-            return False
+                fd = os.open(chunk, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, 1 << 20)
+                finally:
+                    os.close(fd)
+            except OSError:  # no room for it yet
+                chunk.unlink(missing_ok=True)
+                return
 
-    def _write(self, fn: Any, essential: bool = False) -> Any:
+    def _write(self, fn: Any, essential: bool = False, from_reserve: bool = False) -> Any:
         """Run one write (`fn`, a whole transaction), keeping `write_error` and `integrity` true.
-        An `essential` write that finds the disk full gives back the reserve and tries once more."""
+        An `essential` write that finds the disk full gives back the reserve a MiB at a time,
+        trying again after each."""
         try:
             result = fn()
         except BaseException as e:
@@ -240,14 +241,16 @@ class Store:
                 self.db.execute("ROLLBACK")
             if not isinstance(e, sqlite3.Error):
                 raise
-            if essential and disk_full(e) and self.reserve.exists():
-                self.reserve.unlink(missing_ok=True)
-                return self._write(fn)
+            held = [chunk for chunk in self.reserve if chunk.exists()] if essential and disk_full(e) else []
+            if held:
+                self.write_error = f"disk full: {e}"
+                held[-1].unlink(missing_ok=True)
+                return self._write(fn, essential=True, from_reserve=True)
             self.write_error = f"disk full: {e}" if disk_full(e) else str(e)
             if not isinstance(e, sqlite3.OperationalError):
                 self.integrity = f"damaged: {e}"  # SQLITE_CORRUPT and kin, found by a write
             raise
-        if self.write_error is not None:
+        if self.write_error is not None and not from_reserve:  # room again (not just the reserve's)
             self.write_error = None
             self._take_reserve()
         return result

@@ -233,7 +233,10 @@ def test_a_full_disk_is_reported_deletes_work_and_the_run_goes_on_when_room_retu
         done = server.create_run({**FOREVER, "steps": 200}, name="to delete")
         server.wait_status(done["id"], ("completed",))
         run = server.create_run(FOREVER, name="through a full disk")
-        wait_for(lambda: server.run(run["id"])["summary"].get("step", 0) > 10, what="the run to train")
+        dies = server.create_run(FOREVER, name="its worker dies while the disk is full")
+        for r in (run, dies):
+            wait_for(lambda r=r: server.run(r["id"])["summary"].get("step", 0) > 10, what="the runs to train")
+        dying = worker_pids(dies["id"])
         filler = fill_up(small_disk)
         wait_for(lambda: server.client.get("/api/health").json()["writes"] != "ok", timeout=30,
                  what="health to report failing writes")
@@ -252,6 +255,10 @@ def test_a_full_disk_is_reported_deletes_work_and_the_run_goes_on_when_room_retu
         assert r.status_code == 204, r.text
         assert server.client.get(f"/api/runs/{done['id']}").status_code == 404
         assert server.run(run["id"])["status"] == "running"  # the delete killed nobody
+        # A worker that dies meanwhile: its run ends (the reserve holds its final status).
+        os.kill(dying[0], signal.SIGKILL)
+        ended = server.wait_status(dies["id"], ("failed",), timeout=15)
+        assert "SIGKILL" in ended["error"], ended
         # Room returns: the run goes on by itself, and nothing the worker sent is missing.
         stuck_at = server.run(run["id"])["summary"]["step"]
         filler.unlink()
