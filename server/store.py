@@ -186,7 +186,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             # A damaged file (overwritten pages, a copy taken without its -wal mid-checkpoint)
             # opens fine and fails later, on some read or write: find out now. quick_check reads
-            # every page once (about 1 s per GB); the result is /api/health's `integrity`.
+            # every page once (about 1 s per GiB, cached); the result is /api/health's `integrity`.
             problems = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 lines = [x for row in problems for x in row.splitlines() if not x.startswith("***")]
