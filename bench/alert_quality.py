@@ -3,7 +3,7 @@
     .venv/bin/python bench/alert_quality.py                 # seeds 0-2, 84 runs, 2 processes: ~6 min idle
     .venv/bin/python bench/alert_quality.py --first-seed 3 --seeds 2   # seeds the detector was not tuned on
     .venv/bin/python bench/alert_quality.py --cache /tmp/aq  # keep each run's history; rerun = replay
-    .venv/bin/python bench/alert_quality.py --quick          # seeds 0-1, 1000 healthy steps: ~2 min
+    .venv/bin/python bench/alert_quality.py --quick          # seeds 0-1, 1000 healthy steps (fewer runs)
 
 Real runs of the built-in trainer (digits, CPU, one torch thread each), two labelled sets:
 
