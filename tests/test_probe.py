@@ -10,8 +10,9 @@ from torch import nn
 
 from trainer import data, models, optim
 from trainer.config import RunConfig
+from trainer.diagnosis import first_nonfinite
 from trainer.loop import train
-from trainer.probe import first_nonfinite, watch
+from trainer.probe import watch
 
 
 def small_net() -> nn.Sequential:

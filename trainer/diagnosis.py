@@ -272,7 +272,7 @@ class Detector:
             since = step
         return {"layer": None if origin is None else self.names[origin], "since": since, "with": with_it,
                 "top": [{"layer": t["layer"], "ratio": t["ratio"]} for t in top],
-                "first_nonfinite_layer": self.names[int(np.argmax(bad))] if bad.any() else None}
+                "first_nonfinite_layer": first_nonfinite(self.names, grad_norm)}
 
     def nonfinite(self, step: int, grad_norm: list[float], loss: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The attribution and the events of a non-finite step: a `nonfinite` alert, then the
@@ -295,6 +295,15 @@ class Detector:
         out = [ep.end(step) for ep in self.open.values()]
         self.open.clear()
         return out
+
+
+def first_nonfinite(names: list[str], values: list[float]) -> str | None:
+    """Name of the first layer (forward order) whose value is NaN or infinite: the old answer to
+    "where did it diverge", kept as `first_nonfinite_layer` (at a real blow-up, the first layer)."""
+    for name, v in zip(names, values, strict=True):
+        if not math.isfinite(v):
+            return name
+    return None
 
 
 def verdict(status: str, summary: dict[str, Any]) -> str:

@@ -427,10 +427,3 @@ def watch(
     Steps 1, stats_every, 2·stats_every, … also carry the `stats` sub-record (activations, BN)."""
     return Probe(model, optimizer, on_step, stats_every)
 
-
-def first_nonfinite(names: list[str], values: list[float]) -> str | None:
-    """Name of the first layer (forward order) whose value is NaN or infinite."""
-    for name, v in zip(names, values, strict=True):
-        if not math.isfinite(v):
-            return name
-    return None
