@@ -22,7 +22,7 @@ Reported, from each run's own events (the detector runs inside the trainer, as i
   over two or more steps (by the reference below) had a lead of at least one step;
 - agreement of the named layer (`diverged_layer`) with the reference.
 
-The reference is `trainer.diagnosis.reference()` (its docstring defines it), computed from the
+The reference is `gradwatch.diagnosis.reference()` (its docstring defines it), computed from the
 recorded per-layer history alone, with no detector state.
 """
 
@@ -41,14 +41,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.diagnosis import reference  # noqa: E402
+from gradwatch.diagnosis import reference  # noqa: E402
 
 HEALTHY_STEPS = 2000
 F = 10.0  # the reference's departure factor (RunConfig.alert_factor's default)
 
 
 def healthy_runs(seeds: list[int], steps: int) -> list[dict[str, Any]]:
-    from trainer.presets import PRESETS
+    from gradwatch.presets import PRESETS
 
     out = []
     for seed in seeds:
@@ -94,10 +94,9 @@ def exploding_runs(seeds: list[int]) -> list[dict[str, Any]]:
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one run here; keep what the benchmark needs of its history and events."""
     import torch
-
-    from trainer.config import RunConfig
-    from trainer.loop import train
-    from trainer.presets import resolve
+    from gradwatch.config import RunConfig
+    from gradwatch.loop import train
+    from gradwatch.presets import resolve
 
     torch.set_num_threads(1)
     cfg = resolve(spec["preset"], spec["config"]) if spec.get("preset") else RunConfig.from_dict(
@@ -124,7 +123,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 
 def replay(r: dict[str, Any]) -> dict[str, Any]:
     """The detector run again over a recorded history (what it sees online, step by step)."""
-    from trainer.diagnosis import Diagnosis
+    from gradwatch.diagnosis import Diagnosis
 
     dg = Diagnosis(r["names"], F, r["summary"]["n_classes"])
     alerts = []
@@ -195,7 +194,7 @@ def evaluate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _at_chance(r: dict[str, Any]) -> bool:
-    from trainer.diagnosis import not_learning
+    from gradwatch.diagnosis import not_learning
 
     return not_learning(r["summary"]["val_accuracy"], r["summary"]["n_classes"])
 

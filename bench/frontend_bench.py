@@ -7,10 +7,10 @@ the time to load and draw a 100k-step run's history, in headless Chromium agains
 What it sets up (docs/benchmarks.md records a run of it):
 
 - a data dir holding 4 finished runs x 50 layers x 20,000 steps and one of 100,000 steps, written
-  straight into a `server.store.Store` before the server starts;
-- a real server (`python -m server.cli serve`) on that dir;
+  straight into a `gradwatch.server.store.Store` before the server starts;
+- a real server (`python -m gradwatch.server.cli serve`) on that dir;
 - 4 live runs: external runs (`POST /api/runs {"external": true}`) fed over the real ingest
-  websocket by `trainer.worker.IngestClient`: first 20,000 steps of history as fast as the server
+  websocket by `gradwatch.worker.IngestClient`: first 20,000 steps of history as fast as the server
   takes them, then 60 steps/s each while the page is measured (synthetic numbers; a run of the
   probe would send the same shape). So 8 runs x 50 layers x 20,000 steps, 4 of them live;
 - headless Chromium with those 8 runs selected (one of the live ones focused: its heatmap and
@@ -55,9 +55,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.store import Store  # noqa: E402
-from trainer import events as ev  # noqa: E402
-from trainer.worker import IngestClient  # noqa: E402
+from gradwatch import events as ev  # noqa: E402
+from gradwatch.server.store import Store  # noqa: E402
+from gradwatch.worker import IngestClient  # noqa: E402
 
 N_LAYERS = 50
 STEPS = 20_000
@@ -175,7 +175,7 @@ def served(data_dir: Path) -> Iterator[tuple[str, str, httpx.Client]]:
         shutil.copy2(f, serve_dir / f.name)
     port, token = free_port(), secrets.token_urlsafe(16)
     log = open(serve_dir / "server.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "gradwatch.server.cli", "serve", "--port", str(port),
                                "--data-dir", str(serve_dir), "--log-level", "warning"],
                               cwd=ROOT, env={**os.environ, "GRADWATCH_TOKEN": token},
                               stdout=log, stderr=subprocess.STDOUT)

@@ -33,9 +33,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import models, optim  # noqa: E402
-from trainer.config import RunConfig  # noqa: E402
-from trainer.probe import watch  # noqa: E402
+from gradwatch import models, optim  # noqa: E402
+from gradwatch.config import RunConfig  # noqa: E402
+from gradwatch.probe import watch  # noqa: E402
 
 CASES = {
     "mlp": ("MLP 4x64 (the default run)", RunConfig(model="mlp", depth=4, width=64), 64),

@@ -45,9 +45,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import models, optim  # noqa: E402
-from trainer.config import RunConfig  # noqa: E402
-from trainer.probe import watch  # noqa: E402
+from gradwatch import models, optim  # noqa: E402
+from gradwatch.config import RunConfig  # noqa: E402
+from gradwatch.probe import watch  # noqa: E402
 
 MODES = ("none", "item", "item-all", "bare", "probe")
 

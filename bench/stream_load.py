@@ -6,7 +6,7 @@
 
 A real server (uvicorn, its own process, a token) on a free port. Each run is fed either by a
 paced feeder process speaking the ingest protocol through the trainer's own IngestClient (what
-every worker and trainer.connect use), emitting one `metrics` event per step at --rate steps/s
+every worker and gradwatch.connect use), emitting one `metrics` event per step at --rate steps/s
 with --layers per-layer arrays (8, like the default 3-deep MLP: ~1 KiB per event); or, with
 --source real, by a real worker training the tiny synthetic MLP as fast as it can. C websocket
 clients (asyncio, spread over --client-procs processes) subscribe to every run, as dashboards do.
@@ -56,7 +56,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def feed(url: str, run_id: str, token: str, rate: float, layers: int, stop: mp.Event) -> None:
-    from trainer.worker import IngestClient
+    from gradwatch.worker import IngestClient
 
     ws = url.replace("http://", "ws://", 1)
     client = IngestClient(f"{ws}/api/ingest/{run_id}", token)
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     port, token = free_port(), secrets.token_urlsafe(16)
     data = Path(args.data_dir or f"/tmp/gradwatch-bench-{port}")
     env = {**os.environ, "GRADWATCH_TOKEN": token, "GRADWATCH_MAX_CONCURRENT": str(args.runs)}
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--data-dir",
+    server = subprocess.Popen([sys.executable, "-m", "gradwatch.server.cli", "serve", "--port", str(port), "--data-dir",
                                str(data), "--log-level", "warning"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)

@@ -8,7 +8,7 @@ The network is the `mnist-cnn` preset on the bundled `digits` (4 blocks of conv3
 global average pool, a linear layer; SGD + momentum, L2 on weights), batch 128. Modes, each on a
 fresh model with the same seed, one after another, repeated:
 
-  trainer     `trainer.loop.train()`: the dataset resident on the device, batches drawn there,
+  trainer     `gradwatch.loop.train()`: the dataset resident on the device, batches drawn there,
               the probe watching every layer every step (one host transfer), events built for
               the server (sent nowhere here); no evaluation inside the timed steps
   dataloader  the way it is usually written: a `TensorDataset` on the CPU, `DataLoader(shuffle=True)`,
@@ -35,10 +35,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import data as data_mod  # noqa: E402
-from trainer import models, optim  # noqa: E402
-from trainer.loop import train  # noqa: E402
-from trainer.presets import resolve  # noqa: E402
+from gradwatch import data as data_mod  # noqa: E402
+from gradwatch import models, optim  # noqa: E402
+from gradwatch.loop import train  # noqa: E402
+from gradwatch.presets import resolve  # noqa: E402
 
 
 def config(device: str, steps: int):  # noqa: ANN201

@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
-from trainer import connect  # noqa: E402
+from gradwatch import connect  # noqa: E402
 
 
 def build(name: str) -> nn.Module:

@@ -60,17 +60,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---- train -----------------------------------------------------------------------------
 
 def _presets() -> dict[str, Any] | None:
-    """trainer.presets.PRESETS (name -> Preset: .config, .title), or None in a version without."""
+    """gradwatch.presets.PRESETS (name -> Preset: .config, .title), or None in a version without."""
     try:
-        from trainer.presets import PRESETS
+        from gradwatch.presets import PRESETS
     except ImportError:
         return None
     return PRESETS
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.__main__ import config_from_args, format_summary, run_headless
-    from trainer.config import ConfigError
+    from gradwatch.__main__ import config_from_args, format_summary, run_headless
+    from gradwatch.config import ConfigError
 
     base: dict[str, Any] = {}
     if args.preset:
@@ -90,8 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run = None
     if args.server:
-        from trainer.external import connect
-        from trainer.rest import ApiError
+        from gradwatch.external import connect
+        from gradwatch.rest import ApiError
 
         try:
             run = connect(args.server, token=args.token, name=args.name or args.preset, config=cfg.to_dict())
@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---- runs and export: REST -------------------------------------------------------------
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from trainer.rest import ApiError, api_request
+    from gradwatch.rest import ApiError, api_request
 
     try:
         runs = api_request(args.server, "GET", "/api/runs", args.token)
@@ -135,7 +135,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print("no runs" + (f" with status {', '.join(args.status)}" if args.status else ""))
         return 0
-    from trainer.diagnosis import verdict
+    from gradwatch.diagnosis import verdict
 
     rows = [("ID", "NAME", "STATUS", "KIND", "STEP", "LOSS", "BEST", "ALERTS", "CREATED", "NOTE")]
     for r in runs:
@@ -156,7 +156,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
-    from trainer.rest import ApiError, api_request
+    from gradwatch.rest import ApiError, api_request
 
     path = f"/api/runs/{quote(args.run, safe='')}/export?format={args.format}"
     try:
@@ -176,7 +176,7 @@ def _explain(e: Exception) -> str:
     status = getattr(e, "status", None)
     if status == 401:
         return f"{e}\n  the server needs its token: pass --token or set GRADWATCH_TOKEN"
-    from trainer.rest import AnswerCutOff
+    from gradwatch.rest import AnswerCutOff
 
     if isinstance(e, ConnectionError) and not isinstance(e, AnswerCutOff):  # a cut answer: it is running
         return f"{e}\n  is `gradwatch serve` running there? (--server URL or GRADWATCH_URL)"
@@ -199,7 +199,7 @@ def _server_flags(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.__main__ import config_parser
+    from gradwatch.__main__ import config_parser
 
     ap = argparse.ArgumentParser(prog="gradwatch", description="Live per-layer training diagnostics for PyTorch.",
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

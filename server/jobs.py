@@ -1,6 +1,6 @@
 """JobManager: the life of every run, from queued to a final status.
 
-Each run trains in its own worker process (`python -m trainer.worker`, a fresh interpreter:
+Each run trains in its own worker process (`python -m gradwatch.worker`, a fresh interpreter:
 spawned, never forked), at most `max_concurrent` at once, the rest queued. The worker talks to
 the server only over the ingest websocket; this module turns what arrives there into stored
 events, run states and live messages. A worker that exits or vanishes without finishing leaves
@@ -21,9 +21,8 @@ import time
 from collections import deque
 from typing import Any
 
+from gradwatch.events import TERMINAL
 from starlette.websockets import WebSocket
-
-from trainer.events import TERMINAL
 
 from .hub import Hub
 from .launcher import Handle, SubprocessLauncher, ZygoteLauncher

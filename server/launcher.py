@@ -42,12 +42,12 @@ class Handle:
 
 
 class SubprocessLauncher:
-    """A fresh `python -m trainer.worker` per run."""
+    """A fresh `python -m gradwatch.worker` per run."""
 
     async def launch(self, argv: list[str], env: dict[str, str], log_path: Path) -> Handle:
         with open(log_path, "ab") as logf:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "trainer.worker", *argv, stdin=asyncio.subprocess.DEVNULL,
+                sys.executable, "-m", "gradwatch.worker", *argv, stdin=asyncio.subprocess.DEVNULL,
                 stdout=logf, stderr=logf, env=worker_env(env), start_new_session=True)
         return Handle(proc.pid, asyncio.ensure_future(proc.wait()))
 
@@ -74,7 +74,7 @@ class ZygoteLauncher:
             if self.proc is None or self.proc.returncode is not None:
                 with open(self.log_path, "ab") as logf:
                     self.proc = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "trainer.zygote", stdin=asyncio.subprocess.PIPE,
+                        sys.executable, "-m", "gradwatch.zygote", stdin=asyncio.subprocess.PIPE,
                         stdout=asyncio.subprocess.PIPE, stderr=logf, env=worker_env(), start_new_session=True)
                 self._ready = asyncio.get_running_loop().create_future()
                 self._reader = asyncio.create_task(self._read(self.proc))

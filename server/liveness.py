@@ -6,7 +6,7 @@ sender thread when it has none). A run silent for `heartbeat_timeout_s` is marke
 again makes it `running`. Stalled for `stalled_timeout_s` more while still connected, or while
 its worker is a process of ours, it is `failed` with the reason and that worker is killed, so
 that it cannot wake later and write to a run that has ended. A disconnected run of someone
-else's process (trainer.connect, a worker reattached after a restart) is left to the reconnect
+else's process (gradwatch.connect, a worker reattached after a restart) is left to the reconnect
 grace in jobs.py.
 
 A process that dies outright is not this module's business: its exit (our workers) or its
@@ -27,7 +27,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from trainer.events import TERMINAL
+from gradwatch.events import TERMINAL
 
 if TYPE_CHECKING:
     from .jobs import JobManager

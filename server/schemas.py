@@ -1,4 +1,4 @@
-"""Request/response models. The RunConfig model is generated from trainer.config (fields,
+"""Request/response models. The RunConfig model is generated from gradwatch.config (fields,
 defaults, choices, bounds), so the API, the CLI and the trainer validate from one source.
 """
 
@@ -8,6 +8,8 @@ from dataclasses import fields
 from typing import Annotated, Any, Literal
 
 import orjson
+from gradwatch.config import CHOICES, LIMITS, LIVE_FIELDS, RunConfig
+from gradwatch.presets import PRESETS, resolve
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -17,9 +19,6 @@ from pydantic import (
     create_model,
     field_validator,
 )
-
-from trainer.config import CHOICES, LIMITS, LIVE_FIELDS, RunConfig
-from trainer.presets import PRESETS, resolve
 
 _PY = {"bool": bool, "int": int, "float": float, "str": str}
 
@@ -55,7 +54,7 @@ MAX_EXTERNAL_CONFIG = 16 * 1024  # bytes of JSON an external run's free-form con
 class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, max_length=100)] | None = None
-    # True: the caller's own loop streams into this run (trainer.connect); nothing is launched,
+    # True: the caller's own loop streams into this run (gradwatch.connect); nothing is launched,
     # and `config` is the caller's own description of it. Declared before `config`, which reads it.
     external: bool = False
     # A preset (trainer/presets.py) fills the config, then its variant's fields, then the fields

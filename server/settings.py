@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import memory_budget, parse_size
+from gradwatch.config import memory_budget, parse_size
 
 
 class SettingsError(ValueError):
@@ -43,7 +43,7 @@ class Settings:
     gpu_memory_fraction: float = 0.0  # each worker's cap on its GPU's memory (0: none), for workers sharing one
     # A run's estimated memory (activations of a batch, weights and optimizer state, data) must fit
     # this, or it is refused with a 422 before any worker starts. Read from GRADWATCH_WORKER_MEMORY by
-    # trainer.config.memory_budget (which validates runs); half the machine's memory by default.
+    # gradwatch.config.memory_budget (which validates runs); half the machine's memory by default.
     worker_memory: int = field(default_factory=memory_budget)
     stop_step_grace_s: float = 2.0  # a stopped worker that reaches no step boundary this long is killed
     run_max_events: int = 2_000_000  # events one run may store; past it the run ends `failed`, saying so

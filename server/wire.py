@@ -28,8 +28,7 @@ import math
 from typing import Any
 
 import orjson
-
-from trainer.events import (
+from gradwatch.events import (
     ALERT,
     DROPPED,
     HEARTBEAT,

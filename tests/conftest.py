@@ -59,7 +59,7 @@ class LiveServer:
         env["GRADWATCH_TOKEN"] = self.token
         self.log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "gradwatch.server.cli", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--log-level", self.log_level],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -144,7 +144,7 @@ def worker_pids(run_id: str) -> list[int]:
             continue
         if state == "Z":
             continue  # exited, not yet reaped
-        if comm == f"gw-{run_id}"[:15] or (b"trainer.worker" in cmd and run_id.encode() in cmd):
+        if comm == f"gw-{run_id}"[:15] or (b"gradwatch.worker" in cmd and run_id.encode() in cmd):
             pids.append(int(entry.name))
     return pids
 

@@ -197,8 +197,7 @@ def test_effective_learning_rate_and_dead_units_are_drawn_live(server: LiveServe
 
 def test_a_live_run_without_steps_says_so_until_its_next_step(server: LiveServer, page: Any) -> None:
     import torch
-
-    from trainer import connect
+    from gradwatch import connect
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

@@ -35,9 +35,9 @@ def gradwatch(*args: str, server: LiveServer | None = None, cwd: Path = ROOT,
 
 
 def has_preset(name: str) -> bool:
-    if importlib.util.find_spec("trainer.presets") is None:
+    if importlib.util.find_spec("gradwatch.presets") is None:
         return False
-    from trainer.presets import PRESETS
+    from gradwatch.presets import PRESETS
 
     return name in PRESETS
 
@@ -125,7 +125,7 @@ def test_help_reads_well_and_needs_no_torch() -> None:
     assert "--preset" in train_help and "--server" in train_help
     assert "weight decay on Linear/Conv weights" in train_help  # RunConfig's own comments
     # `gradwatch --help`, `runs` and `export` stay quick: building the parser imports no torch
-    probe = subprocess.run([sys.executable, "-c", "import sys; from server.cli import build_parser; "
+    probe = subprocess.run([sys.executable, "-c", "import sys; from gradwatch.server.cli import build_parser; "
                             "build_parser(); print('torch' in sys.modules)"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "False", probe.stderr
@@ -138,7 +138,7 @@ def test_runs_names_an_unreachable_server() -> None:
 
 def test_a_generated_token_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`--token <token>` must not read as an option: a made-up token starting with "-" is drawn again."""
-    from server import settings as settings_mod
+    from gradwatch.server import settings as settings_mod
 
     drawn = iter(["-looks-like-an-option", "--also-one", "fine-token-123"])
     monkeypatch.setattr(settings_mod.secrets, "token_urlsafe", lambda n: next(drawn))

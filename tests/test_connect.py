@@ -1,4 +1,4 @@
-"""Your own loop in the dashboard: examples/own_loop.py (trainer.connect) against a real server,
+"""Your own loop in the dashboard: examples/own_loop.py (gradwatch.connect) against a real server,
 through a dashboard Stop and through a server restart in the middle of the run."""
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def test_creating_an_external_run_returns_its_ingest_token_once(live_server: Liv
 
 
 def test_own_loops_live_at_once_are_capped_with_a_clear_429(tmp_path: Path) -> None:
-    from trainer.external import ApiError, connect
+    from gradwatch.external import ApiError, connect
 
     server = LiveServer(tmp_path / "data", env={"GRADWATCH_MAX_EXTERNAL": "1"}).start()
     try:
@@ -169,10 +169,10 @@ def test_own_loops_live_at_once_are_capped_with_a_clear_429(tmp_path: Path) -> N
 
 
 def test_connect_names_an_unreachable_server_and_a_wrong_token(live_server: LiveServer, tmp_path: Path) -> None:
-    import trainer
-    from trainer.external import ApiError, connect
+    import gradwatch
+    from gradwatch.external import ApiError, connect
 
-    assert trainer.connect is connect  # the function, whichever import came first
+    assert gradwatch.connect is connect  # the function, whichever import came first
 
     with pytest.raises(ConnectionError, match="cannot reach the gradwatch server"):
         connect("http://127.0.0.1:9", name="nowhere")
@@ -189,7 +189,7 @@ def test_connect_names_an_unreachable_server_and_a_wrong_token(live_server: Live
 
 TINY_LOOP = """
 import torch
-from trainer import connect
+from gradwatch import connect
 
 def train(run, steps=5):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

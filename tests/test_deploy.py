@@ -6,6 +6,7 @@ the same entry point the tests run. No Docker engine needed: `docker-compose con
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -119,19 +120,19 @@ def _entry_point() -> tuple[str, str]:
 
 def test_the_image_starts_the_entry_point_the_tests_run(live_server: LiveServer) -> None:
     module, func = _entry_point()
-    assert (module, func) == ("server.cli", "main")
+    assert (module, func) == ("gradwatch.server.cli", "main")
     # The image: CMD ["gradwatch", "serve"], the console script pyproject declares.
     cmd_lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
     assert len(cmd_lines) == 1, cmd_lines
     image_cmd = json.loads(cmd_lines[0][4:])
     assert image_cmd[0] == "gradwatch", image_cmd
-    # The tests: LiveServer runs `python -m server.cli serve ...` (read from the live process).
+    # The tests: LiveServer runs `python -m gradwatch.server.cli serve ...` (read from the live process).
     args = list(live_server.proc.args)
     assert args[args.index("-m") + 1] == module and args[args.index("-m") + 2] == image_cmd[1] == "serve", args
-    # ...and `python -m server.cli` calls the same function the console script does.
-    tree = ast.parse((ROOT / Path(*module.split("."))).with_suffix(".py").read_text())
+    # ...and `python -m gradwatch.server.cli` calls the same function the console script does.
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
     guards = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
-    assert guards and f"{func}()" in ast.unparse(guards[0]), "python -m server.cli must call main()"
+    assert guards and f"{func}()" in ast.unparse(guards[0]), "python -m gradwatch.server.cli must call main()"
     # The installed console script (what `gradwatch` runs in the image) imports that function too.
     script = Path(sys.executable).with_name("gradwatch")
     if script.exists():

@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from trainer.diagnosis import Detector, Diagnosis, not_learning
+from gradwatch.diagnosis import Detector, Diagnosis, not_learning
 
 NAMES = [f"fc{i}.weight" for i in range(1, 9)]
 
@@ -136,7 +135,7 @@ def test_not_learning_is_within_five_points_of_chance(acc: float | None, classes
 
 
 def test_the_cli_verdict_names_the_diverged_layer_or_says_not_learning() -> None:
-    from trainer.diagnosis import verdict
+    from gradwatch.diagnosis import verdict
 
     diverged = {"diverged_layer": "fc7.weight", "diverged_step": 15}
     assert verdict("diverged", diverged) == "diverged in fc7.weight at step 15"

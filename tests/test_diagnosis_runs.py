@@ -1,13 +1,13 @@
 """The diagnosis on real runs: alerts before a blow-up, the blamed layer checked against the
-documented reference (trainer.diagnosis.reference) computed from the stored history, and quiet
+documented reference (gradwatch.diagnosis.reference) computed from the stored history, and quiet
 on a healthy run."""
 
 from __future__ import annotations
 
-from trainer.config import RunConfig
-from trainer.diagnosis import reference
-from trainer.loop import train
-from trainer.presets import resolve
+from gradwatch.config import RunConfig
+from gradwatch.diagnosis import reference
+from gradwatch.loop import train
+from gradwatch.presets import resolve
 
 from .conftest import LiveServer
 

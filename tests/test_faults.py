@@ -224,7 +224,7 @@ class Feeder:
     worker speaks): browser tests then depend on the server, not on how fast this box trains."""
 
     def __init__(self, server: LiveServer, rate: float, layers: int = 8, limit: int | None = None) -> None:
-        from trainer.worker import IngestClient
+        from gradwatch.worker import IngestClient
 
         r = server.client.post("/api/runs", json={"name": "fed", "external": True, "config": {}})
         assert r.status_code == 201, r.text
@@ -404,7 +404,7 @@ def test_the_hub_holds_a_bounded_backlog_for_a_subscriber_that_never_reads() -> 
     import asyncio
     import tracemalloc
 
-    from server.hub import QUEUE_BYTES, QUEUE_SIZE, Hub
+    from gradwatch.server.hub import QUEUE_BYTES, QUEUE_SIZE, Hub
 
     async def scenario() -> tuple[int, int, int, int]:
         hub = Hub()
@@ -431,10 +431,10 @@ def test_the_hub_holds_a_bounded_backlog_for_a_subscriber_that_never_reads() -> 
 def test_run_state_transitions_are_committed_with_synchronous_full_in_wal(tmp_path: Path) -> None:
     import asyncio
 
-    from server.hub import Hub
-    from server.jobs import JobManager
-    from server.settings import Settings
-    from server.store import Store
+    from gradwatch.server.hub import Hub
+    from gradwatch.server.jobs import JobManager
+    from gradwatch.server.settings import Settings
+    from gradwatch.server.store import Store
 
     async def scenario() -> list[str]:
         store = Store(tmp_path / "gw.sqlite3")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from server.routes.runs import HEATMAP_STATS
+from gradwatch.server.routes.runs import HEATMAP_STATS
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from gradwatch.config import RunConfig
+from gradwatch.loop import train
+from gradwatch.probe import watch
+from gradwatch.server.jobs import nvidia_gpus
+from gradwatch.server.settings import Settings, SettingsError
 from torch import nn
-
-from server.jobs import nvidia_gpus
-from server.settings import Settings, SettingsError
-from trainer.config import RunConfig
-from trainer.loop import train
-from trainer.probe import watch
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")
 

@@ -10,9 +10,8 @@ import math
 import numpy as np
 import orjson
 import pytest
-
-from server.routes.runs import run_heatmap
-from server.store import Store
+from gradwatch.server.routes.runs import run_heatmap
+from gradwatch.server.store import Store
 
 from .conftest import LiveServer, wait_for
 

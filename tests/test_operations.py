@@ -18,10 +18,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from gradwatch.server.store import Store
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
-
-from server.store import Store
 
 from .conftest import ROOT, LiveServer, free_port, wait_for, worker_pids
 
@@ -32,7 +31,7 @@ PAGE = 4096
 def serve(data_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     """`gradwatch serve` on a data dir it should refuse: it must exit by itself."""
     env = {**os.environ, "GRADWATCH_TOKEN": "a-test-token-1234"}
-    return subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", str(free_port()),
+    return subprocess.run([sys.executable, "-m", "gradwatch.server.cli", "serve", "--port", str(free_port()),
                            "--data-dir", str(data_dir)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -182,7 +181,7 @@ def test_an_export_whose_download_is_cut_says_so_in_one_line(tmp_path: Path) -> 
     thread.start()
     out_file = tmp_path / "run.jsonl"
     try:
-        out = subprocess.run([sys.executable, "-m", "server.cli", "export", "abcd1234", "--server",
+        out = subprocess.run([sys.executable, "-m", "gradwatch.server.cli", "export", "abcd1234", "--server",
                               f"http://127.0.0.1:{listener.getsockname()[1]}", "--token", "x" * 16,
                               "--out", str(out_file)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     finally:
@@ -304,7 +303,7 @@ def test_a_server_killed_between_the_launch_record_and_the_process_start_never_l
     it adopts the worker the parent starts, or, when none comes within the reattach grace, fails
     the run saying so. Never two workers, never two `run.started`."""
     first = LiveServer(tmp_path / "data").start()
-    zygote = wait_for(lambda: children(first.proc.pid, b"trainer.zygote"), what="the pre-forking parent")[0]
+    zygote = wait_for(lambda: children(first.proc.pid, b"gradwatch.zygote"), what="the pre-forking parent")[0]
     again = None
     try:
         warm = first.create_run({**FOREVER, "steps": 5}, name="the parent is ready")
@@ -376,7 +375,7 @@ class Pid1Server(LiveServer):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, "GRADWATCH_TOKEN": self.token}
         self.log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            ["unshare", "--pid", "--mount-proc", "--kill-child=SIGTERM", sys.executable, "-m", "server.cli",
+            ["unshare", "--pid", "--mount-proc", "--kill-child=SIGTERM", sys.executable, "-m", "gradwatch.server.cli",
              "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), "--log-level", self.log_level],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
@@ -401,8 +400,9 @@ def test_workers_of_a_dead_pre_forking_parent_are_reaped_and_the_queue_goes_on_w
     server = Pid1Server(tmp_path / "data", env={"GRADWATCH_MAX_CONCURRENT": "2"}).start()
     pid1 = None
     try:
-        pid1 = wait_for(lambda: children(server.proc.pid, b"server.cli"), what="the server in its namespace")[0]
-        zygote = wait_for(lambda: children(pid1, b"trainer.zygote"), what="the pre-forking parent")[0]
+        pid1 = wait_for(lambda: children(server.proc.pid, b"gradwatch.server.cli"),
+                        what="the server in its namespace")[0]
+        zygote = wait_for(lambda: children(pid1, b"gradwatch.zygote"), what="the pre-forking parent")[0]
         runs = [server.create_run(FOREVER, name=f"slot {i}") for i in range(2)]
         for run in runs:
             wait_for(lambda run=run: server.run(run["id"])["summary"].get("step", 0) > 5, what="both to train")
@@ -411,7 +411,7 @@ def test_workers_of_a_dead_pre_forking_parent_are_reaped_and_the_queue_goes_on_w
         workers = [pid for run in runs for pid in worker_pids(run["id"])]
         assert len(workers) == 2
         os.kill(zygote, signal.SIGKILL)  # its workers are re-parented to the server, process 1
-        wait_for(lambda: zygote not in children(pid1, b"trainer.zygote"), what="the parent gone")
+        wait_for(lambda: zygote not in children(pid1, b"gradwatch.zygote"), what="the parent gone")
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
         for run in runs:
@@ -419,7 +419,7 @@ def test_workers_of_a_dead_pre_forking_parent_are_reaped_and_the_queue_goes_on_w
             assert "SIGKILL" in failed["error"] or "ended" in failed["error"], failed
         server.wait_status(waiting["id"], ("completed",), timeout=30)  # the slots came back
         wait_for(lambda: not zombies_of(pid1), timeout=10, what="no zombie left under the server")
-        restarted = wait_for(lambda: children(pid1, b"trainer.zygote"), timeout=60, what="a new pre-forking parent")
+        restarted = wait_for(lambda: children(pid1, b"gradwatch.zygote"), timeout=60, what="a new pre-forking parent")
         assert zygote not in restarted
         wait_for(lambda: "pre-forking launcher exited" in server.log_text(), timeout=5, what="the log to say so")
     finally:

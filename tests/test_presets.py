@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from trainer.config import ConfigError, RunConfig
-from trainer.data import DatasetUnavailable
-from trainer.loop import train
-from trainer.presets import PRESETS, resolve
+from gradwatch.config import ConfigError, RunConfig
+from gradwatch.data import DatasetUnavailable
+from gradwatch.loop import train
+from gradwatch.presets import PRESETS, resolve
 
 from .conftest import LiveServer
 

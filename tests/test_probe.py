@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from gradwatch import data, models, optim
+from gradwatch.config import RunConfig
+from gradwatch.diagnosis import first_nonfinite
+from gradwatch.loop import train
+from gradwatch.probe import watch
 from torch import nn
-
-from trainer import data, models, optim
-from trainer.config import RunConfig
-from trainer.diagnosis import first_nonfinite
-from trainer.loop import train
-from trainer.probe import watch
 
 
 def small_net() -> nn.Sequential:

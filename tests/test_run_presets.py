@@ -4,9 +4,8 @@ dashboard can show what the preset explains next to the run; a variant is one of
 from __future__ import annotations
 
 import pytest
-
-from server.store import Store
-from trainer.presets import PRESETS
+from gradwatch.presets import PRESETS
+from gradwatch.server.store import Store
 
 from .conftest import LiveServer
 

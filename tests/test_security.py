@@ -267,7 +267,7 @@ def serve(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     for name in ("GRADWATCH_TOKEN", "GRADWATCH_HOST"):
         if name not in env or not env[name]:
             env.pop(name, None)
-    return subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--log-level", "warning", *args],
+    return subprocess.Popen([sys.executable, "-m", "gradwatch.server.cli", "serve", "--log-level", "warning", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-
-from server.routes.runs import _buckets, _cell32, _csv_cells32
-from server.store import SCHEMA_VERSION, Store
+from gradwatch.server.routes.runs import _buckets, _cell32, _csv_cells32
+from gradwatch.server.store import SCHEMA_VERSION, Store
 
 
 def metrics(seq: int, step: int, val: float | None = None) -> dict:

@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from gradwatch import data, models, optim
+from gradwatch.config import ConfigError, RunConfig
+from gradwatch.loop import Control, train
+from gradwatch.probe import watch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-
-from trainer import data, models, optim
-from trainer.config import ConfigError, RunConfig
-from trainer.loop import Control, train
-from trainer.probe import watch
 
 SYNC_CALLS = {"item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__"}
 

@@ -232,7 +232,7 @@ def test_the_data_folder_and_database_are_private_and_hold_no_ingest_token(serve
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         stored = dict(con.execute("SELECT id, token FROM runs").fetchall())
-    from server.store import token_ok
+    from gradwatch.server.store import token_ok
 
     assert stored[run_id].startswith("sha256:") and token_ok(token, stored[run_id])
     assert all(v.startswith("sha256:") for v in stored.values())
@@ -241,7 +241,7 @@ def test_the_data_folder_and_database_are_private_and_hold_no_ingest_token(serve
 
 
 def test_an_older_store_keeps_only_digests_of_its_tokens(tmp_path: Path) -> None:
-    from server.store import Store, token_ok
+    from gradwatch.server.store import Store, token_ok
 
     path = tmp_path / "old.sqlite3"
     Store(path).close()
@@ -304,7 +304,7 @@ def test_a_restart_ends_every_session(tmp_path: Path) -> None:
 
 
 def test_sessions_are_short_lived_and_renewed_by_use() -> None:
-    from server.security import SESSION_IDLE_S, Sessions
+    from gradwatch.server.security import SESSION_IDLE_S, Sessions
 
     now = [1000.0]
     sessions = Sessions(clock=lambda: now[0])

@@ -53,7 +53,7 @@ def test_the_printed_link_signs_in_and_leaves_no_token_in_the_history(browser: A
     """`gradwatch serve` with a token of its own, as a person starts it: open the link it prints
     in a real Chromium profile, use the dashboard, close the browser, read its History."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--data-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "gradwatch.server.cli", "serve", "--port", str(port), "--data-dir",
                              str(tmp_path / "data"), "--log-level", "warning"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**_env_without_token()})
     try:
@@ -177,7 +177,7 @@ EVIL_STYLE = '<span style="font-size:80px">big</span>'
 
 
 def test_names_and_worker_text_are_drawn_as_text_not_links_or_styles(page: Any, server: LiveServer) -> None:
-    from trainer.worker import IngestClient
+    from gradwatch.worker import IngestClient
 
     r = server.client.post("/api/runs", json={"name": f"run {EVIL_LINK}", "external": True, "config": {}})
     assert r.status_code == 201, r.text

@@ -1,6 +1,6 @@
 """gradwatch's trainer: PyTorch only, importable without the server's packages.
 
-The names below load on first use (PEP 562), so `import trainer.config` or `trainer.presets`
+The names below load on first use (PEP 562), so `import gradwatch.config` or `gradwatch.presets`
 (the CLI's --help, the server's request schema) does not pay for importing torch.
 """
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .probe import watch
 
 # `connect` lives in trainer/external.py: a submodule named `connect` would be bound over this
-# function by the first `import trainer.connect`, whichever came first.
+# function by the first `import gradwatch.connect`, whichever came first.
 _EXPORTS = {"RunConfig": ".config", "watch": ".probe", "connect": ".external", "Run": ".external"}
 
 __all__ = ["Run", "RunConfig", "connect", "watch"]
@@ -26,4 +26,4 @@ def __getattr__(name: str) -> Any:
         value = getattr(import_module(_EXPORTS[name], __name__), name)
         globals()[name] = value  # looked up once
         return value
-    raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+    raise AttributeError(f"module 'gradwatch' has no attribute {name!r}")

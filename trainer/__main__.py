@@ -1,4 +1,4 @@
-"""Headless run with a progress bar: `python -m trainer --depth 8 --batchnorm --steps 300`.
+"""Headless run with a progress bar: `python -m gradwatch --depth 8 --batchnorm --steps 300`.
 
 Every RunConfig field is a flag; the events are printed as a progress bar and a summary line.
 """
@@ -91,7 +91,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = config_parser(argparse.ArgumentParser(prog="python -m trainer", description=__doc__))
+    ap = config_parser(argparse.ArgumentParser(prog="python -m gradwatch", description=__doc__))
     ap.add_argument("--data-dir", default="data", help="where torchvision datasets are cached")
     args = ap.parse_args(argv)
     try:

@@ -325,7 +325,7 @@ def not_learning(val_accuracy: float | None, n_classes: int | None, margin: floa
 
 class Diagnosis:
     """One run's running summary and detector, fed each reported step; the built-in loop and
-    `trainer.connect` runs both use it, so their alerts and summaries say the same thing."""
+    `gradwatch.connect` runs both use it, so their alerts and summaries say the same thing."""
 
     def __init__(self, names: list[str], factor: float = 10.0, n_classes: int | None = None,
                  loss_given: bool = True) -> None:

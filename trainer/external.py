@@ -1,7 +1,7 @@
 """External runs: your own training loop, live in the dashboard. `connect()` (exported as
-`trainer.connect`) makes the run, `run.watch()` streams every step of it.
+`gradwatch.connect`) makes the run, `run.watch()` streams every step of it.
 
-    from trainer import connect
+    from gradwatch import connect
     run = connect("http://127.0.0.1:8000", token=..., name="my-resnet", config={"lr": 0.1})
     run.watch(model, optimizer)          # every optimizer.step() is now a step in the dashboard
     for x, y in batches:
@@ -110,7 +110,7 @@ class Run:
                          math.nan if val_accuracy is None else float(val_accuracy))
 
     def emit(self, event: dict[str, Any]) -> None:
-        """Send one wire-format event (trainer.events); never blocks. Used by watch() and by
+        """Send one wire-format event (gradwatch.events); never blocks. Used by watch() and by
         `gradwatch train --server`, whose loop makes the events itself."""
         if self._finished:
             return

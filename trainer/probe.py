@@ -1,6 +1,6 @@
 """Per-layer statistics for any PyTorch loop, one host transfer per step.
 
-    from trainer.probe import watch
+    from gradwatch.probe import watch
     probe = watch(model, optimizer)     # hooks optimizer.step(); nothing else to call
     ...train as usual...
     probe.latest()                      # last completed step's statistics, never blocks

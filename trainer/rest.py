@@ -1,5 +1,5 @@
 """The few REST calls a script or the CLI makes to a gradwatch server: stdlib urllib and orjson
-only, so `gradwatch runs` / `export` and `trainer.connect` need neither torch nor the server's
+only, so `gradwatch runs` / `export` and `gradwatch.connect` need neither torch nor the server's
 packages to talk to it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Worker process: `python -m trainer.worker --server URL --run ID` (token in GRADWATCH_RUN_TOKEN).
+"""Worker process: `python -m gradwatch.worker --server URL --run ID` (token in GRADWATCH_RUN_TOKEN).
 
 It connects to the server's ingest websocket, receives the run's config in the server's hello,
 runs `train()` and streams every event from a background sender thread. Training never waits on
@@ -33,7 +33,7 @@ HEARTBEAT = orjson.dumps({"type": events.HEARTBEAT})  # not an event: no seq, no
 
 
 class IngestClient:
-    """Bounded, resending event sender on its own thread. Also used by `trainer.connect`."""
+    """Bounded, resending event sender on its own thread. Also used by `gradwatch.connect`."""
 
     def __init__(self, url: str, token: str, control: Control | None = None, max_pending: int = 100_000) -> None:
         self.url = url

@@ -1,4 +1,4 @@
-"""Pre-forking launcher: `python -m trainer.zygote`, started once by the server.
+"""Pre-forking launcher: `python -m gradwatch.zygote`, started once by the server.
 
 Importing torch and friends costs a new interpreter 2–4 s of CPU; a run should start training at
 once. The zygote imports them once and forks one worker per request. It never touches CUDA
@@ -52,7 +52,7 @@ def _spawn(request: dict) -> None:
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.environ.update(request.get("env", {}))
-            sys.argv = ["trainer.worker", *request["argv"]]
+            sys.argv = ["gradwatch.worker", *request["argv"]]
             code = worker.main(request["argv"])
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1

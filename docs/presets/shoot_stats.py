@@ -21,7 +21,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from tests.browserkit import CHROMIUM_ARGS, LIVE  # noqa: E402
 from tests.conftest import LiveServer  # noqa: E402
-from trainer.presets import PRESETS  # noqa: E402
+from gradwatch.presets import PRESETS  # noqa: E402
 
 FINAL = ("completed", "diverged", "failed", "stopped")
 

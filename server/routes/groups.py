@@ -9,10 +9,9 @@ from dataclasses import fields
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException
+from gradwatch.config import ConfigError, RunConfig
+from gradwatch.presets import PRESETS, resolve
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-
-from trainer.config import ConfigError, RunConfig
-from trainer.presets import PRESETS, resolve
 
 from ..deps import JobsDep, SettingsDep, StoreDep
 from ..jobs import JobManager

@@ -21,8 +21,7 @@ import logging
 import sqlite3
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
-
-from trainer.events import TERMINAL
+from gradwatch.events import TERMINAL
 
 from .. import wire
 from ..middleware import query_token

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-
-from trainer.presets import PRESETS, describe
+from gradwatch.presets import PRESETS, describe
 
 router = APIRouter(prefix="/api/presets", tags=["presets"])
 

@@ -13,8 +13,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-
-from trainer.config import ConfigError
+from gradwatch.config import ConfigError
 
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
 from ..jobs import JobManager
@@ -32,7 +31,7 @@ HEATMAP_STATS = (*SERIES_LAYERS, "act_std", "dead_frac")
 
 @router.post("", status_code=201, response_model=RunCreated, response_model_exclude_unset=True)
 async def create_run(body: RunCreate, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
-    if body.external:  # the caller's own loop (trainer.connect): nothing to queue or launch
+    if body.external:  # the caller's own loop (gradwatch.connect): nothing to queue or launch
         live = sum(r["kind"] == "external" for r in jobs.store.list_runs(statuses=("running", "stalled")))
         if live >= settings.max_external:  # a script that loops on connect() should not fill the list
             raise HTTPException(429, f"{live} of your own training loops are already live (limit "
