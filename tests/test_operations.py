@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -105,6 +106,53 @@ def test_health_has_an_integrity_line(tmp_path: Path) -> None:
     server = LiveServer(tmp_path / "data").start()
     try:
         assert server.client.get("/api/health").json()["integrity"] == "ok"
+    finally:
+        server.stop()
+
+
+def damage_table(path: Path, table: str) -> None:
+    """Damage one table of a live database the way a bad sector would: its root page overwritten
+    on disk. The WAL is folded in first (so the page is read from the file, not the log), and a
+    last write from here makes every other connection drop its page cache. Call it with the
+    database's writers paused: the other tables stay readable and writable."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0, "the checkpoint could not finish"
+        with open(path, "r+b") as f:
+            f.seek((root - 1) * PAGE)
+            f.write(b"\xff" * PAGE)
+        db.execute("UPDATE groups SET name = name")  # a commit: the server's connections reread pages
+        db.execute("CREATE TABLE IF NOT EXISTS damage_marker (x)")
+    finally:
+        db.close()
+
+
+def test_a_write_that_finds_damage_ends_the_run_failed_and_health_says_so(tmp_path: Path) -> None:
+    """Item 4: the per-step table is damaged under a running server. The worker's next batch
+    cannot be stored: the run ends `failed` with a reason naming the store (it does not stay
+    `running`), health's integrity line says `damaged`, and the server keeps answering."""
+    server = LiveServer(tmp_path / "data").start()
+    try:
+        run = server.create_run(FOREVER, name="damaged under it")
+        wait_for(lambda: server.run(run["id"])["summary"].get("step", 0) > 3, what="the run to train")
+        pids = worker_pids(run["id"])
+        for pid in pids:  # no write in flight while the page is overwritten
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            damage_table(tmp_path / "data" / DB, "series")
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        ended = server.wait_status(run["id"], ("failed", "completed", "stopped"), timeout=30)
+        assert ended["status"] == "failed", ended
+        assert "store" in ended["error"] and "malformed" in ended["error"], ended["error"]
+        health = server.client.get("/api/health").json()
+        assert health["integrity"].startswith("damaged"), health
+        assert server.client.get("/api/runs").status_code == 200  # still serving
+        wait_for(lambda: not worker_pids(run["id"]), timeout=30, what="the run's worker to end")
     finally:
         server.stop()
 
