@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from . import __version__
 from .hub import Hub
 from .jobs import JobManager
+from .launcher import make_launcher
 from .middleware import Guard, scrub_token_logs, validation_error
 from .routes import groups, health, ingest, presets, runs, session, stream
 from .security import Sessions, require_token
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         # loop (bench/loop_stall.py); 1 ms keeps them to a few ms.
         sys.setswitchinterval(0.001)
         hub = Hub()
-        jobs = JobManager(settings, store, hub)
+        jobs = JobManager(settings, store, hub, make_launcher(settings))
         app.state.settings, app.state.store, app.state.hub, app.state.jobs = settings, store, hub, jobs
         await jobs.start()
         try:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .lifecycle import ALL
 from .settings import Settings, SettingsError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="List the server's runs, newest first.")
     _server_flags(runs, DEFAULT_URL)
     runs.add_argument("--status", action="append",
-                      choices=["queued", "running", "completed", "stopped", "failed", "diverged"],
+                      choices=ALL,
                       help="only runs with this status (repeat for several)")
     runs.add_argument("--json", action="store_true", help="print the runs as JSON (as GET /api/runs)")
     runs.set_defaults(func=cmd_runs)

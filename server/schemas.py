@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
 )
 
+from .lifecycle import Status
+
 _PY = {"bool": bool, "int": int, "float": float, "str": str}
 
 
@@ -145,7 +147,7 @@ RunChange = _live_model()
 class Run(BaseModel):
     id: str
     name: str
-    status: str
+    status: Status = Field(description="server/lifecycle.py: the statuses and who moves a run between them")
     config: dict[str, Any]
     created: float
     started: float | None
@@ -159,6 +161,8 @@ class Run(BaseModel):
                                           "(or null), changed (the config fields set apart from them)}")
     gpu: str | None = Field(None, description="the GPU its worker was given (CUDA_VISIBLE_DEVICES), "
                             "while it runs on a machine with several")
+    node: str | None = Field(None, description="where its worker runs, while it runs: `local`, or the "
+                             "cluster node the launcher placed it on")
     idle_s: float | None = Field(None, description="a running run with no new step for GRADWATCH_IDLE_NOTE_S "
                                  "(30 s): the seconds since its last step (or since its worker connected)")
 

@@ -444,7 +444,8 @@ def test_run_state_transitions_are_committed_with_synchronous_full_in_wal(tmp_pa
         run = jobs.create("durable", dict(FAST))
         jobs.ingest_batch(run["id"], [{"type": "metrics", "seq": 1, "step": 1, "loss": 1.0, "accuracy": 0.1,
                                        "grad_norm": [], "weight_norm": [], "update_ratio": []}])
-        jobs.liveness._set_status(run["id"], "stalled")
+        jobs.lifecycle.transition(run["id"], "running")
+        jobs.lifecycle.transition(run["id"], "stalled")
         jobs.finalize(run["id"], "stopped", "test")
         store.close()
         return statements

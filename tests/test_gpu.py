@@ -13,7 +13,7 @@ import torch
 from gradwatch.config import RunConfig
 from gradwatch.loop import train
 from gradwatch.probe import watch
-from gradwatch.server.jobs import nvidia_gpus
+from gradwatch.server.launcher import nvidia_gpus
 from gradwatch.server.settings import Settings, SettingsError
 from torch import nn
 

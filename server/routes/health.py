@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from .. import __version__
 from ..deps import JobsDep
+from ..lifecycle import ACTIVE, ALL, LIVE, TERMINAL, TRANSITIONS
 from ..schemas import Health
 
 router = APIRouter(prefix="/api", tags=["health"])
@@ -13,7 +14,17 @@ router = APIRouter(prefix="/api", tags=["health"])
 async def health(jobs: JobsDep) -> dict:
     # From memory only, never the store. A run with a worker process of ours is usually connected
     # too: count each run once.
-    active = len(jobs.procs.keys() | jobs.conns.keys() | jobs.adopted)
+    active = jobs.active_count
     return {"status": "ok", "version": __version__, "runs_active": active,
             "runs_queued": jobs.queued_count, "integrity": jobs.store.integrity,
             "writes": jobs.store.write_error or "ok"}
+
+
+@router.get("/statuses")
+async def statuses() -> dict:
+    """The run statuses, defined once (server/lifecycle.py): every one, those a run may still leave
+    (active: Stop is offered), those whose worker may be training (live), the final ones, and
+    every move with who makes it. The page reads its sets from here."""
+    return {"all": list(ALL), "active": list(ACTIVE), "live": list(LIVE),
+            "terminal": [s for s in ALL if s in TERMINAL],
+            "transitions": [{"from": f.value, "to": t.value, "by": by} for (f, t), by in TRANSITIONS.items()]}

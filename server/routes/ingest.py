@@ -48,7 +48,7 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
         await ws.send_json({"type": "error", "message": f"run {run_id} is already {run['status']}"})
         await ws.close(code=status.WS_1008_POLICY_VIOLATION)
         return
-    if run_id in jobs.conns:  # one worker per run: a second one's events would interleave with the first's
+    if jobs.connected(run_id):  # one worker per run: a second one's events would interleave with the first's
         log.warning("run %s: refused a second worker connection while one is connected", run_id)
         await ws.close(code=status.WS_1008_POLICY_VIOLATION, reason="another worker is connected to this run")
         return

@@ -57,7 +57,7 @@ def keep_preset(jobs: JobManager, run: dict[str, Any], preset: dict[str, Any] | 
         return run
     jobs.store.update_run(run["id"], preset=preset)
     run = jobs.store.get_run(run["id"])
-    jobs._publish_run(run)  # as liveness.py does: the record changed
+    jobs.lifecycle.publish(run)  # the record changed
     return run
 
 
