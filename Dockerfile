@@ -10,12 +10,13 @@ ENV PYTHONUNBUFFERED=1 \
 RUN useradd --create-home --uid 10001 gradwatch \
  && mkdir -p /data /app && chown gradwatch:gradwatch /data /app
 WORKDIR /app
-COPY --chown=gradwatch:gradwatch pyproject.toml README.md ./
-COPY --chown=gradwatch:gradwatch trainer ./trainer
-COPY --chown=gradwatch:gradwatch server ./server
-COPY --chown=gradwatch:gradwatch frontend ./frontend
-# Editable, so the server finds frontend/ beside its package; torch is already in the image.
-RUN pip install -e .
+COPY pyproject.toml README.md /tmp/src/
+COPY trainer /tmp/src/trainer
+COPY server /tmp/src/server
+COPY frontend /tmp/src/frontend
+# A regular (not editable) install: the dashboard's files are package data (gradwatch.frontend).
+# torch is already in the image; [server] adds the web server and the built-in trainer's datasets.
+RUN pip install '/tmp/src[server]' && rm -rf /tmp/src
 
 USER gradwatch
 VOLUME ["/data"]

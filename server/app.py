@@ -10,11 +10,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import plotly
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from . import __version__
 from .hub import Hub
@@ -24,11 +22,11 @@ from .middleware import Guard, scrub_token_logs, validation_error
 from .routes import groups, health, ingest, presets, runs, session, stream
 from .security import Sessions, require_token
 from .settings import Settings, SettingsError
+from .static import CompressedStaticFiles, compressed, frontend_dir
 from .store import Store, StoreError, disk_full
 
 log = logging.getLogger("gradwatch")
-FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
-PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+FRONTEND = frontend_dir()  # package data (gradwatch.frontend): a checkout, an editable install or a wheel
 
 
 def private_dir(path: Path) -> None:
@@ -92,14 +90,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(ingest.router)
 
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(FRONTEND / "index.html", headers={"Cache-Control": "no-cache"})
+    async def index(request: Request) -> Response:
+        return await compressed(FileResponse(FRONTEND / "index.html", headers={"Cache-Control": "no-cache"}),
+                                request.headers)
 
-    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
-    def plotly_js() -> FileResponse:
-        return FileResponse(PLOTLY_JS, media_type="text/javascript")
-
-    app.mount("/static", StaticFiles(directory=FRONTEND), name="static")
+    # plotly.js is vendored in frontend/vendor/ (the version the page is measured with); gzipped.
+    app.mount("/static", CompressedStaticFiles(directory=FRONTEND), name="static")
     app.add_middleware(Guard, settings=settings, sessions=sessions)  # Host, token, Origin, JSON-only, body size
     app.add_exception_handler(RequestValidationError, validation_error)
 

@@ -70,8 +70,8 @@ def _presets() -> dict[str, Any] | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gradwatch.__main__ import config_from_args, format_summary, run_headless
     from gradwatch.config import ConfigError
+    from gradwatch.headless import config_from_args, format_summary, run_headless
 
     base: dict[str, Any] = {}
     if args.preset:
@@ -200,7 +200,7 @@ def _server_flags(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gradwatch.__main__ import config_parser
+    from gradwatch.headless import config_parser
 
     ap = argparse.ArgumentParser(prog="gradwatch", description="Live per-layer training diagnostics for PyTorch.",
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

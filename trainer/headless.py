@@ -1,4 +1,5 @@
-"""Headless run with a progress bar: `python -m gradwatch --depth 8 --batchnorm --steps 300`.
+"""Headless runs with a progress bar, for `gradwatch train --depth 8 --batchnorm --steps 300`
+(server/cli.py; `python -m gradwatch train ...` is the same command).
 
 Every RunConfig field is a flag; the events are printed as a progress bar and a summary line.
 """
@@ -15,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import config as config_module
-from .config import CHOICES, ConfigError, RunConfig
+from .config import CHOICES, RunConfig
 from .diagnosis import verdict
 
 
@@ -88,20 +89,3 @@ def format_summary(result: dict[str, Any]) -> str:
     if result.get("reason"):
         line += f" ({result['reason']})"
     return line
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = config_parser(argparse.ArgumentParser(prog="python -m gradwatch", description=__doc__))
-    ap.add_argument("--data-dir", default="data", help="where torchvision datasets are cached")
-    args = ap.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as e:
-        ap.error(str(e))
-    result = run_headless(cfg, args.data_dir)
-    print(format_summary(result))
-    return 0 if result["status"] == "completed" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,6 @@ or a session.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -18,11 +17,12 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import security
+from ..static import frontend_dir
 from .stream import close_streams
 
 router = APIRouter(tags=["session"])
 
-FRONTEND = Path(__file__).resolve().parent.parent.parent / "frontend"
+FRONTEND = frontend_dir()
 
 
 class Login(BaseModel):
