@@ -144,6 +144,16 @@ def _live_model() -> type[BaseModel]:
 RunChange = _live_model()
 
 
+class ForkCreate(BaseModel):
+    """POST /api/runs/{id}/fork: from the newest checkpoint at or before `step`, with `changes`
+    (fields a fork may change: server/forks.py; each checked there, a 422 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+    step: Annotated[int, Field(ge=1, le=1_000_000, strict=True)]
+    changes: dict[str, Any] = Field(default_factory=dict, max_length=32)
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
 class Run(BaseModel):
     id: str
     name: str
@@ -159,6 +169,8 @@ class Run(BaseModel):
     summary: dict[str, Any]
     preset: dict[str, Any] | None = Field(None, description="a run started from a preset: {name, variant "
                                           "(or null), changed (the config fields set apart from them)}")
+    fork: dict[str, Any] | None = Field(None, description="a fork: {parent (run id), step (its first step: "
+                                        "the checkpoint's), asked (the step asked for), changes}")
     gpu: str | None = Field(None, description="the GPU its worker was given (CUDA_VISIBLE_DEVICES), "
                             "while it runs on a machine with several")
     node: str | None = Field(None, description="where its worker runs, while it runs: `local`, or the "

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
     last_seq INTEGER NOT NULL DEFAULT 0,
     kind TEXT NOT NULL DEFAULT 'local',
     group_id TEXT,
-    preset TEXT
+    preset TEXT,
+    fork TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
@@ -118,9 +119,10 @@ STATS_LAYERS = ("act_mean", "act_std", "dead_frac", "eff_lr", "bn_mean_drift", "
 SCHEMA_VERSION = 3
 
 # preset: {"name", "variant", "changed"} of a run started from a preset (routes/runs.py), else NULL.
+# fork: {"parent", "step", "asked", "changes"} of a run forked from another (server/forks.py), else NULL.
 RUN_FIELDS = ("id", "name", "status", "config", "created", "started", "finished", "error",
-              "summary", "layers", "token", "last_seq", "kind", "group_id", "preset")
-JSON_FIELDS = ("config", "summary", "layers", "preset")
+              "summary", "layers", "token", "last_seq", "kind", "group_id", "preset", "fork")
+JSON_FIELDS = ("config", "summary", "layers", "preset", "fork")
 
 
 TOKEN_HASH = "sha256:"  # runs.token holds this + the hex digest of the run's ingest token
@@ -312,6 +314,8 @@ class Store:
         have = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
         if "preset" not in have:
             self.db.execute("ALTER TABLE runs ADD COLUMN preset TEXT")
+        if "fork" not in have:
+            self.db.execute("ALTER TABLE runs ADD COLUMN fork TEXT")
 
     def _hash_tokens(self) -> None:
         """Ingest tokens stored in clear by an older version: keep only their digests."""

@@ -38,6 +38,8 @@ class RunConfig:
     stats_every: int = 10  # steps between the costlier statistics (activations, BN drift)
     alert_factor: float = 10.0  # alert when a layer's gradient norm (or the loss) exceeds this x its own baseline
     amp: bool = False  # bf16 autocast on CUDA (ignored on the CPU)
+    checkpoint_every: int = 10  # steps between checkpoints a fork can start from (server runs only); 0 = none
+    checkpoint_keep: int = 20  # most checkpoints kept per run, spread over the run (the newest always)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,6 +107,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "seed": (0, 2**31 - 1),
     "stats_every": (1, 1_000_000),
     "alert_factor": (1.0, 1e6),
+    "checkpoint_every": (0, 1_000_000),
+    "checkpoint_keep": (2, 1000),
 }
 
 # The fields a running run accepts changes to (PATCH / control messages).

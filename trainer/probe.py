@@ -123,6 +123,7 @@ class Probe:
         optimizer: torch.optim.Optimizer,
         on_step: Callable[[dict[str, Any]], None] | None = None,
         stats_every: int = 10,
+        first_step: int = 1,
     ) -> None:
         if stats_every < 1:
             raise ValueError(f"stats_every must be 1 or more, got {stats_every}")
@@ -132,7 +133,7 @@ class Probe:
         self.layers = layer_info(model)
         self.on_step = on_step
         self.stats_every = stats_every
-        self.step = 0  # optimizer steps seen
+        self.step = first_step - 1  # optimizer steps seen (a fork: counted from its parent's start)
         self.optimizer = optimizer
         self._device = self.params[0].device
         self._both = _Norms(self.params + self.params)  # grads, then weights
@@ -189,7 +190,7 @@ class Probe:
             optimizer.register_step_pre_hook(self._pre_step),
             optimizer.register_step_post_hook(self._post_step),
         ]
-        if self._is_stats_step(1):
+        if self._is_stats_step(first_step):
             self._arm()
 
     # ---- what the training loop may call ----------------------------------------------
@@ -421,9 +422,11 @@ def watch(
     optimizer: torch.optim.Optimizer,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     stats_every: int = 10,
+    first_step: int = 1,
 ) -> Probe:
     """Hook `optimizer.step()` of any loop; `on_step(stats)` is called for every reported step.
+    first_step: the number of the first step it will see (a run resumed from a checkpoint).
 
     Steps 1, stats_every, 2·stats_every, … also carry the `stats` sub-record (activations, BN)."""
-    return Probe(model, optimizer, on_step, stats_every)
+    return Probe(model, optimizer, on_step, stats_every, first_step)
 

@@ -205,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = RunConfig.from_dict(client.hello["config"])
         cap_gpu_memory(os.environ.get("GRADWATCH_GPU_MEMORY_FRACTION"))
-        train(cfg, client.emit, client.control, data_dir=args.data_dir)
+        # The server's hello also says where this run keeps its checkpoints and, for a fork, the
+        # checkpoint it starts from and the changes to make there (a server's paths, not a request's).
+        hello = client.hello
+        train(cfg, client.emit, client.control, data_dir=args.data_dir, checkpoints=hello.get("checkpoints"),
+              resume=hello.get("resume"), changes=hello.get("changes"))
     except Exception as e:  # noqa: BLE001 - any failure becomes a `failed` run with its reason
         tb = traceback.format_exc()
         print(tb, file=sys.stderr)

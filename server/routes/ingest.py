@@ -1,6 +1,7 @@
 """WS /api/ingest/{run_id}: the one protocol every worker speaks.
 
-server → worker, on connect: {"type": "hello", "run_id", "acked_seq", "config"}
+server → worker, on connect: {"type": "hello", "run_id", "acked_seq", "config"}, and for a built-in
+                 run "checkpoints" (its folder), for a fork "resume" and "changes" (server/forks.py)
 worker → server: {"type": "batch", "events": [{"type", "seq", ...}, ...]}
                  {"type": "heartbeat"} when it has nothing to send for a second (not stored, not acked)
 server → worker: {"type": "ack", "seq": last stored seq}, and {"type": "control", ...}
@@ -23,7 +24,7 @@ import sqlite3
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect, status
 from gradwatch.events import TERMINAL
 
-from .. import wire
+from .. import forks, wire
 from ..middleware import query_token
 from ..security import bearer
 from ..store import disk_full, token_ok
@@ -57,7 +58,7 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
     checker = wire.Checker(run_id, run["layers"], run["last_seq"])
     try:
         await ws.send_json({"type": "hello", "run_id": run_id, "acked_seq": run["last_seq"],
-                            "config": run["config"]})
+                            "config": run["config"], **forks.hello(ws.app.state.settings, run)})
         await jobs.flush_pending_control(run_id)
         while True:
             raw = await ws.receive()

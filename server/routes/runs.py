@@ -13,11 +13,13 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from gradwatch import checkpoint
 from gradwatch.config import ConfigError
 
+from .. import forks
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
 from ..jobs import JobManager
-from ..schemas import Metrics, Run, RunChange, RunCreate, RunCreated, preset_record
+from ..schemas import ForkCreate, Metrics, Run, RunChange, RunCreate, RunCreated, preset_record
 from ..store import SERIES_LAYERS, STATS_LAYERS, Store
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -77,9 +79,54 @@ async def stop_run(run: RunDep, jobs: JobsDep) -> dict[str, Any]:
 
 
 @router.delete("/{run_id}", status_code=204)
-async def delete_run(run: RunDep, jobs: JobsDep) -> Response:
+async def delete_run(run: RunDep, jobs: JobsDep, settings: SettingsDep) -> Response:
     await jobs.delete(run["id"])
+    forks.remove(settings, run["id"])  # its checkpoints
     return Response(status_code=204)
+
+
+@router.post("/{run_id}/fork", status_code=201, response_model=Run)
+async def fork_run(body: ForkCreate, run: RunDep, jobs: JobsDep, settings: SettingsDep) -> dict[str, Any]:
+    """A new run from the run's newest checkpoint at or before `step`, with `changes` (server/forks.py)."""
+    try:
+        config = forks.fork_config(run, body.changes)
+        step = forks.choose(settings, run, body.step)
+        path = checkpoint.path_for(forks.checkpoint_dir(settings, run["id"]), step)
+        try:
+            await run_in_threadpool(checkpoint.verify, path)  # length and digest; the worker checks again
+        except checkpoint.CheckpointError as e:
+            raise forks.ForkRefused(409, f"run {run['id']}: {e}; fork from another step") from None
+        if config["steps"] < step:
+            raise forks.ForkRefused(422, f"the fork starts at step {step}: steps must be at least that", "steps")
+        if jobs.queued_count >= settings.max_queued:
+            raise HTTPException(429, f"{jobs.queued_count} runs are already queued (limit {settings.max_queued})")
+        changed = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in body.changes.items())
+        name = body.name or f"{run['name']} @{step}" + (f" {changed}" if changed else "")
+        record = {"parent": run["id"], "step": step, "asked": body.step, "changes": body.changes}
+        # No await from here to the end: the scheduler cannot launch the fork before its record is in.
+        new = jobs.create(name, config, group_id=run["group_id"])
+        try:
+            forks.adopt(settings, run["id"], step, new["id"])
+        except forks.ForkRefused:
+            await jobs.delete(new["id"])
+            forks.remove(settings, new["id"])
+            raise
+    except forks.ForkRefused as e:
+        if e.status == 422:
+            raise HTTPException(422, [{"loc": ["body", "changes", e.field], "msg": e.message,
+                                       "type": "value_error"}]) from None
+        raise HTTPException(e.status, e.message) from None
+    jobs.store.update_run(new["id"], durable=True, fork=record)
+    new = jobs.store.get_run(new["id"])
+    jobs.lifecycle.publish(new)  # as keep_preset does: the record changed
+    return jobs.view(new)
+
+
+@router.get("/{run_id}/checkpoints")
+async def run_checkpoints(run: RunDep, settings: SettingsDep) -> dict[str, Any]:
+    """The steps a fork of this run can start from (its checkpoints, newest last)."""
+    return {"run_id": run["id"], "steps": checkpoint.steps(forks.checkpoint_dir(settings, run["id"])),
+            "fields": list(checkpoint.FORK_FIELDS)}
 
 
 @router.patch("/{run_id}", response_model=Run)
