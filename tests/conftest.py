@@ -39,6 +39,27 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
+def stream_messages(raw: str | bytes) -> list[dict[str, Any]]:
+    """The messages of one /api/stream frame: a JSON array of them (one object with ?frames=single)."""
+    import orjson
+
+    data = orjson.loads(raw)
+    return data if isinstance(data, list) else [data]
+
+
+class StreamReader:
+    """/api/stream read one message at a time, whatever the framing."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.buffer: list[dict[str, Any]] = []
+
+    def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        while not self.buffer:
+            self.buffer = stream_messages(self.ws.recv(timeout=timeout))
+        return self.buffer.pop(0)
+
+
 @dataclass
 class LiveServer:
     data_dir: Path

@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import LiveServer, wait_for, worker_pids
+from .conftest import LiveServer, stream_messages, wait_for, worker_pids
 
 FAST = {"dataset": "synthetic", "depth": 3, "width": 16, "steps": 40, "eval_every": 20}
 
@@ -74,7 +74,7 @@ def test_a_browser_stream_gets_metrics_live_in_seq_order(live_server: LiveServer
     # and its close waits 10 s for a frame it cannot see; the run would finish meanwhile.
     with connect(live_server.ws_url(f"/api/stream?runs={run['id']}"), open_timeout=10, max_queue=None) as ws:
         while len([m for m in got if m["type"] == "metrics"]) < 20:
-            got.append(orjson.loads(ws.recv(timeout=60)))
+            got += stream_messages(ws.recv(timeout=60))
         status_now = live_server.run(run["id"])["status"]
     assert status_now == "running"  # the messages came while the run was still training
     assert all(m["run_id"] == run["id"] for m in got if m["type"] not in ("run.update", "run.deleted"))
@@ -173,7 +173,7 @@ def test_a_token_guards_every_api_route_and_websocket(tmp_path) -> None:
         with connect(server.ws_url("/api/stream", auth=False), open_timeout=10,
                      additional_headers={"Authorization": "Bearer s3cret-token-123"}) as ws:
             run = server.create_run(FAST)
-            first = orjson.loads(ws.recv(timeout=30))
+            first = stream_messages(ws.recv(timeout=30))[0]
             assert first["run_id"] == run["id"]
         with connect(server.ws_url("/api/stream?token=s3cret-token-123", auth=False), open_timeout=10):
             pass
@@ -195,8 +195,7 @@ def test_many_browsers_and_a_silent_one_do_not_slow_ingest(live_server: LiveServ
         def reader() -> None:
             with connect(live_server.ws_url(f"/api/stream?runs={run['id']}"), open_timeout=10) as ws:
                 while True:
-                    m = orjson.loads(ws.recv(timeout=60))
-                    if m["type"] == "run.finished":
+                    if any(m["type"] == "run.finished" for m in stream_messages(ws.recv(timeout=60))):
                         seen.set()
                         return
 

@@ -25,7 +25,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from .conftest import LiveServer, wait_for, worker_pids
+from .conftest import LiveServer, stream_messages, wait_for, worker_pids
 
 FAST = {"dataset": "synthetic", "depth": 3, "width": 16, "steps": 40, "eval_every": 20}
 LAYERS = [{"name": "fc1.weight", "module": "Linear", "shape": [4, 4]},
@@ -93,9 +93,9 @@ def test_a_runs_token_cannot_rewrite_another_run_in_open_dashboards(server: Live
         # Everything the page got up to the attacker's run ending (the server's own word on it):
         # no record but the server's, none of them spoofed.
         seen = []
-        while not (seen and seen[-1].get("type") == "run.update" and seen[-1]["run"]["id"] == attacker
-                   and seen[-1]["run"]["status"] == "failed"):
-            seen.append(orjson.loads(page.recv(timeout=10)))
+        while not any(m.get("type") == "run.update" and m["run"]["id"] == attacker and m["run"]["status"] == "failed"
+                      for m in seen):
+            seen += stream_messages(page.recv(timeout=10))
     assert not any("SPOOFED" in orjson.dumps(m).decode() for m in seen), seen
     assert server.run(victim["id"])["name"] == "victim" and server.run(victim["id"])["status"] == "completed"
     failed = server.run(attacker)
@@ -131,8 +131,10 @@ def test_arrays_are_aligned_with_the_runs_layers_and_an_own_run_id_is_dropped(se
         assert orjson.loads(ws.recv(timeout=10)) == {"type": "ack", "seq": 2}
         code, _ = refused(ws, [metrics(3, 2, n=3)])  # three values for two layers
     assert code == 1008 and "3 values for 2 layers" in server.run(run_id)["error"]
-    # The stored event has no run_id of its own: a resume replays it with exactly one.
-    with connect(server.ws_url(f"/api/stream?runs={run_id}&since={run_id}:0"), open_timeout=10) as page:
+    # The stored event has no run_id of its own: a resume replays it with exactly one (one
+    # message per frame here, the old framing, so the count is of one event's).
+    with connect(server.ws_url(f"/api/stream?runs={run_id}&since={run_id}:0&frames=single"),
+                 open_timeout=10) as page:
         first = page.recv(timeout=10)
     assert first.count('"run_id"') == 1 and orjson.loads(first)["type"] == "run.started"
 

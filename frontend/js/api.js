@@ -173,7 +173,13 @@ export class Stream {
       // come from the store: fetch the gap for every watched run.
       this.syncAll();
     };
-    ws.onmessage = ev => this.receive(JSON.parse(ev.data));
+    // A frame is a JSON array of messages (everything since the previous frame,
+    // at most ~25 frames a second); an object is one message (?frames=single).
+    ws.onmessage = ev => {
+      const data = JSON.parse(ev.data);
+      if (Array.isArray(data)) for (const msg of data) this.receive(msg);
+      else this.receive(data);
+    };
     ws.onclose = ev => {
       if (this.ws !== ws) return;
       this.ws = null;

@@ -6,6 +6,10 @@ the store happen with no await between them, and the store is written before any
 published, so every live message that follows is newer than the replay.) A gap of more than
 REPLAY_MAX events gets a `resync` for that run instead: fetch it with /metrics?since=.
 
+Frames: each websocket message is a JSON array of messages (every event published since the
+previous frame, at most one frame per ~40 ms: server/hub.py), replays included. `?frames=single`
+asks for the old framing instead, one JSON object per websocket message.
+
 Sockets are counted: at most GRADWATCH_MAX_STREAMS open at once, and GRADWATCH_MAX_STREAMS_PER_SESSION
 per browser session (or per token, for API clients); past either, the socket is accepted and closed
 at once with 1013 (try again later) and a reason that names the limit. A browser sends only
@@ -26,6 +30,7 @@ router = APIRouter(prefix="/api", tags=["stream"])
 
 MAX_CLIENT_MESSAGE = 64 * 1024  # browsers only send small subscribe messages
 REPLAY_MAX = 10_000  # events replayed per run on resume; more is a resync (downsampled history)
+REPLAY_FRAME = 500  # replayed messages per frame (batched framing)
 MAX_SINCE_RUNS = 1000
 
 
@@ -38,10 +43,11 @@ async def stream(ws: WebSocket) -> None:
     hub = ws.app.state.hub
     runs = _parse_runs(ws.query_params.get("runs"))
     since = _parse_since(ws.query_params.get("since"))
+    frames = ws.query_params.get("frames", "batch")
     await ws.accept()
-    if since is None or runs is False:
+    if since is None or runs is False or frames not in ("batch", "single"):
         await ws.close(code=status.WS_1008_POLICY_VIOLATION, reason="since= must be run:seq,run:seq,...; "
-                       f"runs= at most {MAX_SINCE_RUNS} ids")
+                       f"runs= at most {MAX_SINCE_RUNS} ids; frames= batch or single")
         return
     full = _over_cap(ws, who)
     if full:
@@ -49,9 +55,11 @@ async def stream(ws: WebSocket) -> None:
         return
     open_streams: dict[str, set[WebSocket]] = ws.app.state.streams
     open_streams.setdefault(who, set()).add(ws)
-    sub = hub.subscribe(runs or None)
+    sub = hub.subscribe(runs or None, batched=frames == "batch")
     try:
         replay = _replay(ws.app.state.jobs, sub, since)  # no await since subscribe: see the docstring
+        if sub.batched:
+            replay = ["[" + ",".join(replay[i:i + REPLAY_FRAME]) + "]" for i in range(0, len(replay), REPLAY_FRAME)]
         for text in replay:
             await ws.send_text(text)
         del replay
