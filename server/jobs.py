@@ -23,15 +23,14 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from .hub import Hub
+from .ingest import Ingest
 from .launcher import Launcher, LaunchSpec, RunHandle, make_launcher
-from .lifecycle import LIVE, TERMINAL, IllegalTransition, Lifecycle, Status
+from .lifecycle import LIVE, TERMINAL, Lifecycle, Status
 from .liveness import Liveness
 from .settings import Settings
 from .store import Store, token_digest
 
 log = logging.getLogger("gradwatch.jobs")
-
-RUN_UPDATE_EVERY_S = 0.5  # live run.update messages per run, at most this often
 
 
 
@@ -57,7 +56,7 @@ class JobManager:
         # Runs whose end could not be stored (a full disk, past its reserve): (status, reason),
         # stored as soon as a write succeeds again, so no run stays `running` for want of room.
         self.unfinished: dict[str, tuple[str, str | None]] = {}
-        self._last_update: dict[str, float] = {}
+        self.ingest = Ingest(self)  # store -> summary -> publish, for every worker's batches
         self._tasks: set[asyncio.Task] = set()
         # heartbeats: silent workers become stalled, then failed
         self.liveness = Liveness(settings, self.lifecycle, on_hung=self.fail_hung)
@@ -361,69 +360,8 @@ class JobManager:
                 self._spawn(self._orphan_watch(run_id, "the worker's connection was lost"))
 
     def ingest_batch(self, run_id: str, events: list[dict[str, Any]], essential: bool = False) -> int:
-        """Store a batch, apply its effects on the run, fan it out; returns the last stored seq.
-        Raises sqlite3.Error when the store cannot write it (nothing of it is stored then).
-        `essential`: the server's own end of a run, which may use the disk's reserve."""
-        new, last = self.store.append_events(run_id, events, essential)
-        summary = self.summaries.get(run_id)
-        if summary is None:  # the first batch since the server started: go on from what is stored
-            stored = self.store.get_run(run_id)
-            summary = self.summaries[run_id] = dict((stored or {}).get("summary") or {})
-        changes: dict[str, Any] = {}
-        stepped = False
-        for e in new:
-            kind = e["type"]
-            if kind == "metrics":
-                stepped = True
-                summary.update(step=e.get("step"), loss=e.get("loss"), accuracy=e.get("accuracy"),
-                               global_grad_norm=e.get("global_grad_norm"))
-                if "val_accuracy" in e:
-                    va = e["val_accuracy"]
-                    summary.update(val_accuracy=va, val_loss=e.get("val_loss"))
-                    best = summary.get("best_val_accuracy")
-                    if isinstance(va, (int, float)) and (not isinstance(best, (int, float)) or va > best):
-                        summary["best_val_accuracy"] = va
-            elif kind == "alert":  # counted here too, so a live run's record says how many so far
-                summary["alerts"] = (summary.get("alerts") or 0) + 1
-                if summary.get("first_alert_step") is None:
-                    summary["first_alert_step"] = e.get("step")
-            elif kind == "run.started":
-                layers = e.get("layers")
-                if isinstance(layers, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str)
-                                                    for x in layers):
-                    changes["layers"] = layers
-                if isinstance(e.get("n_classes"), int):
-                    summary["n_classes"] = e["n_classes"]
-                summary.setdefault("alerts", 0)  # a live run's record says "0 alerts", not nothing
-            elif kind == "run.finished":
-                sent = e.get("summary")
-                summary.update({k: v for k, v in (sent if isinstance(sent, dict) else {}).items() if k != "traceback"})
-                status, reason = e.get("status"), e.get("reason")
-                if status not in TERMINAL:  # a malformed end: still an end, and it says why
-                    status, reason = "failed", f"the worker ended the run with an unknown status {status!r}"
-                finished = e.get("time")
-                changes.update(status=status, error=reason,
-                               finished=finished if isinstance(finished, (int, float)) else time.time())
-            e["run_id"] = run_id
-            self.hub.publish(run_id, e)
-        if stepped:
-            self.liveness.stepped(run_id)  # before any run.update below: it no longer says idle
-        if "status" in changes:
-            status, reason = changes.pop("status"), changes.pop("error")
-            try:  # written durably (may use the disk's reserve), published, its slot freed
-                self.lifecycle.transition(run_id, status, reason, summary=summary, **changes)
-            except IllegalTransition as e:  # an end after another end (two enders raced): the first holds
-                log.warning("run %s: %s; this end is not applied", run_id, e)
-            self.summaries.pop(run_id, None)
-        elif new:
-            if changes:
-                self.store.update_run(run_id, **changes)
-            now = time.monotonic()
-            if now - self._last_update.get(run_id, 0.0) >= RUN_UPDATE_EVERY_S:
-                self._last_update[run_id] = now
-                self.store.update_run(run_id, summary=summary)
-                self.lifecycle.publish(self.store.get_run(run_id))
-        return last
+        """Store a batch, apply its effects on the run, fan it out (server/ingest.py)."""
+        return self.ingest.batch(run_id, events, essential)
 
     async def _send_control(self, run_id: str, message: dict[str, Any]) -> bool:
         st = self.runs.get(run_id)

@@ -458,30 +458,57 @@ class Store:
                       essential: bool = False) -> tuple[list[dict[str, Any]], int]:
         """Store the events not stored yet; returns (the new ones, the run's last seq).
         `essential`: the server's own end of a run, which may use the disk's reserve."""
+        new, _, last = self.append_events_json(run_id, events, essential)
+        return new, last
+
+    def append_events_json(self, run_id: str, events: list[dict[str, Any]],
+                           essential: bool = False) -> tuple[list[dict[str, Any]], list[str], int]:
+        """append_events, with the JSON each new event was stored as (the live fan-out sends
+        the same text: serialised once)."""
         return self._write(lambda: self._append(run_id, events), essential)
 
-    def _append(self, run_id: str, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        new = []
-        size = 0  # bytes of JSON stored
+    def _append(self, run_id: str, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str], int]:
+        # One transaction and one statement per table for the whole batch (executemany): the
+        # per-event Python work is the JSON and the row tuples, nothing per statement.
+        new: list[dict[str, Any]] = []
+        texts: list[str] = []
         self.db.execute("BEGIN")
         self.stored_bytes(run_id)  # its row, counted from its events for a run of an older version
+        seqs = [e["seq"] for e in events]
+        have = {r[0] for r in self.db.execute("SELECT seq FROM events WHERE run_id = ? AND seq BETWEEN ? AND ?",
+                                              (run_id, min(seqs), max(seqs)))} if seqs else set()
+        rows, series, evals, stats = [], [], [], []
         for e in events:
+            seq = e["seq"]
+            if seq in have:  # stored already (a resend), or twice in this batch: the first one counts
+                continue
+            have.add(seq)
             data = orjson.dumps(e).decode()
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO events (run_id, seq, type, step, data) VALUES (?, ?, ?, ?, ?)",
-                (run_id, e["seq"], e["type"], e.get("step"), data),
-            )
-            if cur.rowcount:
-                new.append(e)
-                size += len(data)
-                if e["type"] == "metrics":
-                    self._put_series(run_id, e)
+            new.append(e)
+            texts.append(data)
+            rows.append((run_id, seq, e["type"], e.get("step"), data))
+            if e["type"] == "metrics":
+                step = _step(e)
+                series.append((run_id, seq, step, *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
+                               *(_f32(e.get(k)) for k in SERIES_LAYERS)))
+                if e.get("val_accuracy") is not None:
+                    evals.append((run_id, seq, step, _num(e.get("val_loss")), _num(e["val_accuracy"])))
+                if isinstance(e.get("stats"), dict):
+                    stats.append(self._stats_row(run_id, e, step))
+        self.db.executemany("INSERT OR IGNORE INTO events (run_id, seq, type, step, data) VALUES (?, ?, ?, ?, ?)", rows)
+        if series:
+            self.db.executemany("INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", series)
+        if evals:
+            self.db.executemany("INSERT OR IGNORE INTO evals VALUES (?, ?, ?, ?, ?)", evals)
+        if stats:
+            self.db.executemany("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
         last = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
         self.db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (last, run_id))
+        size = sum(len(t) for t in texts)  # bytes of JSON stored
         if size:
             self.db.execute("UPDATE run_bytes SET bytes = bytes + ? WHERE run_id = ?", (size, run_id))
         self.db.execute("COMMIT")
-        return new, last
+        return new, texts, last
 
     def _put_series(self, run_id: str, e: dict[str, Any]) -> None:
         """A metrics event's columns: series, and evals / layer_stats when it carries them."""
@@ -497,11 +524,14 @@ class Store:
         self._put_stats(run_id, e, step)
 
     def _put_stats(self, run_id: str, e: dict[str, Any], step: int | None = None) -> None:
-        stats = e.get("stats")
-        if isinstance(stats, dict):
+        if isinstance(e.get("stats"), dict):
             self.db.execute("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (run_id, e["seq"], _step(e) if step is None else step,
-                             *(_f32(stats.get(k)) for k in STATS_LAYERS)))
+                            self._stats_row(run_id, e, _step(e) if step is None else step))
+
+    @staticmethod
+    def _stats_row(run_id: str, e: dict[str, Any], step: int) -> tuple:
+        stats = e["stats"]
+        return (run_id, e["seq"], step, *(_f32(stats.get(k)) for k in STATS_LAYERS))
 
     def events(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
                exclude: tuple[str, ...] | None = None) -> list[dict[str, Any]]:

@@ -72,38 +72,47 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
             jobs.liveness.seen(run_id)
             if wire.is_heartbeat(data):
                 continue
-            try:
-                events = wire.parse_batch(data)
-            except wire.BadEvent as e:
-                await refuse(ws, run_id, status.WS_1003_UNSUPPORTED_DATA, f"not a batch of events: {e}")
-                break
-            try:
-                if len(events) > MAX_EVENTS_PER_BATCH:
-                    raise wire.BadEvent(f"{len(events)} events in one batch, over {MAX_EVENTS_PER_BATCH}")
-                checker.check(events)
-            except wire.BadEvent as e:
-                await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, f"an event a worker may not send: {e}")
-                break
-            over = over_limit(ws, run_id, events, len(data))
-            if over:
-                await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, over)
-                break
-            try:
-                last = jobs.ingest_batch(run_id, events)
-            except sqlite3.Error as e:  # nothing of the batch is stored: the worker keeps it and resends
-                if disk_full(e):  # 1013, try again later: it reconnects with its backoff
-                    await ws.close(code=status.WS_1013_TRY_AGAIN_LATER, reason="the server's disk is full")
-                else:  # damage: the run cannot go on in this store
-                    await refuse(ws, run_id, status.WS_1011_INTERNAL_ERROR, f"the store cannot write: {e}")
-                break
-            checker.accepted(events, last)
-            await ws.send_json({"type": "ack", "seq": last})
+            async with jobs.ingest.turn():  # one batch at a time, the loop given back after it (server/ingest.py)
+                if not await take(ws, run_id, checker, data):
+                    break
     except WebSocketDisconnect:
         pass
     finally:
         jobs.detach(run_id, ws)
         with contextlib.suppress(Exception):
             await ws.close()
+
+
+async def take(ws: WebSocket, run_id: str, checker: wire.Checker, data: bytes) -> bool:
+    """Check, store and acknowledge one batch; False when the connection ends over it."""
+    jobs = ws.app.state.jobs
+    try:
+        events = wire.parse_batch(data)
+    except wire.BadEvent as e:
+        await refuse(ws, run_id, status.WS_1003_UNSUPPORTED_DATA, f"not a batch of events: {e}")
+        return False
+    try:
+        if len(events) > MAX_EVENTS_PER_BATCH:
+            raise wire.BadEvent(f"{len(events)} events in one batch, over {MAX_EVENTS_PER_BATCH}")
+        checker.check(events)
+    except wire.BadEvent as e:
+        await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, f"an event a worker may not send: {e}")
+        return False
+    over = over_limit(ws, run_id, events, len(data))
+    if over:
+        await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, over)
+        return False
+    try:
+        last = await jobs.ingest.store(run_id, events)
+    except sqlite3.Error as e:  # the chunk that failed is not stored: the worker keeps it and resends
+        if disk_full(e):  # 1013, try again later: it reconnects with its backoff
+            await ws.close(code=status.WS_1013_TRY_AGAIN_LATER, reason="the server's disk is full")
+        else:  # damage: the run cannot go on in this store
+            await refuse(ws, run_id, status.WS_1011_INTERNAL_ERROR, f"the store cannot write: {e}")
+        return False
+    checker.accepted(events, last)
+    await ws.send_json({"type": "ack", "seq": last})
+    return True
 
 
 def over_limit(ws: WebSocket, run_id: str, events: list[dict], size: int) -> str | None:
