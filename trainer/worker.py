@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from .loop import Control, train
 MAX_BATCH = 512  # events per websocket message
 HEARTBEAT_S = 1.0  # an idle sender says it is alive this often; the server marks a silent run `stalled`
 HEARTBEAT = orjson.dumps({"type": events.HEARTBEAT})  # not an event: no seq, not stored
+WORKER_NICE = 10  # niceness a server-launched worker adds to its own (GRADWATCH_WORKER_NICE; 0: none)
 
 
 class IngestClient:
@@ -48,6 +50,9 @@ class IngestClient:
         self._acked = 0  # last seq the server confirmed stored
         self._sent = 0  # last seq written to the current connection
         self._dropped: list[int] = []  # steps of metrics events coalesced away
+        # Seconds from each event's `time` (its step) to its first send: is the sender starved?
+        self.send_lag: deque[float] = deque(maxlen=100_000)
+        self._high = 0  # highest seq ever sent (a resend is not a first send)
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="gradwatch-sender", daemon=True)
@@ -131,12 +136,18 @@ class IngestClient:
                     self._cond.wait(0.2)
                 if self._closing and self._acked >= self._seq:
                     return
-                batch = [e for s, e in self._outbox if s > self._sent][:MAX_BATCH]
+                # The first unsent events; not a copy of the whole outbox (100k events while the
+                # server was away) for each send.
+                batch = list(islice((e for s, e in self._outbox if s > self._sent), MAX_BATCH))
                 if not batch and self._closing:  # all sent, waiting for the last acks
                     self._cond.wait(0.05)
             if batch:
                 # Serialised here, off the training thread.
                 ws.send(b'{"type":"batch","events":' + orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY) + b"}")
+                now = time.time()
+                self.send_lag.extend(now - e["time"] for e in batch
+                                     if e["seq"] > self._high and isinstance(e.get("time"), (int, float)))
+                self._high = max(self._high, batch[-1]["seq"])
                 with self._cond:
                     self._sent = max(self._sent, batch[-1]["seq"])
                 last_send = time.monotonic()
@@ -196,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
+    # Below the server's CPU priority: with every core training, the server's event loop (and the
+    # dashboards it feeds) still gets the CPU when it needs it. Costs training a few percent when
+    # the server is busy (docs/benchmarks.md), nothing when it is idle.
+    nice = int(os.environ.get("GRADWATCH_WORKER_NICE", WORKER_NICE))
+    if nice > 0:
+        os.nice(nice)
     base = args.server.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     client = IngestClient(f"{base}/api/ingest/{args.run}", token)
     if not client.hello_ready.wait(60) or client.hello is None:
@@ -219,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     if not client.close(timeout=60):
         print("gradwatch worker: some events were not acknowledged before exit", file=sys.stderr)
         status = status or 2
+    lag = sorted(client.send_lag)
+    if lag:  # read by bench/stream_load.py from the run's log
+        print(f"gradwatch worker: step->send delay p50 {lag[len(lag) // 2] * 1000:.2f} ms, "
+              f"p99 {lag[int(0.99 * (len(lag) - 1))] * 1000:.2f} ms over {len(lag)} events", file=sys.stderr)
     return status
 
 
