@@ -36,7 +36,7 @@ class Settings:
     token_generated: bool = False  # True when no token was given and one was made at start
     prefork: bool = True  # fork workers from a process with torch imported (starts runs in ms, not s)
     external_grace_s: float = 600.0  # how long a user's own loop (external run) may stay disconnected
-    worker_threads: int = 0  # torch CPU threads per worker; 0 = cores / max_concurrent (no oversubscription)
+    worker_threads: int = 0  # torch CPU threads per worker; 0 = (cores - 1) / max_concurrent, at least 1
     # GPUs to spread workers over, as CUDA_VISIBLE_DEVICES entries; None = found at start
     # (CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia/gpus). With two or more, each worker gets one.
     gpus: list[str] | None = None
