@@ -1,4 +1,4 @@
-"""`gradwatch serve|train|runs|export` — the console script.
+"""`gradwatch serve|train|runs|export|fork` — the console script.
 
 Each command imports what it needs when it runs: `gradwatch --help` and `gradwatch runs` do not
 pay for torch or the web server."""
@@ -24,6 +24,7 @@ examples:
                                                      ...also streamed live to the dashboard
   gradwatch runs                                     the server's runs and their status
   gradwatch export 4f2c9a1b --format csv             every step of a run, to a file
+  gradwatch fork 4f2c9a1b --step 10 --grad-clip 1    the run again from step 10, with clipping
 
 The server's URL and token come from --server/--token, or GRADWATCH_URL/GRADWATCH_TOKEN."""
 
@@ -173,6 +174,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def fork_flags() -> dict[str, type]:
+    """Flags of `gradwatch fork`: the fields a fork may change (trainer/checkpoint.py), typed as RunConfig's."""
+    from dataclasses import fields
+
+    from gradwatch.checkpoint import FORK_FIELDS
+    from gradwatch.config import RunConfig
+
+    kinds = {"int": int, "float": float}
+    return {f.name: kinds[f.type] for f in fields(RunConfig) if f.name in FORK_FIELDS}
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from gradwatch.rest import ApiError, api_request
+
+    changes = {k: getattr(args, k) for k in fork_flags() if getattr(args, k) is not None}
+    body: dict[str, Any] = {"step": args.step, "changes": changes}
+    if args.name:
+        body["name"] = args.name
+    try:
+        run = api_request(args.server, "POST", f"/api/runs/{quote(args.run, safe='')}/fork", args.token, body=body)
+    except (ConnectionError, ApiError) as e:
+        detail = getattr(e, "detail", None)
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):  # a 422: the field and why
+            return _fail("; ".join(f"--{str(d['loc'][-1]).replace('_', '-')}: {d['msg']}" for d in detail))
+        return _fail(_explain(e))
+    fork = run["fork"]
+    what = ", ".join(f"{k} {v}" for k, v in changes.items()) or "no changes"
+    print(f"{run['id']}\tforked from run {fork['parent']} at step {fork['step']} "
+          f"(asked {fork['asked']}), {what}; queued")
+    return 0
+
+
 def _explain(e: Exception) -> str:
     status = getattr(e, "status", None)
     if status == 401:
@@ -239,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only runs with this status (repeat for several)")
     runs.add_argument("--json", action="store_true", help="print the runs as JSON (as GET /api/runs)")
     runs.set_defaults(func=cmd_runs)
+
+    fork = sub.add_parser("fork", help="fork a run from a step, with other settings",
+                          description="Start a new run from RUN's newest checkpoint at or before --step, "
+                                      "with the settings given as flags changed (only those a running "
+                                      "run can change); prints the new run's id. Without flags it "
+                                      "repeats RUN from there (bit for bit on the CPU).")
+    fork.add_argument("run", metavar="RUN", help="the run id (see `gradwatch runs`)")
+    fork.add_argument("--step", type=int, required=True, help="the step to fork at (the checkpoint at or before it)")
+    fork.add_argument("--name", help="the fork's name (default: the parent's, the step and the changes)")
+    for field, kind in fork_flags().items():
+        fork.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None,
+                          help=f"change {field} (default: the parent's at the fork step)")
+    _server_flags(fork, DEFAULT_URL)
+    fork.set_defaults(func=cmd_fork)
 
     export = sub.add_parser("export", help="download every step of a run as CSV or JSON",
                             description="Download every stored step of a run: csv has one row per step "

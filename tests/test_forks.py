@@ -3,6 +3,8 @@ with real workers for the API."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +158,17 @@ def test_fork_refusals_name_the_reason(server: LiveServer) -> None:
         assert r.json()["detail"][0]["loc"][-1] == field and "cannot change" in r.json()["detail"][0]["msg"]
     r = server.client.post(url, json={"step": 20, "changes": {"lr": -1}})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "lr"
+    cli = [sys.executable, "-m", "gradwatch.server.cli", "fork", parent["id"], "--server", server.url,
+           "--token", server.token]
+    out = subprocess.run([*cli, "--step", "25", "--l2", "0.01"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    made = server.run(out.stdout.split()[0])
+    assert made["fork"] == {"parent": parent["id"], "step": 20, "asked": 25, "changes": {"l2": 0.01}}
+    assert made["config"]["l2"] == 0.01
+    out = subprocess.run([*cli, "--step", "3"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "nearest is at step 10" in out.stderr
+    out = subprocess.run([*cli, "--step", "20", "--lr", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--lr: must be between" in out.stderr
     ckpt = server.data_dir / "runs" / parent["id"] / "checkpoints" / "step-00000020.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     r = server.client.post(url, json={"step": 25})
