@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gradwatch import models, optim  # noqa: E402
 from gradwatch.config import RunConfig  # noqa: E402
+from gradwatch.data import MODULUS  # noqa: E402
 from gradwatch.probe import watch  # noqa: E402
 
 MODES = ("none", "item", "item-all", "bare", "probe")
@@ -54,7 +55,8 @@ MODES = ("none", "item", "item-all", "bare", "probe")
 
 def make(cfg: RunConfig, mode: str, device: torch.device):  # noqa: ANN201
     torch.manual_seed(0)
-    model = models.build(cfg, (1, 8, 8), 10).to(device)
+    in_shape, n_classes = ((3,), MODULUS) if cfg.model == "transformer" else ((1, 8, 8), 10)
+    model = models.build(cfg, in_shape, n_classes).to(device)
     opt = optim.build(model, cfg)
     probe = watch(model, opt, stats_every=10) if mode == "probe" else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -91,8 +93,12 @@ def step(mode: str, model: nn.Module, opt: torch.optim.Optimizer, probe, params,
 def bench(name: str, cfg: RunConfig, batch: int, device: torch.device, repeats: int, block: float,
           warmup: int, clock: Callable[[], float]) -> dict[str, list[float]]:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 1, 8, 8, generator=g).to(device)
-    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    if cfg.model == "transformer":  # the modadd task's shape: 3 tokens in, one of MODULUS classes out
+        x = torch.randint(0, MODULUS, (batch, 3), generator=g).to(device)
+        y = torch.randint(0, MODULUS, (batch,), generator=g).to(device)
+    else:
+        x = torch.randn(batch, 1, 8, 8, generator=g).to(device)
+        y = torch.randint(0, 10, (batch,), generator=g).to(device)
     setups = {m: make(cfg, m, device) for m in MODES}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for m in MODES:
@@ -149,7 +155,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--clock", choices=("wall", "cpu"), default=None,
                     help="wall: perf_counter; cpu: this thread's CPU time (default on the CPU with 1 thread)")
-    ap.add_argument("--only", choices=("mlp", "mlp-wide", "mlp-deep", "cnn"), default=None)
+    ap.add_argument("--only", choices=("mlp", "mlp-wide", "mlp-deep", "cnn", "resnet18", "resnet34",
+                                       "transformer", "transformer-post"), default=None)
     ap.add_argument("--batch", type=int, default=None, help="batch size for every case (default: each its own)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,6 +176,15 @@ def main() -> None:
                      RunConfig(model="mlp", depth=20, width=128, batchnorm=True, init="kaiming"), 64),
         "cnn": ("CNN 20 blocks conv3x3+BN+ReLU, width 32, 8x8 input, SGD+momentum",
                 RunConfig(model="cnn", depth=20, width=32, batchnorm=True), 32),
+        "resnet18": ("ResNet-18 + BN (torchvision's, small-image stem), 8x8 input, SGD+momentum",
+                     RunConfig(model="resnet", depth=18, batchnorm=True), 8),
+        "resnet34": ("ResNet-34 + BN, 8x8 input, SGD+momentum",
+                     RunConfig(model="resnet", depth=34, batchnorm=True), 4),
+        "transformer": ("Transformer 4 blocks x 128, pre-LN, 3 tokens (modadd), SGD+momentum",
+                        RunConfig(model="transformer", dataset="modadd", depth=4, width=128), 256),
+        "transformer-post": ("Transformer 4 blocks x 128, post-LN, 3 tokens (modadd), SGD+momentum",
+                             RunConfig(model="transformer", dataset="modadd", depth=4, width=128,
+                                       layernorm="post"), 256),
     }
     for key, (name, cfg, batch) in cases.items():
         if args.only in (None, key):

@@ -188,7 +188,7 @@ def test_control_stop_and_live_l2() -> None:
 
 @pytest.mark.parametrize(
     ("values", "field"),
-    [({"depth": 0}, "depth"), ({"model": "resnet"}, "model"), ({"lr": float("nan")}, "lr"),
+    [({"depth": 0}, "depth"), ({"model": "vit"}, "model"), ({"lr": float("nan")}, "lr"),
      ({"steps": 1.5}, "steps"), ({"batchnorm": "yes"}, "batchnorm"), ({"bogus": 1}, "bogus"),
      ({"width": 2048, "depth": 64}, "width")],
 )

@@ -16,12 +16,13 @@ from typing import Any
 
 @dataclass
 class RunConfig:
-    dataset: str = "digits"  # digits (offline, bundled with scikit-learn) | synthetic | mnist | fashion_mnist | cifar10
-    model: str = "mlp"  # mlp | cnn
-    depth: int = 4  # hidden blocks (Linear or Conv, then BN if on, then activation)
+    dataset: str = "digits"  # digits (offline, in scikit-learn) | synthetic | mnist | fashion_mnist | cifar10 | modadd
+    model: str = "mlp"  # mlp | cnn | resnet (torchvision's ResNet-18/34) | transformer (modadd only)
+    depth: int = 4  # hidden blocks (Linear/Conv, BN if on, activation); resnet: 18 or 34; transformer: blocks
     width: int = 64  # units per hidden layer (mlp) or channels (cnn)
     activation: str = "relu"  # relu | tanh
     batchnorm: bool = False  # BatchNorm after every hidden Linear/Conv, before the activation
+    layernorm: str = "pre"  # transformer: pre (LayerNorm before each branch) | post (after each residual add) | none
     l2: float = 0.0  # weight decay on Linear/Conv weights (not biases, not BN); 0 turns L2 off
     dropout: float = 0.0  # dropout probability after each hidden activation; 0 = off
     init: str = "default"  # default (PyTorch's) | kaiming | xavier | normal
@@ -60,6 +61,12 @@ class RunConfig:
     def validate(self) -> None:
         for f in fields(self):
             check_field(f.name, getattr(self, f.name))
+        if self.model == "resnet" and self.depth not in RESNET_DEPTHS:
+            raise ConfigError("depth", f"a resnet is {' or '.join(map(str, RESNET_DEPTHS))} layers deep, "
+                                       f"got {self.depth}")
+        if (self.model == "transformer") != (self.dataset == "modadd"):
+            raise ConfigError("model" if self.dataset == "modadd" else "dataset",
+                              "the transformer trains on the token task modadd, and modadd needs the transformer")
         if estimated_params(self) > MAX_PARAMS:
             raise ConfigError(
                 "width", f"depth {self.depth} x width {self.width} is over {MAX_PARAMS:,} parameters"
@@ -83,8 +90,9 @@ class ConfigError(ValueError):
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10"),
-    "model": ("mlp", "cnn"),
+    "dataset": ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "modadd"),
+    "model": ("mlp", "cnn", "resnet", "transformer"),
+    "layernorm": ("pre", "post", "none"),
     "activation": ("relu", "tanh"),
     "init": ("default", "kaiming", "xavier", "normal"),
     "optimizer": ("sgd", "adam", "adamw"),
@@ -140,6 +148,9 @@ def check_field(name: str, value: Any) -> Any:
     return value
 
 
+RESNET_DEPTHS = (18, 34)
+TOKEN_VOCAB = 60  # trainer/data.py's TOKENS (kept here so the config imports no torch)
+
 # Rough cap on what one run may ask of a machine (parameters, both model kinds).
 MAX_PARAMS = 50_000_000
 
@@ -147,6 +158,10 @@ MAX_PARAMS = 50_000_000
 def estimated_params(cfg: RunConfig, in_features: int = 3 * 32 * 32, n_classes: int = 10) -> int:
     """Upper estimate of the parameter count, used to refuse runs that could not fit."""
     w = cfg.width
+    if cfg.model == "resnet":  # torchvision's counts, with our 3x3 stem on 3 channels
+        return {18: 11_200_000, 34: 21_300_000}[cfg.depth] + 512 * n_classes
+    if cfg.model == "transformer":  # per block: 4 projections, the 4x MLP, 2 LayerNorms
+        return TOKEN_VOCAB * w + 8 * w + cfg.depth * (12 * w * w + 13 * w) + w * n_classes + 2 * w
     if cfg.model == "mlp":
         return in_features * w + (cfg.depth - 1) * w * w + w * n_classes + 4 * w * cfg.depth
     return 3 * 9 * w + (cfg.depth - 1) * 9 * w * w + w * n_classes + 4 * w * cfg.depth
@@ -158,6 +173,7 @@ def estimated_params(cfg: RunConfig, in_features: int = 3 * 32 * 32, n_classes: 
 DATASET_SHAPES: dict[str, tuple[int, int, int, int]] = {
     "digits": (1, 8, 8, 1797), "synthetic": (1, 8, 8, 2048), "mnist": (1, 28, 28, 70_000),
     "fashion_mnist": (1, 28, 28, 70_000), "cifar10": (3, 32, 32, 60_000),
+    "modadd": (1, 1, 3, 59 * 59),  # 3 tokens (int64: counted as two floats each below)
 }
 EVAL_CHUNK = 4096  # examples per forward pass of models.evaluate
 WORKER_RUNTIME = 256 * 2**20  # bytes a CPU worker holds before its first step (measured: ~245 MiB)
@@ -179,11 +195,20 @@ def estimated_memory(cfg: RunConfig) -> dict[str, int]:
     c, h, w, n = DATASET_SHAPES[cfg.dataset]
     blocks = []  # elements of one example's output of each hidden block
     size = w
-    for i in range(1, cfg.depth + 1):
-        blocks.append(cfg.width * (size * size if cfg.model == "cnn" else 1))
-        if cfg.model == "cnn" and size > 8 and i % 2 == 0:  # models.build pools here
-            size //= 2
     saved = 2 + int(cfg.batchnorm) + int(cfg.dropout > 0)  # tensors kept per block
+    if cfg.model == "resnet":  # BasicBlocks: stages of 64..512 channels, each halving the size
+        for stage, count in enumerate((2, 2, 2, 2) if cfg.depth == 18 else (3, 4, 6, 3)):
+            blocks += [(64 << stage) * size * size] * count
+            size = (size + 1) // 2
+        saved = 4 + 2 * int(cfg.batchnorm) + int(cfg.dropout > 0)  # two convs, two BNs, two ReLUs
+    elif cfg.model == "transformer":  # per block and token: q, k, v, o, the 4x MLP twice, LNs, sums
+        blocks = [16 * w * cfg.width] * cfg.depth
+        saved = 1 + int(cfg.dropout > 0)
+    else:
+        for i in range(1, cfg.depth + 1):
+            blocks.append(cfg.width * (size * size if cfg.model == "cnn" else 1))
+            if cfg.model == "cnn" and size > 8 and i % 2 == 0:  # models.build pools here
+                size //= 2
     per_example = c * h * w + saved * sum(blocks) + max(blocks)
     evaluation = min(EVAL_CHUNK, max(1, n // 10)) * 2 * max(blocks)
     states = {"sgd": 1 if cfg.momentum > 0 else 0, "adam": 2, "adamw": 2}[cfg.optimizer]

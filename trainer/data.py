@@ -14,6 +14,12 @@ import torch
 
 OFFLINE_HINT = "use dataset='digits' (bundled with scikit-learn, works offline) or 'synthetic'"
 
+# `modadd`: every pair (a, b) of residues mod MODULUS as the tokens [a, b, =], the class
+# (a + b) mod MODULUS (the grokking task of Power et al. 2022). Made here, so it works offline.
+MODULUS = 59
+TOKENS = MODULUS + 1  # the residues, and "="
+SEQUENCE_DATASETS = ("modadd",)  # token ids, for the transformer; the others are images
+
 
 class DatasetUnavailable(RuntimeError):
     """The dataset cannot be had on this machine (no internet for a download, say)."""
@@ -37,6 +43,8 @@ def load(name: str, device: torch.device, data_dir: str | Path | None = None, se
         x, y = _digits()
     elif name == "synthetic":
         x, y = _synthetic(seed)
+    elif name == "modadd":
+        x, y = _modadd()
     elif name in ("mnist", "fashion_mnist", "cifar10"):
         x, y = _torchvision(name, Path(data_dir or "data"))
     else:
@@ -65,6 +73,13 @@ def _synthetic(seed: int, n: int = 2048, n_classes: int = 10) -> tuple[torch.Ten
     y = torch.randint(0, n_classes, (n,), generator=g)
     x = centers[y] + 0.8 * torch.randn(n, 1, 8, 8, generator=g)
     return x, y
+
+
+def _modadd() -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = torch.meshgrid(torch.arange(MODULUS), torch.arange(MODULUS), indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    x = torch.stack([a, b, torch.full_like(a, MODULUS)], dim=1)  # (3481, 3) token ids
+    return x, (a + b) % MODULUS
 
 
 def _torchvision(name: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
