@@ -102,6 +102,7 @@ async def take(ws: WebSocket, run_id: str, checker: wire.Checker, data: bytes) -
     if over:
         await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, over)
         return False
+    await jobs.ingest.pause()  # parsed and checked (~10 ms for 512 events): the loop gets a pass
     try:
         last = await jobs.ingest.store(run_id, events)
     except sqlite3.Error as e:  # the chunk that failed is not stored: the worker keeps it and resends
