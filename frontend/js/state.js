@@ -45,6 +45,17 @@ const FIELDS = {
     parse: s => (s === 'all' ? 'all' : 'weights'),
     format: v => v,
   },
+  filter: {                                          // layer profiles and heatmap: which tensors (layers.js layerMatcher)
+    key: 'filter', default: '',
+    parse: s => s.slice(0, 200),
+    format: v => v,
+  },
+  agg: {                                             // layer profiles and heatmap: a row per block (its max or median)
+    key: 'agg', default: 'none',
+    parse: s => (s === 'max' || s === 'median' ? s : 'none'),
+    format: v => v,
+  },
+  open: { key: 'open', ...list, default: [] },       // blocks shown with their tensors under the block's row
   relative: {                                        // heatmap: each layer divided by its own first steps
     key: 'relative', default: false,
     parse: s => s === '1',
