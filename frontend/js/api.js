@@ -42,6 +42,9 @@ export function createApi(token = null, base = globalThis.location, { unauthoriz
     stopRun: id => request('POST', `${run(id)}/stop`),
     deleteRun: id => request('DELETE', run(id)),
     changeRun: (id, changes) => request('PATCH', run(id), changes), // l2 / lr / grad_clip, live
+    // A new run from the newest checkpoint at or before `step`, with `changes` (docs/api.md, Forks).
+    forkRun: (id, step, changes = {}) => request('POST', `${run(id)}/fork`, { step, changes }),
+    checkpoints: id => request('GET', `${run(id)}/checkpoints`),
     metrics: (id, since = 0, maxPoints = 2000) =>
       // Of the per-layer statistics, only what the charts draw.
       request('GET', `${run(id)}/metrics?since=${since}&max_points=${maxPoints}&stats=eff_lr,dead_frac`),

@@ -36,6 +36,7 @@ export const LINE_SPECS = [
 ];
 
 const RAW_OPACITY = 0.28;
+const FIXED = new Set(['alerts', 'prefix']); // traces drawn whole on a rebuild, never extended
 const alertSteps = run => run.marks.filter(m => m.kind === 'alert').map(m => m.step).join(',');
 const RAW_ALL_UP_TO = 3; // runs shown with their raw line; beyond, only the focused one
 const VAL_MARKERS = 120; // validation markers drawn on a rebuild, all runs together
@@ -90,7 +91,7 @@ export class LineFigure {
     return this.traceKey(runs, view) !== this.key || this.marksKeyNow(runs, view) !== this.marksKey || this.xStale(view)
       || this.traces.some(t => (t.kind === 'val'
         ? t.runs.some((run, i) => run.series.valStep.length > t.drawn[i])
-        : t.kind !== 'alerts' && t.run.series.length > t.drawn));
+        : !FIXED.has(t.kind) && t.run.series.length > t.drawn));
   }
 
   weight(view) {
@@ -100,7 +101,8 @@ export class LineFigure {
   traceKey(runs, view) {
     this.scale = this.scaleNow(runs, view); // (its reason may change without a rebuild: draw() shows it)
     return `${this.weight(view)}|${this.scale.log}|` + runs.map(r =>
-      [r.id, r.name, r.color, r.focused, r.series.version, this.alertsAsTrace ? alertSteps(r) : ''].join('|')).join(';');
+      [r.id, r.name, r.color, r.focused, r.series.version, this.alertsAsTrace ? alertSteps(r) : '',
+        r.prefix?.step.length ?? ''].join('|')).join(';');
   }
 
   marksKeyNow(runs, view) {
@@ -231,6 +233,10 @@ export class LineFigure {
       if (kind === 'raw') Object.assign(trace, { opacity: RAW_OPACITY, hoverinfo: 'skip', hovertemplate: undefined });
       return trace;
     });
+    // A fork's parent before the fork step, faint and dotted beneath the fork's own line.
+    const pre = this.spec.source ? [] : runs.filter(r => r.prefix?.[this.spec.key]?.length);
+    this.traces.unshift(...pre.map(() => ({ kind: 'prefix' })));
+    data.unshift(...pre.map(r => this.prefixTrace(r, view)));
     if (this.spec.val) {
       // Runs hidden in the legend keep their validation points hidden too.
       const hidden = new Set((this.div.data ?? []).filter(d => d.visible === 'legendonly').map(d => d.legendgroup));
@@ -263,6 +269,20 @@ export class LineFigure {
     Plotly.react(this.div, data, lay, CONFIG);
   }
 
+  // The parent's steps up to the fork step, in the fork's colour (smoothed as the lines are).
+  prefixTrace(run, view) {
+    const p = run.prefix;
+    let y = p[this.spec.key].map(v => (Number.isFinite(v) ? v : null));
+    if (this.weight(view) > 0) y = ema(y, this.weight(view)).values;
+    const axes = this.axesOf(run);
+    return {
+      xaxis: axes.x, yaxis: axes.y, uid: uid(run.id, `${this.spec.key}-prefix`), type: 'scatter', mode: 'lines',
+      x: p.step, y: this.log ? y.map(positive) : y, name: `${run.name}: its parent before the fork`,
+      legendgroup: run.id, showlegend: false, opacity: 0.35, line: { color: run.color, width: 1.5, dash: 'dot' },
+      hovertemplate: `%{fullData.name}<br>step %{x}<br>${this.spec.ytitle} %{y:.4g}<extra></extra>`,
+    };
+  }
+
   // Every run's alerts: a small triangle along the top, in the run's color.
   alertTrace(runs) {
     const a = { x: [], color: [], text: [] };
@@ -288,7 +308,7 @@ export class LineFigure {
     const idx = [], xs = [], ys = [];
     let val = null;
     this.traces.forEach((t, i) => {
-      if (t.kind === 'alerts') return;
+      if (FIXED.has(t.kind)) return;
       if (t.kind === 'val') {
         if (!t.runs.some((run, k) => run.series.valStep.length > t.drawn[k])) return;
         t.added = (t.added ?? 0) + t.runs.reduce((n, run, k) => n + run.series.valStep.length - t.drawn[k], 0);

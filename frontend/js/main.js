@@ -18,6 +18,7 @@ import { downloadPng } from './plot.js';
 import { PresetPicker } from './presets.js';
 import { blowUpRange } from './diagnosis.js';
 import { readForm, fillForm, clearErrors, showErrors, detailErrors } from './form.js';
+import { ForkPanel, Prefixes, forkNote, retrySuggestion, treeOrder } from './forks.js';
 
 const $ = sel => document.querySelector(sel);
 
@@ -44,7 +45,34 @@ const runList = new RunList($('#runs tbody'), {
   focus: id => focus(id),
   stop: id => act(() => api.stopRun(id).then(upsert)),
   remove: id => act(() => api.deleteRun(id).then(() => forget(id))),
+  retry: id => {
+    const run = runs.get(id);
+    const suggest = retrySuggestion(run);
+    if (suggest) forkPanel.open(run, suggest.step, suggest);
+  },
 });
+
+// Forks: a fork is drawn over its parent's steps before the fork step (faintly), and
+// made from a click on a step chart (or a diverged run's "retry"); it is then shown
+// beside its parent, focused.
+const prefixes = new Prefixes(api, () => render());
+const forkPanel = new ForkPanel(api, {
+  onForked(fork, parent) {
+    upsert(fork);
+    const selected = state.get().selected.filter(id => id !== fork.id && id !== parent.id);
+    state.set({ selected: [...selected, parent.id, fork.id], focus: fork.id, heatmap: null });
+  },
+});
+for (const fig of charts.lines) {
+  fig.div.on('plotly_click', ev => {
+    const p = ev?.points?.[0];
+    if (!p || !Number.isFinite(p.x)) return;
+    const { selected, focus: f } = state.get();
+    const id = p.data?.legendgroup || f || selected[selected.length - 1];
+    const run = runs.get(id);
+    if (run?.kind === 'local') forkPanel.open(run, p.x);
+  });
+}
 
 const detail = new DetailPanel($('#detail'), {
   api,
@@ -141,6 +169,7 @@ function upsert(run) {
 
 function forget(id) {
   runs.delete(id);
+  prefixes.forget(id);
   charts.forget(id);
   const { selected, focus: f, heatmap } = state.get();
   state.set({
@@ -272,6 +301,7 @@ function updateViews() {
     return {
       id, name: (run?.name || id).slice(prefix.length), color: colors.get(id) ?? hashColor(id), focused: id === f, series: s,
       diverged: run?.status === 'diverged', // its loss and gradient norm axes go log by themselves
+      prefix: prefixes.get(run), // a fork: its parent's steps before the fork step
       // What is drawn, not how often alerts fired: one more alert in a merged marker redraws nothing.
       marks, marksKey: marks.map(m => `${m.kind}@${m.step}${m.kind === 'alert' ? '' : `:${m.label}`}`).join(','),
     };
@@ -306,7 +336,9 @@ function render() {
     updateViews();
     // A live run's record counts alerts from its first one on; the page has every alert of the runs it draws.
     const alerts = new Map([...series].map(([id, sr]) => [id, sr.alerts.length]));
-    runList.render(newestFirst(), { selected: new Set(selected), focus: f, colors, alerts });
+    const tree = treeOrder(newestFirst()); // forks under their parents
+    runList.render(tree.order, { selected: new Set(selected), focus: f, colors, alerts, depth: tree.depth,
+      forkNote: run => forkNote(run, runs) });
     $('#runs-empty').hidden = runs.size > 0;
     renderHeatmapSelect();
     renderSettings();

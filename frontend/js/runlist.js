@@ -1,6 +1,6 @@
 // The runs table: one row per run, keyed by run id, updated in place so a
 // live update does not steal a click or reset a checkbox mid-interaction.
-// Actions are reported through `handlers` (select, focus, stop, remove).
+// Actions are reported through `handlers` (select, focus, stop, remove, retry).
 
 import { notLearning } from './diagnosis.js';
 
@@ -75,6 +75,7 @@ export class RunList {
       const id = this.idOf(button);
       if (button.matches('.focus')) handlers.focus(id);
       else if (button.matches('.stop')) handlers.stop(id);
+      else if (button.matches('.retry')) handlers.retry?.(id);
       else if (button.matches('.delete')) this.confirmDelete(button, id, handlers.remove);
     });
   }
@@ -125,9 +126,13 @@ export class RunList {
     select.type = 'checkbox';
     select.title = 'compare on the charts';
     const name = el('td', 'name');
-    name.append(el('span', 'swatch'), el('button', 'focus'), el('code', 'rid', id), el('div', 'problem'));
+    name.append(el('span', 'swatch'), el('button', 'focus'), el('code', 'rid', id), el('div', 'forked'),
+      el('div', 'problem'));
     const actions = el('td', 'actions');
     const stop = el('button', 'stop', 'Stop');
+    const retry = el('button', 'retry', 'retry');
+    retry.title = 'fork it from the last checkpoint before it diverged, with other settings';
+    actions.append(retry);
     const del = el('button', 'delete', '×');
     del.title = 'delete this run and its data';
     actions.append(stop, del);
@@ -167,6 +172,12 @@ export class RunList {
     q('.alerts').classList.toggle('some', n > 0);
     q('.alerts').title = n > 0 ? `${n} alert${n > 1 ? 's' : ''}, the first at step ${s.first_alert_step ?? '?'}` : '';
     q('.stop').hidden = !ACTIVE.has(run.status);
+    // Forks sit under their parent (view.depth: forks.js treeOrder), indented, saying from where.
+    const depth = view.depth?.get(run.id) ?? 0;
+    tr.classList.toggle('fork', depth > 0);
+    q('td.name').style.paddingLeft = depth ? `${0.5 + 1.2 * depth}em` : '';
+    q('.forked').textContent = view.forkNote?.(run) ?? '';
+    q('.retry').hidden = !(run.status === 'diverged' && s.checkpoint_before_divergence != null);
   }
 
   showIdle(tr) {
