@@ -63,7 +63,7 @@ def assert_rows_match(hist: dict[str, Any], reference: list[dict[str, Any]], nam
     assert all(len(row) == len(names) for row in hist["grad_norm"])
     for key in ("grad_norm", "update_ratio"):
         got, want = torch.tensor(hist[key]), torch.tensor([r[key] for r in reference])
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=key)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=lambda m, key=key: f"{key}: {m}")
 
 
 # ---- Lightning -------------------------------------------------------------------------
@@ -150,3 +150,96 @@ def test_a_lightning_fit_under_fp16_mixed_precision_reports_unscaled_gradients(l
     # float16 matmuls: close to the float32 loop's norms, and nowhere near 4096 times them
     torch.testing.assert_close(torch.tensor(hist["grad_norm"]), torch.tensor([r["grad_norm"] for r in reference]),
                                rtol=3e-2, atol=1e-3)
+
+
+# ---- Hugging Face transformers ---------------------------------------------------------
+
+@pytest.mark.parametrize("accumulate", [1, 4])
+def test_a_transformers_trainer_streams_one_row_per_optimizer_step_as_watch_sees_it(
+        live_server: LiveServer, tmp_path: Path, accumulate: int) -> None:
+    from gradwatch.integrations.transformers import GradwatchCallback
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    class InOrder(Trainer):  # no shuffling: the reference loop sees the same batches
+        def _get_train_sampler(self, *args: Any, **kwargs: Any) -> SequentialSampler:
+            return SequentialSampler(self.train_dataset)
+
+    ex = load_example("transformers_trainer")
+    data = ex.Sequences(8 * 24, seed=3)
+    torch.manual_seed(7)
+    model = ex.tiny_bert()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    constant = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    name = f"hf-{uuid.uuid4().hex[:6]}"
+    callback = GradwatchCallback(live_server.url, token=live_server.token, name=name)
+    trainer = InOrder(model=model, train_dataset=data, optimizers=(opt, constant), callbacks=[callback],
+                      args=ex.quiet_args(str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=8,
+                                         gradient_accumulation_steps=accumulate, max_grad_norm=1.0))
+    trainer.train()
+    assert callback.run.error is None
+    run = live_server.wait_status(callback.run.id, ("completed",), timeout=30)
+    assert run["name"] == name and run["config"]["model"] == "BertForSequenceClassification"
+    assert run["config"]["gradient_accumulation_steps"] == accumulate  # the TrainingArguments
+    assert run["config"]["per_device_train_batch_size"] == 8
+
+    # The reference: the same model, batches, clipping and optimizer in a plain loop under watch().
+    torch.manual_seed(7)
+    ref_model = ex.tiny_bert()
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.05, momentum=0.9)
+    from gradwatch import watch
+
+    rows: list[dict[str, Any]] = []
+    probe = watch(ref_model, ref_opt, on_step=rows.append)
+    losses: list[float] = []
+    # As the Trainer calls the model: a model that takes loss kwargs gets the step's label count and
+    # its loss is not divided by the accumulation (transformers' own rule; BERT's classification
+    # loss ignores the count, so the Trainer steps on the sum of the batches' mean losses).
+    takes_count = trainer.model_accepts_loss_kwargs
+    count = {"num_items_in_batch": torch.tensor(8 * accumulate)} if takes_count else {}
+    for i in range(24):
+        out = ref_model(input_ids=data.ids[8 * i: 8 * i + 8], labels=data.labels[8 * i: 8 * i + 8], **count)
+        (out.loss if takes_count else out.loss / accumulate).backward()
+        losses.append(out.loss.item())
+        if (i + 1) % accumulate == 0:
+            torch.nn.utils.clip_grad_norm_(ref_model.parameters(), 1.0)
+            ref_opt.step()
+            ref_opt.zero_grad()
+    probe.close()
+    assert len(rows) == 24 // accumulate  # accumulation of 4: a quarter of the rows
+    hist = history(live_server, run["id"])
+    assert_rows_match(hist, rows, [n for n, _ in model.named_parameters()])
+    step_loss = torch.tensor(losses).reshape(-1, accumulate).mean(1)  # the mean over the accumulated batches
+    torch.testing.assert_close(torch.tensor(hist["loss"]), step_loss, rtol=1e-4, atol=1e-6)
+
+
+def test_the_transformers_example_evaluates_and_stops_from_the_dashboard(live_server: LiveServer,
+                                                                         tmp_path: Path) -> None:
+    name = f"hf-stop-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "example.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GRADWATCH_TOKEN": live_server.token}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "transformers_trainer.py"), "--server",
+                                 live_server.url, "--name", name, "--epochs", "100000", "--batches", "8"],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def evaluated() -> dict | None:
+            run = next((r for r in live_server.client.get("/api/runs").json() if r["name"] == name), None)
+            return run if run and run["summary"].get("step", 0) >= 20 else None
+
+        run = wait_for(evaluated, timeout=180, what="the Trainer's run to show 20 steps live")
+        assert run["status"] == "running" and proc.poll() is None
+        assert run["config"]["learning_rate"] == 1e-3 and run["config"]["eval_strategy"] == "epoch"
+        assert live_server.client.post(f"/api/runs/{run['id']}/stop").status_code == 200
+        proc.wait(120)
+    finally:
+        proc.kill()
+    out = log.read_text()
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped from the dashboard" in out
+    stopped = live_server.wait_status(run["id"], ("stopped",), timeout=30)
+    assert stopped["error"] == "stopped on request"
+    hist = history(live_server, run["id"])
+    assert hist["step"] == list(range(1, len(hist["step"]) + 1))
+    assert hist["val"]["step"][:2] == [9, 17]  # evaluated after each epoch of 8 steps
+    assert all(0 <= v <= 1 for v in hist["val"]["accuracy"]) and all(v > 0 for v in hist["val"]["loss"])

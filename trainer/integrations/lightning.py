@@ -27,7 +27,6 @@ the same ingest client sends the steps.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -36,24 +35,11 @@ import lightning.pytorch as pl
 import torch
 
 from ..external import DEFAULT_URL, Run, connect
+from . import jsonable
 
 ACCURACY = ("train_acc", "train_accuracy", "acc", "accuracy", "train/acc", "train/accuracy")
 VAL_LOSS = ("val_loss", "val/loss", "validation_loss")
 VAL_ACCURACY = ("val_acc", "val_accuracy", "val/acc", "val/accuracy", "validation_accuracy")
-
-
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A config value as JSON: numbers, strings, lists and dicts as they are; anything else as text."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if depth < 4 and isinstance(value, Mapping):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
-    if depth < 4 and isinstance(value, list | tuple):
-        return [jsonable(v, depth + 1) for v in value]
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def first_metric(metrics: Mapping[str, Any], names: tuple[str, ...]) -> Any:
