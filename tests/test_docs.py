@@ -63,6 +63,10 @@ def test_the_documented_curl_example_runs(live_server: LiveServer, tmp_path: Pat
     error = live_server.run(run["id"])["error"]
     assert '"status": "completed"' in done.stdout and '"step": 200' in done.stdout, (done.stdout, error)
     assert len((tmp_path / "run.csv").read_text().splitlines()) == 1 + 200
+    fork = next(r for r in live_server.client.get("/api/runs").json()
+                if (r.get("fork") or {}).get("parent") == run["id"])
+    assert f'{{"parent":"{run["id"]}","step":100,"asked":100,"changes":{{"l2":0.01}}}}' in done.stdout, done.stdout
+    live_server.wait_status(fork["id"], ("completed",))
     assert done.stdout.strip().splitlines()[-1] in ("queued", "running", "stopped")
     long = next(r for r in live_server.client.get("/api/runs").json() if r["name"] == "long")
     assert live_server.wait_status(long["id"], ("stopped",))["summary"].get("step", 0) < 100_000

@@ -210,8 +210,8 @@ def restore(state: dict[str, Any], cfg: RunConfig, model: nn.Module, opt: torch.
             batches: data_mod.Batches, live: dict[str, Any], device: torch.device) -> tuple[int, list]:
     """Put a checkpoint's state into a freshly built run; returns (its step, BN's last statistics)."""
     parent = state["config"]
-    for field in SAME_SHAPE:
-        if parent.get(field) != getattr(cfg, field):
+    for field in SAME_SHAPE:  # (a field newer than the checkpoint: as the run has it)
+        if parent.get(field, getattr(cfg, field)) != getattr(cfg, field):
             raise checkpoint.CheckpointError(f"the checkpoint is of another run shape: {field} is "
                                              f"{parent.get(field)!r} there, {getattr(cfg, field)!r} here")
     model.load_state_dict(state["model"])
