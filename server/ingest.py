@@ -2,18 +2,20 @@
 state -> the live fan-out. (The websocket that brings the batches is server/routes/ingest.py;
 the run's life around it is server/jobs.py and server/lifecycle.py.)
 
-Batches all the way: one transaction and one statement per table for a batch
-(Store.append_events_json), each event serialised once, for the store, and that same text
-published to every browser (the hub frames it), and the run's summary and record updated once
-per batch.
+Batches all the way. Ingest sockets hand their checked batches to one writer, which stores
+whatever is waiting, of every run, in one transaction (a group commit: with workers sending a
+step or two per message, the commit and the run-row statements cost more than the events, and
+under load more batches wait, so each pass costs less per event), one statement per table for
+each batch (executemany). Each event is serialised once: that text is stored and, with the run's
+id put in front, published to every browser (the hub frames it). A run's summary and record are
+updated once per batch.
 
 The event loop is never busy with ingest for long. When many workers resend their buffers at
 once (a restarted server catching up), each ingest socket has a backlog of large batches ready;
 taken one after another, the loop would spend seconds between two looks at anything else, and
-/api/health, a page's request or a stop would wait that long. So ingest takes turns: one batch
-at a time holds the turn (parse and check, then store and publish CHUNK events at a time),
-and gives the loop back after the check, between chunks and after the batch; the others wait for the turn
-suspended, not ready, so each pass of the loop does at most one chunk of ingest work.
+/api/health, a page's request or a stop would wait that long. So ingest takes turns: parsing and
+checking a batch holds the turn (the other sockets wait for it suspended, not ready), and the
+writer stores CHUNK events a pass; between two, the loop gets a pass for everything else.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +46,8 @@ class Ingest:
     def __init__(self, jobs: JobManager) -> None:
         self.jobs = jobs
         self._turn = asyncio.Lock()
+        self._waiting: deque[list[Any]] = deque()  # [run id, events not stored yet, future]
+        self._writer: asyncio.Task | None = None
         self._last_update: dict[str, float] = {}
         self.events = 0  # events stored since the server started
 
@@ -53,30 +59,66 @@ class Ingest:
         await asyncio.sleep(0)
 
     async def store(self, run_id: str, events: list[dict[str, Any]]) -> int:
-        """`batch` for a worker's batch, CHUNK events at a time, the loop given back between
-        chunks (the caller holds the turn). Returns the last stored seq; raises sqlite3.Error
-        as `batch` does (chunks stored before it stay stored: ingest is idempotent by seq, and
-        the worker resends from its last ack)."""
-        last = self.batch(run_id, events[:CHUNK])
-        for i in range(CHUNK, len(events), CHUNK):
-            await self.pause()
-            last = self.batch(run_id, events[i:i + CHUNK])
-        return last
+        """Store a worker's (checked) batch with whatever other batches are waiting, one commit
+        for them all, CHUNK events a pass of the loop; returns the run's last stored seq. Raises
+        sqlite3.Error as `batch` does (chunks stored before it stay stored: ingest is idempotent
+        by seq, and the worker resends from its last ack)."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append([run_id, events, done])
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        return await done
 
-    async def pause(self) -> None:
-        """Give the loop back for a pass, the turn kept (the caller holds it)."""
-        self._turn.release()
-        try:
-            await asyncio.sleep(0)
-        finally:
-            await self._turn.acquire()
+    async def _write_waiting(self) -> None:
+        """Group commit: every pass takes up to CHUNK events of the waiting batches (of any runs),
+        stores them in one transaction, and answers the batches it finished."""
+        while self._waiting:
+            take: list[tuple[str, list[dict[str, Any]]]] = []
+            finished: list[asyncio.Future] = []
+            room = CHUNK
+            while self._waiting and room > 0:
+                item = self._waiting[0]
+                run_id, events, done = item
+                take.append((run_id, events[:room]))
+                if len(events) <= room:
+                    self._waiting.popleft()
+                    finished.append(done)
+                else:  # a big batch: its first CHUNK events now, the rest next pass
+                    item[1] = events[room:]
+                room -= len(take[-1][1])
+            try:
+                lasts = self.batch_many(take)
+            except sqlite3.Error as e:  # nothing of this pass is stored: every batch in it fails
+                for run_id, _ in take:
+                    for item in [x for x in self._waiting if x[0] == run_id]:
+                        self._waiting.remove(item)
+                        finished.append(item[2])
+                for done in finished:
+                    if not done.done():
+                        done.set_exception(e)
+            else:
+                last_of = dict(zip((r for r, _ in take), lasts, strict=True))
+                # The finished batches are the first ones taken (only the last one may be partial).
+                for (run_id, _), done in zip(take, finished, strict=False):
+                    if not done.done():
+                        done.set_result(last_of[run_id])
+            await asyncio.sleep(0)  # the loop gets a pass between two chunks
 
     def batch(self, run_id: str, events: list[dict[str, Any]], essential: bool = False) -> int:
         """Store a batch, apply its effects on the run, fan it out; returns the last stored seq.
         Raises sqlite3.Error when the store cannot write it (nothing of it is stored then).
         `essential`: the server's own end of a run, which may use the disk's reserve."""
+        return self.batch_many([(run_id, events)], essential)[0]
+
+    def batch_many(self, batches: list[tuple[str, list[dict[str, Any]]]], essential: bool = False) -> list[int]:
+        """Several runs' batches: stored in one transaction, then each applied and published."""
+        stored = self.jobs.store.append_many(batches, essential)
+        return [self._apply(run_id, new, texts, last) for (run_id, _), (new, texts, last) in zip(batches, stored,
+                                                                                                 strict=True)]
+
+    def _apply(self, run_id: str, new: list[dict[str, Any]], texts: list[str], last: int) -> int:
+        """A stored batch's effects: the run's summary and record, the live fan-out."""
         jobs = self.jobs
-        new, texts, last = jobs.store.append_events_json(run_id, events, essential)
         self.events += len(new)
         summary = jobs.summaries.get(run_id)
         if summary is None:  # the first batch since the server started: go on from what is stored

@@ -465,14 +465,24 @@ class Store:
                            essential: bool = False) -> tuple[list[dict[str, Any]], list[str], int]:
         """append_events, with the JSON each new event was stored as (the live fan-out sends
         the same text: serialised once)."""
-        return self._write(lambda: self._append(run_id, events), essential)
+        return self.append_many([(run_id, events)], essential)[0]
+
+    def append_many(self, batches: list[tuple[str, list[dict[str, Any]]]],
+                    essential: bool = False) -> list[tuple[list[dict[str, Any]], list[str], int]]:
+        """Several runs' batches in one transaction (one commit for all: a commit costs as much as
+        storing a few events); per batch, as append_events_json. All or nothing."""
+        def write() -> list[tuple[list[dict[str, Any]], list[str], int]]:
+            self.db.execute("BEGIN")
+            out = [self._append(run_id, events) for run_id, events in batches]
+            self.db.execute("COMMIT")
+            return out
+        return self._write(write, essential)
 
     def _append(self, run_id: str, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str], int]:
-        # One transaction and one statement per table for the whole batch (executemany): the
-        # per-event Python work is the JSON and the row tuples, nothing per statement.
+        # One statement per table for the whole batch (executemany): the per-event Python work
+        # is the JSON and the row tuples, nothing per statement. The caller holds a transaction.
         new: list[dict[str, Any]] = []
         texts: list[str] = []
-        self.db.execute("BEGIN")
         self.stored_bytes(run_id)  # its row, counted from its events for a run of an older version
         seqs = [e["seq"] for e in events]
         have = {r[0] for r in self.db.execute("SELECT seq FROM events WHERE run_id = ? AND seq BETWEEN ? AND ?",
@@ -507,7 +517,6 @@ class Store:
         size = sum(len(t) for t in texts)  # bytes of JSON stored
         if size:
             self.db.execute("UPDATE run_bytes SET bytes = bytes + ? WHERE run_id = ?", (size, run_id))
-        self.db.execute("COMMIT")
         return new, texts, last
 
     def _put_series(self, run_id: str, e: dict[str, Any]) -> None:

@@ -72,9 +72,10 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
             jobs.liveness.seen(run_id)
             if wire.is_heartbeat(data):
                 continue
-            async with jobs.ingest.turn():  # one batch at a time, the loop given back after it (server/ingest.py)
-                if not await take(ws, run_id, checker, data):
-                    break
+            async with jobs.ingest.turn():  # parsed and checked one batch at a time (server/ingest.py)
+                events = await check(ws, run_id, checker, data)
+            if events is None or not await store(ws, run_id, checker, events):
+                break
     except WebSocketDisconnect:
         pass
     finally:
@@ -83,9 +84,8 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
             await ws.close()
 
 
-async def take(ws: WebSocket, run_id: str, checker: wire.Checker, data: bytes) -> bool:
-    """Check, store and acknowledge one batch; False when the connection ends over it."""
-    jobs = ws.app.state.jobs
+async def check(ws: WebSocket, run_id: str, checker: wire.Checker, data: bytes) -> list[dict] | None:
+    """One message's events, checked; None when the connection ends over them."""
     try:
         events = wire.parse_batch(data)
     except wire.BadEvent as e:
@@ -97,15 +97,19 @@ async def take(ws: WebSocket, run_id: str, checker: wire.Checker, data: bytes) -
         checker.check(events)
     except wire.BadEvent as e:
         await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, f"an event a worker may not send: {e}")
-        return False
-    over = over_limit(ws, run_id, events, len(data))
+        return None
+    over = over_limit(ws, run_id, events, len(data), checker.last_seq)
     if over:
         await refuse(ws, run_id, status.WS_1008_POLICY_VIOLATION, over)
-        return False
-    await jobs.ingest.pause()  # parsed and checked (~10 ms for 512 events): the loop gets a pass
+        return None
+    return events
+
+
+async def store(ws: WebSocket, run_id: str, checker: wire.Checker, events: list[dict]) -> bool:
+    """Store and acknowledge a checked batch; False when the connection ends over it."""
     try:
-        last = await jobs.ingest.store(run_id, events)
-    except sqlite3.Error as e:  # the chunk that failed is not stored: the worker keeps it and resends
+        last = await ws.app.state.jobs.ingest.store(run_id, events)
+    except sqlite3.Error as e:  # what failed is not stored: the worker keeps it and resends
         if disk_full(e):  # 1013, try again later: it reconnects with its backoff
             await ws.close(code=status.WS_1013_TRY_AGAIN_LATER, reason="the server's disk is full")
         else:  # damage: the run cannot go on in this store
@@ -116,16 +120,16 @@ async def take(ws: WebSocket, run_id: str, checker: wire.Checker, data: bytes) -
     return True
 
 
-def over_limit(ws: WebSocket, run_id: str, events: list[dict], size: int) -> str | None:
+def over_limit(ws: WebSocket, run_id: str, events: list[dict], size: int, last_seq: int) -> str | None:
     """Why storing this batch (`size` bytes of JSON, more than its events take in the store)
     would take the run past its storage limits, or None. A batch of events all stored already
-    (a resend) passes."""
+    (a resend) passes. `last_seq`: the run's, as this connection knows it (not read from the
+    store for every batch)."""
     settings, store = ws.app.state.settings, ws.app.state.jobs.store
-    run = store.get_run(run_id)
-    fresh = [e for e in events if e["seq"] > run["last_seq"]]
+    fresh = [e for e in events if e["seq"] > last_seq]
     if not fresh:
         return None
-    if run["last_seq"] + len(fresh) > settings.run_max_events:
+    if last_seq + len(fresh) > settings.run_max_events:
         return (f"the run reached its storage limit of {settings.run_max_events:,} events "
                 "(GRADWATCH_RUN_MAX_EVENTS)")
     if store.stored_bytes(run_id) + size > settings.run_max_bytes:
