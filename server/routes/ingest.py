@@ -90,7 +90,7 @@ async def check(ws: WebSocket, run_id: str, checker: wire.Checker, data: bytes) 
         events = wire.parse_batch(data)
     except wire.BadEvent as e:
         await refuse(ws, run_id, status.WS_1003_UNSUPPORTED_DATA, f"not a batch of events: {e}")
-        return False
+        return None
     try:
         if len(events) > MAX_EVENTS_PER_BATCH:
             raise wire.BadEvent(f"{len(events)} events in one batch, over {MAX_EVENTS_PER_BATCH}")
