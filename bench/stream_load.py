@@ -3,6 +3,13 @@
     .venv/bin/python bench/stream_load.py                        # 4 runs x 20 clients x 50 steps/s, 20 s
     .venv/bin/python bench/stream_load.py --rate 400 --seconds 15  # push the fan-out
     .venv/bin/python bench/stream_load.py --source real          # real training workers instead
+    .venv/bin/python bench/stream_load.py --source free --runs 4 --clients 10   # issue 14's case
+
+--source free: N free-running runs of the default size, as the page's "Ablate BN x L2" group
+starts them (the default config, BatchNorm off/on x L2 0/0.01, as many steps as they get), and
+three windows of --seconds each: no client, M clients, no client again. Training steps/s with
+the clients is compared with the mean of the two windows without (one run, one load), and the
+workers' own step->send delay is read from their logs when they stop.
 
 A real server (uvicorn, its own process, a token) on a free port. Each run is fed either by a
 paced feeder process speaking the ingest protocol through the trainer's own IngestClient (what
@@ -91,16 +98,18 @@ async def _client(url: str, window: tuple[float, float], out: dict) -> None:
                 break
             if now < window[0]:
                 continue
-            out["messages"] += 1
-            m = orjson.loads(raw)
-            if m["type"] == "metrics":
-                out["lags"].append(now - m["time"])
-            elif m["type"] == "resync":
-                out["resyncs"] += 1
+            data = orjson.loads(raw)  # a frame: an array of messages (one object with ?frames=single)
+            out["frames"] += 1
+            for m in data if isinstance(data, list) else [data]:
+                out["messages"] += 1
+                if m["type"] == "metrics":
+                    out["lags"].append(now - m["time"])
+                elif m["type"] == "resync":
+                    out["resyncs"] += 1
 
 
 def clients(url: str, n: int, window: tuple[float, float], results: mp.Queue) -> None:
-    out = {"connected": 0, "messages": 0, "resyncs": 0, "lags": []}
+    out = {"connected": 0, "messages": 0, "frames": 0, "resyncs": 0, "lags": []}
 
     async def main() -> None:
         tasks = [asyncio.create_task(_client(url, window, out)) for _ in range(n)]
@@ -198,6 +207,120 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str, str, Path, httpx.Client]:
+    port, token = free_port(), secrets.token_urlsafe(16)
+    data = Path(args.data_dir or f"/tmp/gradwatch-bench-{port}")
+    env = {**os.environ, "GRADWATCH_TOKEN": token, "GRADWATCH_MAX_CONCURRENT": str(args.runs)}
+    server = subprocess.Popen([sys.executable, "-m", "gradwatch.server.cli", "serve", "--port", str(port), "--data-dir",
+                               str(data), "--log-level", "warning"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if api.get("/api/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+        time.sleep(0.1)
+    return server, url, token, data, api
+
+
+def run_free(args: argparse.Namespace) -> dict:
+    """N free-running default runs; windows: no client, M clients, no client."""
+    server, url, token, data, api = start_server(args)
+    run_ids: list[str] = []
+    procs: list[mp.Process] = []
+    try:
+        for i in range(args.runs):  # the group's four: BatchNorm off/on x L2 0/0.01
+            config = {"steps": 1_000_000, "batchnorm": bool(i & 1), "l2": 0.01 if i & 2 else 0.0}
+            r = api.post("/api/runs", json={"name": f"free-{i}", "config": config})
+            assert r.status_code == 201, r.text
+            run_ids.append(r.json()["id"])
+        deadline = time.monotonic() + 120
+        while not all(api.get(f"/api/runs/{i}").json()["summary"].get("step", 0) >= 50 for i in run_ids):
+            assert time.monotonic() < deadline, "the runs did not start training"
+            time.sleep(0.2)
+
+        def window(seconds: float) -> tuple[float, float, int]:
+            """(steps/s of all runs, server CPU s, events stored) over `seconds`."""
+            def at() -> tuple[int, int, float]:
+                runs = [api.get(f"/api/runs/{i}").json() for i in run_ids]
+                return (sum(r["summary"].get("step", 0) for r in runs), sum(r["last_seq"] for r in runs),
+                        cpu_seconds(server.pid))
+            s0, q0, c0 = at()
+            t0 = time.monotonic()
+            time.sleep(seconds)
+            s1, q1, c1 = at()
+            return (s1 - s0) / (time.monotonic() - t0), c1 - c0, q1 - q0
+
+        alone1 = window(args.seconds)
+        ctx = mp.get_context("spawn")
+        results: mp.Queue = ctx.Queue()
+        outs: list[dict] = []
+        per = [args.clients // args.client_procs + (i < args.clients % args.client_procs)
+               for i in range(args.client_procs)] if args.clients else []
+        start = time.time() + args.connect_s
+        win = (start, start + args.seconds)
+        query = f"?token={token}" + ("&frames=single" if args.frames == "single" else "")
+        for n in per:
+            procs.append(ctx.Process(target=clients, args=(f"{url.replace('http', 'ws', 1)}/api/stream{query}",
+                                                           n, win, results)))
+            procs[-1].start()
+        time.sleep(max(0.0, start - time.time()))
+        watched = window(args.seconds)
+        outs = [results.get(timeout=60) for _ in per]
+        for p in procs:
+            p.join(timeout=30)
+        alone2 = window(args.seconds)
+        for i in run_ids:
+            api.post(f"/api/runs/{i}/stop")
+        deadline = time.monotonic() + 60
+        ended = ("stopped", "completed", "failed")
+        while any(api.get(f"/api/runs/{i}").json()["status"] not in ended for i in run_ids):
+            assert time.monotonic() < deadline, "the runs did not stop"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the workers' last lines reach their logs
+        sends = []
+        for i in run_ids:
+            log = data / "logs" / f"{i}.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            line = [x for x in text.splitlines() if "step->send delay" in x]
+            sends.append(line[-1].split("delay ", 1)[1] if line else "not logged")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        api.close()
+        server.terminate()
+        server.wait(30)
+    lags = sorted(x for o in outs for x in o["lags"])
+    messages = sum(o["messages"] for o in outs)
+    frames = sum(o["frames"] for o in outs)
+
+    def q(p: float) -> float:
+        return lags[min(len(lags) - 1, int(p * len(lags)))] * 1000 if lags else float("nan")
+
+    none_rate = (alone1[0] + alone2[0]) / 2
+    cpu, events = watched[1], watched[2]
+    return {
+        "source": "free", "runs": args.runs, "clients": args.clients, "frames": args.frames, "seconds": args.seconds,
+        "connected": sum(o["connected"] for o in outs), "metrics_delivered": len(lags),
+        "latency_ms": {"p50": round(q(0.50), 1), "p99": round(q(0.99), 1), "max": round(q(1.0), 1)},
+        "deliveries_per_s": round(messages / args.seconds), "frames_per_s": round(frames / args.seconds),
+        "events_per_s": round(events / args.seconds),
+        "server_cpu_util": round(cpu / args.seconds, 2),
+        "server_cpu_us_per_event": round(cpu / events * 1e6, 1) if events else None,
+        "server_cpu_us_per_delivery": round(cpu / messages * 1e6, 1) if messages else None,
+        "steps_per_s": {"none_before": round(alone1[0], 1), "clients": round(watched[0], 1),
+                        "none_after": round(alone2[0], 1)},
+        "throughput_ratio": round(watched[0] / none_rate, 3) if none_rate else None,
+        "server_cpu_us_per_event_no_client": round(alone1[1] / alone1[2] * 1e6, 1) if alone1[2] else None,
+        "worker_step_to_send": sends, "resyncs": sum(o["resyncs"] for o in outs),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=4)
@@ -207,9 +330,27 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="measurement window")
     ap.add_argument("--connect-s", type=float, default=4.0, help="warm-up before the window")
     ap.add_argument("--client-procs", type=int, default=2)
-    ap.add_argument("--source", choices=["paced", "real"], default="paced")
+    ap.add_argument("--source", choices=["paced", "real", "free"], default="paced")
+    ap.add_argument("--frames", choices=["batch", "single"], default="batch",
+                    help="--source free: the stream's framing the clients ask for")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
+    if args.source == "free":
+        result = run_free(args)
+        lat, sps = result["latency_ms"], result["steps_per_s"]
+        print(f"{result['runs']} free-running runs x {result['clients']} clients ({args.frames} frames), "
+              f"{args.seconds:g} s windows on {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+        print(f"  latency p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms "
+              f"over {result['metrics_delivered']} metrics deliveries")
+        print(f"  {result['events_per_s']} events/s in; {result['deliveries_per_s']} deliveries/s in "
+              f"{result['frames_per_s']} frames/s; server CPU {result['server_cpu_util'] * 100:.0f}%: "
+              f"{result['server_cpu_us_per_event']} us per event, {result['server_cpu_us_per_delivery']} us per "
+              f"delivery ({result['server_cpu_us_per_event_no_client']} us per event with no client)")
+        print(f"  training {sps['clients']} steps/s with clients, {sps['none_before']} / {sps['none_after']} "
+              f"without: ratio {result['throughput_ratio']}; resyncs {result['resyncs']}")
+        print(f"  worker step->send: {'; '.join(result['worker_step_to_send'])}")
+        print(json.dumps(result))
+        return
     result = run(args)
     lat = result["latency_ms"]
     print(f"{result['runs']} runs x {result['clients']} clients, {args.source}"
