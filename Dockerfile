@@ -16,7 +16,9 @@ COPY server /tmp/src/server
 COPY frontend /tmp/src/frontend
 # A regular (not editable) install: the dashboard's files are package data (gradwatch.frontend).
 # torch is already in the image; [server] adds the web server and the built-in trainer's datasets.
-RUN pip install '/tmp/src[server]' && rm -rf /tmp/src
+# EXTRAS=server,ray builds the image of compose's `ray` profile (Ray head, Ray workers, gradwatch).
+ARG EXTRAS=server
+RUN pip install "/tmp/src[${EXTRAS}]" && rm -rf /tmp/src
 
 USER gradwatch
 VOLUME ["/data"]

@@ -41,6 +41,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.check_data_dir()
         private_dir(settings.data_dir)
         store = Store(settings.data_dir / "gradwatch.sqlite3")  # damaged or read-only: one line, exit 2
+        if settings.launcher == "ray":  # a wrong or unreachable RAY_ADDRESS: one line now, not a hang
+            from .ray_launcher import RayUnavailable, check_address
+
+            try:
+                check_address(settings.ray_address)
+            except RayUnavailable as e:
+                raise SettingsError(str(e)) from None
     except (SettingsError, StoreError) as e:
         print(f"gradwatch: {e}", file=sys.stderr)
         return 2

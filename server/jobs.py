@@ -32,6 +32,7 @@ from .store import Store, token_digest
 
 log = logging.getLogger("gradwatch.jobs")
 
+PLACEMENT_NOTE_S = 10.0  # a worker not placed this long, for want of resources, shows `queued` saying so
 
 
 def public(run: dict[str, Any], live_summary: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -69,11 +70,24 @@ class JobManager:
         worker to reconnect (it is adopted then), and are failed when none does."""
         await self.launcher.start()
         for run in reversed(self.store.list_runs((Status.QUEUED.value,))):
-            self.queue.append(run["id"])
-        for run in self.store.list_runs(LIVE):
-            handle = await self.launcher.reattach(run["id"]) if run["kind"] == "local" else None
+            try:  # a run waiting for the cluster's resources has a worker already (Ray)
+                handle = await self.launcher.reattach(run["id"])
+            except LookupError:
+                handle = None
             if handle is not None:
                 self._watch(handle)
+                self._spawn(self._placement(handle))
+            else:
+                self.queue.append(run["id"])
+        for run in self.store.list_runs(LIVE):
+            try:
+                handle = await self.launcher.reattach(run["id"]) if run["kind"] == "local" else None
+            except LookupError as e:  # the launcher knows the worker is gone: no grace to wait out
+                self.finalize(run["id"], "failed", f"the server restarted and {e}")
+                continue
+            if handle is not None:
+                self._watch(handle)
+                self._spawn(self._placement(handle))
                 continue
             if run["kind"] == "local":
                 self.lifecycle.state(run["id"]).adopted = True
@@ -142,7 +156,7 @@ class JobManager:
 
     async def _scheduler(self) -> None:
         while True:
-            while self.queue and self.lifecycle.slots_used() < self.settings.max_concurrent:
+            while self.queue and self.lifecycle.slots_used() < self.launcher.max_concurrent:
                 run_id = self.queue.popleft()
                 run = self.store.get_run(run_id)
                 if run is None or run["status"] != Status.QUEUED:
@@ -178,7 +192,44 @@ class JobManager:
             self.lifecycle.settle(run_id)
             return
         self._watch(handle)
-        self.lifecycle.publish(self.store.get_run(run_id))  # its record now says where it runs
+        if await self.launcher.placed(handle, 0):
+            self.lifecycle.publish(self.store.get_run(run_id))  # its record now says where it runs
+        else:
+            self._spawn(self._placement(handle))  # the scheduler goes on meanwhile
+
+    async def _placement(self, handle: RunHandle) -> None:
+        """Until the launcher has placed the worker, it is watched here. One not placed within
+        PLACEMENT_NOTE_S, whose launcher says it waits for resources (Ray: the cluster has no
+        room), makes its run `queued`, its record saying what it waits for; once placed the run
+        is `running`, its record saying where."""
+        run_id = handle.run_id
+        noted_after = time.monotonic() + PLACEMENT_NOTE_S
+        while not await self.launcher.placed(handle, 1.0):
+            st = self.runs.get(run_id)
+            run = self.store.get_run(run_id)
+            if st is None or st.handle is not handle or run is None or run["status"] in TERMINAL:
+                return  # ended: killed, stopped or deleted
+            if time.monotonic() < noted_after:
+                continue
+            why = await self.launcher.waiting(handle, run["config"])  # None: starting, not waiting
+            if why is not None and why != st.waiting:
+                st.waiting = why
+                log.info("run %s: %s", run_id, why)
+                if run["status"] == Status.QUEUED:
+                    self.lifecycle.publish(run)
+                else:
+                    self.lifecycle.transition(run_id, Status.QUEUED)
+        self._placed(run_id)
+
+    def _placed(self, run_id: str) -> None:
+        st = self.runs.get(run_id)
+        if st is not None:
+            st.waiting = None
+        run = self.store.get_run(run_id)
+        if run is not None and run["status"] == Status.QUEUED and st is not None and st.handle is not None:
+            self.lifecycle.transition(run_id, Status.RUNNING)
+        elif run is not None:
+            self.lifecycle.publish(run)
 
     def _watch(self, handle: RunHandle) -> None:
         self.lifecycle.state(handle.run_id).handle = handle
@@ -222,6 +273,7 @@ class JobManager:
             with contextlib.suppress(ValueError):
                 self.queue.remove(run_id)
             self.finalize(run_id, "stopped", "stopped before it started")
+            self._kill(run_id)  # launched, waiting for the cluster's resources
         elif await self._send_control(run_id, {"type": "control", "stop": True}):
             self._spawn(self._kill_after(run_id, self.settings.stop_grace_s, "stopped"))
         else:  # its worker has not connected yet (or is gone): nothing trained to wait for
@@ -323,6 +375,8 @@ class JobManager:
     def attach(self, run_id: str, ws: WebSocket) -> None:
         st = self.lifecycle.state(run_id)
         st.conn, st.conn_closed = ws, asyncio.Event()
+        if st.handle is not None and st.waiting is not None:  # its worker started before we saw it placed
+            self._placed(run_id)
 
     async def flush_pending_control(self, run_id: str) -> None:
         """Send what was asked of the run before its worker connected (after the hello)."""
@@ -378,6 +432,8 @@ class JobManager:
         st = self.runs.get(run["id"])
         where = st.handle.where if st is not None and st.handle is not None else {}
         out["gpu"], out["node"] = where.get("gpu"), where.get("node")
+        if st is not None and st.waiting and run["status"] == Status.QUEUED:
+            out["waiting"] = st.waiting
         if run["status"] == Status.RUNNING:
             out["idle_s"] = self.liveness.idle_s(run["id"])
         if self.store.write_error and run["status"] in LIVE and not out.get("error"):

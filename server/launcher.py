@@ -54,6 +54,7 @@ class RunHandle:
 
 class Launcher(Protocol):
     name: str
+    max_concurrent: int  # runs launched at once; more wait queued (the local launcher: its worker slots)
 
     async def start(self) -> None:
         """Ready to launch (a pre-forking process warmed, a cluster reached); raises with a clear
@@ -66,8 +67,17 @@ class Launcher(Protocol):
     async def launch(self, spec: LaunchSpec) -> RunHandle:
         """Start the worker. Raises OSError or TimeoutError when it cannot; the run waits again."""
 
+    async def placed(self, handle: RunHandle, timeout: float) -> bool:
+        """Whether the worker has its resources (within `timeout` s); until then the run is
+        `queued`, saying what it waits for. A handle's `where` is known once it is placed."""
+
+    async def waiting(self, handle: RunHandle, config: dict[str, Any]) -> str | None:
+        """A worker not placed yet: what it waits for (`needs`), when it is for resources the
+        cluster does not have free; None when it is only starting."""
+
     async def reattach(self, run_id: str) -> RunHandle | None:
-        """After a server restart: the run's worker if this launcher can still reach it."""
+        """After a server restart: the run's worker if this launcher can still reach it; None
+        when it cannot tell; LookupError (with the reason) when it knows the worker is gone."""
 
     async def stop(self, handle: RunHandle) -> None:
         """Ask the worker to end by the launcher's own means (the control channel comes first)."""
@@ -249,6 +259,7 @@ class LocalLauncher:
         self.starter: SubprocessLauncher | ZygoteLauncher = (
             ZygoteLauncher(self.log_dir / "zygote.log") if settings.prefork else SubprocessLauncher())
         self._warm: asyncio.Task | None = None
+        self.max_concurrent = settings.max_concurrent
 
     async def start(self) -> None:
         if isinstance(self.starter, ZygoteLauncher):  # now, so the first run does not pay for its imports
@@ -295,6 +306,12 @@ class LocalLauncher:
             if g in busy:
                 busy[g] += 1
         return min(self.gpus, key=lambda g: busy[g])
+
+    async def placed(self, handle: RunHandle, timeout: float) -> bool:
+        return True  # a process has what it needs as soon as it exists
+
+    async def waiting(self, handle: RunHandle, config: dict[str, Any]) -> str | None:
+        return None
 
     async def reattach(self, run_id: str) -> None:
         return None  # a worker of an earlier server is no child of ours: it is adopted if it reconnects
@@ -345,6 +362,10 @@ class LocalLauncher:
 
 def make_launcher(settings: Any) -> Launcher:
     """The launcher GRADWATCH_LAUNCHER names."""
+    if settings.launcher == "ray":
+        from .ray_launcher import RayLauncher
+
+        return RayLauncher(settings)
     return LocalLauncher(settings)
 
 

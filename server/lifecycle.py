@@ -49,8 +49,10 @@ LIVE: tuple[str, ...] = (Status.RUNNING.value, Status.STALLED.value)  # a worker
 
 Q, R, S = Status.QUEUED, Status.RUNNING, Status.STALLED
 TRANSITIONS: dict[tuple[Status, Status], str] = {
-    (Q, R): "scheduler: the launch is recorded, then the launcher starts the worker",
-    (R, Q): "scheduler: the launcher could not start the worker; the run waits again",
+    (Q, R): "scheduler: the launch is recorded, then the launcher starts the worker; "
+            "or the launcher has placed a worker that waited for resources",
+    (R, Q): "scheduler: the launcher could not start the worker, or its worker waits for "
+            "resources (Ray: the cluster has no room yet); the run waits again",
     (Q, Status.STOPPED): "API: stopped before it started",
     (Q, Status.FAILED): "scheduler: the launcher could not start the worker",
     (R, S): "liveness: nothing from the worker for heartbeat_timeout_s",
@@ -86,6 +88,7 @@ class RunState:
     stalled_since: float | None = None
     progress: float | None = None  # liveness clock: last step (or the worker's first word)
     idle_noted: bool = False  # its idleness was announced
+    waiting: str | None = None  # launched, queued until the launcher places it: what it waits for
 
     @property
     def holds_slot(self) -> bool:

@@ -175,6 +175,8 @@ class Run(BaseModel):
                             "while it runs on a machine with several")
     node: str | None = Field(None, description="where its worker runs, while it runs: `local`, or the "
                              "cluster node the launcher placed it on")
+    waiting: str | None = Field(None, description="a queued run launched on a cluster that has no room for it yet: "
+                                "what it waits for (\"waiting for 1 GPU and 1 CPU on the Ray cluster\")")
     idle_s: float | None = Field(None, description="a running run with no new step for GRADWATCH_IDLE_NOTE_S "
                                  "(30 s): the seconds since its last step (or since its worker connected)")
 

@@ -193,11 +193,13 @@ def split_host(value: str) -> str | None:
 
 
 def allowed_host_names(settings: Settings) -> tuple[set[str], tuple[str, ...]]:
-    """(exact names, suffixes): loopback, the bind address when it is one host, and
-    GRADWATCH_ALLOWED_HOSTS (a name, or `.example.com` for it and every subdomain)."""
+    """(exact names, suffixes): loopback, the bind address when it is one host, the host of
+    GRADWATCH_PUBLIC_URL, and GRADWATCH_ALLOWED_HOSTS (a name, or `.example.com` for it and every subdomain)."""
     exact = set(LOOPBACK_NAMES)
     if settings.host not in ("0.0.0.0", "::", ""):
         exact.add(settings.host.strip("[]").lower())
+    if settings.public_url:  # the name workers (and people) reach it by: GRADWATCH_PUBLIC_URL's
+        exact.add((urlsplit(settings.public_url).hostname or "").lower())
     suffixes = []
     for h in settings.allowed_hosts:
         h = h.strip().lower().strip("[]").rstrip(".")

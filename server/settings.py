@@ -9,6 +9,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gradwatch.config import memory_budget, parse_size
 
@@ -51,6 +52,11 @@ class Settings:
     max_streams: int = 256  # browser websockets (/api/stream) open at once; more are refused (close 1013)
     max_streams_per_session: int = 32  # ...and per browser session (or per token, for API clients)
     header_timeout_s: float = 10.0  # a connection that has not sent a whole request head this long is closed
+    launcher: str = "local"  # where workers run: local (processes here) | ray (actors on RAY_ADDRESS's cluster)
+    public_url: str | None = None  # how workers elsewhere reach this server (required with the Ray launcher)
+    ray_address: str | None = None  # the Ray cluster (Ray's own RAY_ADDRESS: host:port of its head)
+    ray_cpus_per_run: float = 1.0  # CPUs each run's actor asks Ray for (also its torch threads)
+    ray_max_runs: int = 256  # runs submitted to Ray at once; the cluster's resources decide how many train
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -62,7 +68,8 @@ class Settings:
             "heartbeat_timeout_s": float, "stalled_timeout_s": float, "external_grace_s": float, "idle_note_s": float,
             "worker_threads": int, "gpu_memory_fraction": float, "worker_memory": parse_size,
             "stop_step_grace_s": float, "run_max_events": int, "run_max_bytes": parse_size, "max_streams": int,
-            "max_streams_per_session": int, "header_timeout_s": float,
+            "max_streams_per_session": int, "header_timeout_s": float, "launcher": str, "public_url": str,
+            "ray_cpus_per_run": float, "ray_max_runs": int,
         }
         for name, kind in conv.items():
             raw = env.get(f"GRADWATCH_{name.upper()}")
@@ -81,6 +88,8 @@ class Settings:
             s.gpus = [g.strip() for g in env["GRADWATCH_GPUS"].split(",") if g.strip()]
         elif env.get("CUDA_VISIBLE_DEVICES") is not None:
             s.gpus = [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]
+        if env.get("RAY_ADDRESS"):
+            s.ray_address = env["RAY_ADDRESS"].strip()
         for name in ("allowed_hosts", "allowed_origins"):
             if env.get(f"GRADWATCH_{name.upper()}"):
                 setattr(s, name, [h.strip() for h in env[f"GRADWATCH_{name.upper()}"].split(",") if h.strip()])
@@ -130,6 +139,26 @@ class Settings:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"GRADWATCH_{name.upper()} must be more than 0, got {getattr(self, name)}")
 
+        if self.launcher not in ("local", "ray"):
+            raise SettingsError(f"GRADWATCH_LAUNCHER must be local or ray, got {self.launcher!r}")
+        if self.public_url is not None:
+            url = urlsplit(self.public_url)
+            if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") \
+                    or url.query or url.username:
+                raise SettingsError(f"GRADWATCH_PUBLIC_URL must be http(s)://host[:port] (how workers reach this "
+                                    f"server, e.g. https://gradwatch.example.com), got {self.public_url!r}")
+        if self.launcher == "ray":
+            if self.public_url is None:
+                raise SettingsError("GRADWATCH_LAUNCHER=ray needs GRADWATCH_PUBLIC_URL: the URL at which workers "
+                                    "on the Ray cluster's nodes reach this server (docs/scale-out.md)")
+            if not self.ray_address:
+                raise SettingsError("GRADWATCH_LAUNCHER=ray needs RAY_ADDRESS: the Ray head's host:port "
+                                    "(e.g. ray-head:6379)")
+        if not self.ray_cpus_per_run > 0:
+            raise SettingsError(f"GRADWATCH_RAY_CPUS_PER_RUN must be more than 0, got {self.ray_cpus_per_run}")
+        if self.ray_max_runs < 1:
+            raise SettingsError(f"GRADWATCH_RAY_MAX_RUNS must be at least 1, got {self.ray_max_runs}")
+
     def check_data_dir(self) -> None:
         """The data dir exists (or can be made) and takes a write: else a clear SettingsError now,
         not a traceback from deep inside the first request."""
@@ -150,6 +179,11 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def worker_url(self) -> str:
+        """Where the launcher's workers reach the server: the public URL when set, else this machine's."""
+        return self.public_url.rstrip("/") if self.public_url else self.self_url
 
     @property
     def self_url(self) -> str:

@@ -85,6 +85,8 @@ def test_the_token_is_required() -> None:
     assert done.returncode != 0 and "GRADWATCH_TOKEN" in done.stderr, done.stderr
     raw = yaml.safe_load(COMPOSE.read_text())
     for name, service in raw["services"].items():
+        if name.startswith("ray-"):  # Ray's own head and workers: no gradwatch server, no token
+            continue
         assert service["environment"]["GRADWATCH_TOKEN"].startswith("${GRADWATCH_TOKEN:?"), name
 
 
@@ -108,8 +110,31 @@ def test_the_gpu_is_reserved_and_the_port_is_on_the_loopback_only(resolved: dict
     cpu = services["gradwatch-cpu"]
     assert "cpu" in cpu.get("profiles", []) and "deploy" not in cpu  # the variant for hosts without a GPU
     for name, service in services.items():
-        ports = [_published(p) for p in service["ports"]]
-        assert ports and all(ip == "127.0.0.1" and target == "8000" for ip, _, target in ports), (name, ports)
+        ports = [_published(p) for p in service.get("ports", [])]
+        assert all(ip == "127.0.0.1" for ip, _, _ in ports), (name, ports)  # Ray's dashboard too
+        if "GRADWATCH_TOKEN" in service.get("environment", {}):  # a gradwatch server
+            assert ports and all(target == "8000" for _, _, target in ports), (name, ports)
+
+
+def test_the_ray_profile_points_gradwatch_at_the_head_and_reserves_the_gpus_on_the_worker(resolved: dict) -> None:
+    services = resolved["services"]
+    ray = {name: s for name, s in services.items() if "ray" in s.get("profiles", [])}
+    assert set(ray) == {"ray-head", "ray-worker", "gradwatch-ray"}
+    head, worker, server = ray["ray-head"], ray["ray-worker"], ray["gradwatch-ray"]
+    assert "--head" in head["command"] and "--port=6379" in head["command"]
+    assert "--address=ray-head:6379" in worker["command"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices), devices
+    env = server["environment"]
+    assert env["GRADWATCH_LAUNCHER"] == "ray" and env["RAY_ADDRESS"] == "ray-head:6379"
+    assert env["GRADWATCH_TOKEN"] == TOKEN and env["GRADWATCH_PUBLIC_URL"].startswith("http")
+    assert {head["image"], worker["image"], server["image"]} == {"gradwatch-ray:latest"}  # one Ray, one Python
+    assert server["build"]["args"]["EXTRAS"] == head["build"]["args"]["EXTRAS"] == "server,ray"
+    # The settings the server gets are ones it accepts.
+    from gradwatch.server.settings import Settings
+
+    settings = Settings.from_env({k: str(v) for k, v in env.items()} | {"GRADWATCH_DATA_DIR": "/tmp/unused"})
+    assert settings.launcher == "ray" and settings.ray_address == "ray-head:6379"
 
 
 def _entry_point() -> tuple[str, str]:

@@ -129,8 +129,11 @@ class FakeLauncher:
 
     name = "fake"
 
-    def __init__(self, store: Store, fail: set[str] = frozenset(), alive: set[str] = frozenset()) -> None:
+    def __init__(self, store: Store, fail: set[str] = frozenset(), alive: set[str] = frozenset(),
+                 max_concurrent: int = 2) -> None:
         self.store = store
+        self.max_concurrent = max_concurrent
+        self.unplaced: set[str] = set()  # runs whose resources are not free yet
         self.fail = fail
         self.alive = alive
         self.launched: list[str] = []
@@ -151,6 +154,15 @@ class FakeLauncher:
         self.launched.append(spec.run_id)
         self.ends[spec.run_id] = asyncio.get_running_loop().create_future()
         return RunHandle(spec.run_id, {"node": "fake-node", "gpu": "7"})
+
+    async def placed(self, handle: RunHandle, timeout: float) -> bool:
+        if handle.run_id in self.unplaced:
+            await asyncio.sleep(min(timeout, 0.01))
+            return False
+        return True
+
+    async def waiting(self, handle: RunHandle, config: dict[str, Any]) -> str | None:
+        return self.needs(config) if handle.run_id in self.unplaced else None
 
     async def reattach(self, run_id: str) -> RunHandle | None:
         if run_id not in self.alive:
@@ -226,7 +238,7 @@ def test_a_restarted_manager_reattaches_live_workers_and_fails_the_rest(tmp_path
         for run_id in ("alive", "gone"):
             new_run(store, "running", run_id)
         new_run(store, "queued", "waiting")
-        launcher = FakeLauncher(store, alive={"alive"})
+        launcher = FakeLauncher(store, alive={"alive"}, max_concurrent=4)
         jobs = JobManager(Settings(data_dir=tmp_path, max_concurrent=4, reattach_grace_s=0.05), store,
                           Hub(), launcher)
         await jobs.start()
@@ -291,3 +303,29 @@ def test_liveness_leaves_a_disconnected_foreign_worker_to_the_reconnect_grace(tm
         now[0] = t
         live.check(t)
     assert store.get_run(run_id)["status"] == "stalled" and hung == []
+
+
+def test_a_launched_run_waiting_for_resources_is_queued_saying_why(tmp_path: Path, store: Store,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradwatch.server import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "PLACEMENT_NOTE_S", 0.02)
+
+    async def scenario() -> None:
+        launcher = FakeLauncher(store, max_concurrent=8)
+        launcher.unplaced.add("big")
+        jobs = JobManager(Settings(data_dir=tmp_path), store, Hub(), launcher)
+        await jobs.start()
+        new_run(store, "queued", "big")
+        jobs.queue.append("big")
+        jobs._wake.set()
+        await until(lambda: "big" in launcher.launched and store.get_run("big")["status"] == "queued")
+        assert jobs.view(store.get_run("big"))["waiting"] == "a fake slot"  # the launcher's needs()
+        assert store.get_run("big")["started"] is None and launcher.launched == ["big"]
+        launcher.unplaced.clear()  # the cluster has room now
+        await until(lambda: store.get_run("big")["status"] == "running")
+        assert "waiting" not in jobs.view(store.get_run("big")) and launcher.launched == ["big"]  # launched once
+        assert (await jobs.stop("big"))["status"] == "stopped"
+        await jobs.shutdown()
+
+    asyncio.run(scenario())

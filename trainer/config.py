@@ -41,6 +41,7 @@ class RunConfig:
     amp: bool = False  # bf16 autocast on CUDA (ignored on the CPU)
     checkpoint_every: int = 10  # steps between checkpoints a fork can start from (server runs only); 0 = none
     checkpoint_keep: int = 20  # most checkpoints kept per run, spread over the run (the newest always)
+    gpus: int = -1  # GPUs for this run's worker on the Ray launcher; -1 = 1 when the cluster has GPUs, else 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,6 +118,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "alert_factor": (1.0, 1e6),
     "checkpoint_every": (0, 1_000_000),
     "checkpoint_keep": (2, 1000),
+    "gpus": (-1, 8),
 }
 
 # The fields a running run accepts changes to (PATCH / control messages).
