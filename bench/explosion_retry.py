@@ -27,6 +27,9 @@ RETRIES: list[dict[str, Any]] = [
     {"lr": 0.03},
     {"l2": 1e-4},
     {"momentum": 0.5},
+    {"lr": 0.01},
+    {"lr": 0.1, "grad_clip": 1.0},
+    {"lr": 0.03, "grad_clip": 1.0},
 ]
 
 
