@@ -104,7 +104,7 @@ async def fork_run(body: ForkCreate, run: RunDep, jobs: JobsDep, settings: Setti
         name = body.name or f"{run['name']} @{step}" + (f" {changed}" if changed else "")
         record = {"parent": run["id"], "step": step, "asked": body.step, "changes": body.changes}
         # No await from here to the end: the scheduler cannot launch the fork before its record is in.
-        new = jobs.create(name, config, group_id=run["group_id"])
+        new = jobs.create(name, config)  # not in the parent's group: a group's cells are its own grid
         try:
             forks.adopt(settings, run["id"], step, new["id"])
         except forks.ForkRefused:
