@@ -34,7 +34,7 @@ export class Charts {
     this.runs = [];   // [{id, name, color, focused, series, marks, marksKey}], the selected runs
     // xrange: the steps every step chart shows, [a, b] or null for all (main.js resolves it).
     this.view = { smooth: 0.6, scale: 'auto', step: null, heatRun: null, stat: 'grad_norm', layers: 'weights',
-      relative: false, xrange: null };
+      relative: false, xrange: null, filter: '', agg: 'none', open: [] };
     this.onX = () => {}; // the person zoomed (or double-clicked) a step chart: [a, b], or 'full'
     this.raf = null;
     this.timer = null;
@@ -63,6 +63,15 @@ export class Charts {
     // steps of all of them, through the page state.
     for (const fig of [...this.lines, this.heatmap, this.multiples]) {
       fig.div.on('plotly_relayout', ev => this.zoomed(ev));
+    }
+    // A click on a block's row (heatmap) or point (profiles) opens or closes that block.
+    this.onOpen = () => {};
+    for (const fig of [...this.profiles, this.heatmap]) {
+      fig.div.on('plotly_click', ev => {
+        const p = ev?.points?.[0];
+        const block = p && fig.blockAt(fig === this.heatmap ? p.y : p.x);
+        if (block) this.onOpen(block);
+      });
     }
     this.watchVisibility();
   }

@@ -9,6 +9,7 @@ import { CONFIG, NO_RUNS, layout, relayoutX, setX } from './plot.js';
 import { markLayout } from './markers.js';
 import { HEATMAP_STATS } from './state.js';
 import { isWeight } from './profiles.js';
+import { aggregate, blockTicks, layerRows, pathOf } from './layers.js';
 
 const REFRESH_MS = 2000;
 // "Relative": each layer divided by the median of its first BASE_COLUMNS columns.
@@ -67,8 +68,8 @@ export class HeatmapFigure {
   }
 
   keyNow(run, view) {
-    const { stat, layers, relative } = view;
-    return run ? [run.id, stat, layers, relative, run.name, run.marksKey, this.have?.step, this.have?.id, this.have?.stat,
+    const { stat, layers, relative, filter, agg, open } = view;
+    return run ? [run.id, stat, layers, relative, filter, agg, open.join(','), run.name, run.marksKey, this.have?.step, this.have?.id, this.have?.stat,
       this.failed].join('|') : `none|${stat}`;
   }
 
@@ -82,7 +83,7 @@ export class HeatmapFigure {
 
   // Another run, statistic or way of drawing than the one shown: the person is waiting for it.
   urgent(runs, view) {
-    return this.shown !== `${view.heatRun}|${view.stat}|${view.layers}|${view.relative}` || this.xStale(view);
+    return this.shown !== shownKey(view) || this.xStale(view);
   }
 
   // How long until a refresh for steps that came since the last fetch, or null.
@@ -110,47 +111,72 @@ export class HeatmapFigure {
     if (run && !current) return; // keep the old picture until the new one lands
     this.key = key;
     this.xKey = JSON.stringify(view.xrange ?? null);
-    this.shown = `${view.heatRun}|${stat}|${view.layers}|${view.relative}`;
+    this.shown = shownKey(view);
     const body = this.body;
     const rows = body?.layers ? this.rowsOf(run, body, view) : [];
+    this.rows = rows;
     if (!run || this.failed || !body?.step_start?.length || !rows.length) {
       const empty = !run ? NO_RUNS : this.failed
-        ?? (body?.layers?.length ? 'no weight matrices in this run: untick "weights only"' : `no steps recorded for ${run.name} yet`);
+        ?? (!body?.layers?.length ? `no steps recorded for ${run.name} yet`
+          : view.filter ? `no layer matches "${view.filter}"` : 'no weight matrices in this run: untick "weights only"');
       Plotly.react(this.div, [], layout({ ytitle: '', empty }), CONFIG);
       return;
     }
     const relative = view.relative && !LINEAR.has(stat);
-    const { trace, zeros } = this.trace(body, stat, rows, relative);
+    const { trace, zeros } = this.trace(body, stat, rows, relative, view.agg);
     Plotly.react(this.div, zeros ? [trace, zeros.trace] : [trace], this.layoutFor(run, body, view, zeros?.count ?? 0), CONFIG);
   }
 
-  // The rows drawn (indices into body.layers): with "weights only", the weight matrices
-  // (no biases, no BatchNorm γ/β), and the layer a run diverged in if it is another;
-  // the activations' statistics have a row per activation, all kept.
+  // The rows drawn (layers.js layerRows, members index body.layers): with "weights only", the
+  // weight matrices (no biases, no BatchNorm γ/β), and the layer a run diverged in if it is
+  // another; the activations' statistics have a row per activation, all kept. Then the
+  // person's filter, and with an aggregate a row per block (opened blocks with their tensors).
   rowsOf(run, body, view) {
-    const all = body.layers.map((_, i) => i);
-    if (view.layers !== 'weights' || body.layers.every(l => l.module === 'activation')) return all;
+    const acts = body.layers.every(l => l.module === 'activation');
     const diverged = new Set(run.marks.filter(m => m.kind === 'diverged' && m.layer).map(m => m.layer));
-    return all.filter(i => isWeight(body.layers[i]) || diverged.has(body.layers[i].name));
+    const keep = view.layers !== 'weights' || acts ? () => true
+      : i => isWeight(body.layers[i]) || diverged.has(body.layers[i].name);
+    const { rows, starts } = layerRows(body.layers.map(l => l.name), { keep, filter: view.filter, agg: view.agg, open: view.open });
+    this.starts = starts;
+    return rows;
+  }
+
+  // The block a row of the drawn figure stands for (a click on it opens or closes it), or null.
+  blockAt(label) {
+    const row = this.rows?.find(r => r.label === label);
+    return row && (row.kind === 'block' || row.members.length && this.rows.some(r => r.kind === 'block' && r.block === row.block))
+      ? row.block : null;
   }
 
   // The heatmap trace: log10 of each bucket's max (linear for fractions); `relative`: log10 of
   // it divided by the layer's median over its first BASE_COLUMNS columns, so the layer that
   // grew stands out whatever its size. Exact zeros (no log) get a grey trace of their own.
-  trace(body, stat, rows, relative) {
+  // A block's row (`agg`: max or median) is that of its tensors' values, and relative, that of
+  // their ratios to their own starts (the tensor that grew most, or the typical one).
+  trace(body, stat, rows, relative, agg) {
     const nb = body.step_start.length;
     const x = body.step_start.map((s, b) => (s + body.step_end[b]) / 2);
     const linear = LINEAR.has(stat);
     const z = [], maxes = [], zero = [];
     let zeroCount = 0;
-    for (const l of rows) {
+    const bases = new Map();
+    const baseOf = l => {
+      if (!bases.has(l)) bases.set(l, baseline(body.max, l, nb));
+      return bases.get(l);
+    };
+    for (const row of rows) {
       const zr = new Array(nb), mr = new Array(nb), zz = new Array(nb).fill(null);
-      const base = relative ? baseline(body.max, l, nb) : 1;
+      const one = row.kind === 'tensor' ? row.members[0] : -1;
+      const base = relative && one >= 0 ? baseOf(one) : 1;
       for (let b = 0; b < nb; b++) {
-        const max = body.max[b][l];
+        const col = body.max[b];
+        const max = one >= 0 ? col[one] : aggregate(col, row.members, agg);
         mr[b] = max;
         if (linear) { zr[b] = max; continue; }
-        zr[b] = max > 0 && base > 0 ? Math.log10(max / base) : null;
+        if (relative && one < 0) {
+          const ratio = aggregate(row.members.map(l => (col[l] > 0 && baseOf(l) > 0 ? col[l] / baseOf(l) : NaN)), row.members.map((_, k) => k), agg);
+          zr[b] = ratio > 0 ? Math.log10(ratio) : null;
+        } else zr[b] = max > 0 && base > 0 ? Math.log10(max / base) : null;
         if (max === 0) { zz[b] = 1; zeroCount++; }
       }
       z.push(zr);
@@ -158,12 +184,18 @@ export class HeatmapFigure {
       zero.push(zz);
     }
     const title = TITLES[stat] ?? stat;
-    const y = rows.map(l => body.layers[l].name);
+    const y = rows.map(r => r.label);
     const span = nb > 1 ? Math.round((body.step_end[nb - 1] - body.step_start[0] + 1) / nb) : 1;
-    const at = `step %{x:.0f}${span > 1 ? ` (±${Math.ceil(span / 2)})` : ''}<br>%{y}<br>`;
+    const at = `step %{x:.0f}${span > 1 ? ` (±${Math.ceil(span / 2)})` : ''}<br>%{text}<br>`;
+    // The hover names where a row sits (layer3 › layer3.4 › …), and what a block's row is.
+    const text = rows.map(r => {
+      const where = r.kind === 'tensor' ? pathOf(body.layers[r.members[0]].name)
+        : `${r.block}: ${agg} of its ${r.members.length} tensors (click: ${r.open ? 'close' : 'open'})`;
+      return new Array(nb).fill(where);
+    });
     const colorbar = linear ? title : relative ? `log₁₀ ${title}<br>÷ its first ${BASE_COLUMNS} columns` : `log₁₀ ${title}`;
     const trace = {
-      uid: 'heatmap', type: 'heatmap', x, y, z, customdata: maxes, hoverongaps: false,
+      uid: 'heatmap', type: 'heatmap', x, y, z, text, customdata: maxes, hoverongaps: false,
       // Relative: red grew, blue shrank, white as at the start.
       ...(relative ? { colorscale: 'RdBu', reversescale: true, zmid: 0 } : { colorscale: 'Viridis' }),
       ...(linear ? { zmin: 0, zmax: 1 } : {}),
@@ -177,7 +209,7 @@ export class HeatmapFigure {
       zeros: {
         count: zeroCount,
         trace: {
-          uid: 'heatmap-zeros', type: 'heatmap', x, y, z: zero, showscale: false, hoverongaps: false,
+          uid: 'heatmap-zeros', type: 'heatmap', x, y, z: zero, text, showscale: false, hoverongaps: false,
           colorscale: [[0, ZERO], [1, ZERO]], zmin: 0, zmax: 1,
           hovertemplate: `${at}${title}: exactly 0 (grey: no log of 0)<extra></extra>`,
         },
@@ -190,6 +222,7 @@ export class HeatmapFigure {
     const lay = layout({ ytitle: '', uirevision: run.id });
     lay.showlegend = false;
     Object.assign(lay.yaxis, { type: 'category', autorange: 'reversed', title: { text: '' } });
+    blockTicks(lay.yaxis, this.rows, this.starts);
     if (body.step_end[body.step_end.length - 1] <= 10) lay.xaxis.dtick = 1; // no "step 1.5" ticks
     setX(lay.xaxis, view.xrange ?? null);
     const m = markLayout(run.marks, run.color);
@@ -206,6 +239,8 @@ export class HeatmapFigure {
     return lay;
   }
 }
+
+const shownKey = view => [view.heatRun, view.stat, view.layers, view.relative, view.filter, view.agg, view.open.join(',')].join('|');
 
 // The median of a layer's first (up to) BASE_COLUMNS positive bucket maxima: its own start.
 function baseline(max, l, nb) {

@@ -4,6 +4,7 @@
 
 import './plotsafe.js'; // first: every text handed to Plotly is escaped (see there)
 import { createState, HEATMAP_STATS } from './state.js';
+import { toggleOpen } from './layers.js';
 import { assignColors, hashColor } from './colors.js';
 import { createApi, ApiError, Stream } from './api.js';
 import { RunSeries } from './series.js';
@@ -290,7 +291,7 @@ function applyState() {
 
 // What the charts draw for each selected run: its buffers, color, and markers.
 function updateViews() {
-  const { selected, focus: f, smooth, scale, step, stat, layers, relative } = state.get();
+  const { selected, focus: f, smooth, scale, step, stat, layers, relative, filter, agg, open } = state.get();
   colors = assignColors([...runs.values()], selected);
   // Legends name runs without what all their names share (a group's "BN × L2: ").
   const prefix = commonPrefix(selected.map(id => runs.get(id)?.name || id));
@@ -306,7 +307,7 @@ function updateViews() {
       marks, marksKey: marks.map(m => `${m.kind}@${m.step}${m.kind === 'alert' ? '' : `:${m.label}`}`).join(','),
     };
   }));
-  charts.setView({ smooth, scale, step, stat, layers, relative, heatRun: heatmapRun(), xrange: xRange().range });
+  charts.setView({ smooth, scale, step, stat, layers, relative, filter, agg, open, heatRun: heatmapRun(), xrange: xRange().range });
 }
 
 // The steps every step chart shows: the person's zoom, all of them, or (when
@@ -368,8 +369,11 @@ function renderHeatmapSelect() {
 }
 
 function renderSettings() {
-  const { smooth, scale, layers, relative, stat } = state.get();
+  const { smooth, scale, layers, relative, stat, filter, agg } = state.get();
   $('#weights-only').checked = $('#heatmap-weights').checked = layers === 'weights';
+  const box = $('#layer-filter');
+  if (document.activeElement !== box && box.value !== filter) box.value = filter;
+  $('#layer-agg').value = agg;
   $('#heatmap-relative').checked = relative;
   $('#heatmap-relative').disabled = Boolean(HEATMAP_STATS.find(s => s.key === stat)?.linear); // a fraction: drawn as it is
   renderXRange();
@@ -465,6 +469,9 @@ for (const box of [$('#weights-only'), $('#heatmap-weights')]) {
   box.addEventListener('change', ev => state.set({ layers: ev.target.checked ? 'weights' : 'all' }));
 }
 $('#heatmap-relative').addEventListener('change', ev => state.set({ relative: ev.target.checked }));
+$('#layer-filter').addEventListener('input', ev => state.set({ filter: ev.target.value }));
+$('#layer-agg').addEventListener('change', ev => state.set({ agg: ev.target.value }));
+charts.onOpen = block => state.set({ open: toggleOpen(state.get().open, block) });
 charts.onX = x => state.set({ x });
 $('#xrange .all').addEventListener('click', () => state.set({ x: 'full' }));
 $('#xrange .blowup').addEventListener('click', () => state.set({ x: null }));

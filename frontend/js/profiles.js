@@ -8,6 +8,7 @@
 
 import { CONFIG, NO_RUNS, layout, mergeOrder, positive, uid } from './plot.js';
 import { markLayout } from './markers.js';
+import { blockTicks, layerRows, pathOf, rowValue } from './layers.js';
 
 const FINITE_BACK = 50; // rows looked back for a finite one
 
@@ -21,6 +22,8 @@ export const PROFILE_SPECS = [
 // normalization parameters (BatchNorm's γ and β) sit between them otherwise,
 // and their norms are of another size: the profile becomes a saw-tooth.
 export const isWeight = layer => /(^|\.)weight$/.test(layer.name) && !/Norm/.test(layer.module ?? '');
+
+const viewKey = view => [view.layers, view.filter, view.agg, view.open.join(',')].join('|');
 
 export class ProfileFigure {
   constructor(div, spec) {
@@ -60,7 +63,7 @@ export class ProfileFigure {
   keyNow(runs, view) {
     return this.rows(runs, view).map(({ run, i }) =>
       [run.id, run.name, run.color, run.focused, run.series.version, i, run.series.length ? run.series.step.get(Math.max(i, 0)) : '', run.marksKey].join('|')).join(';')
-      + `|${view.layers}`;
+      + `|${viewKey(view)}`;
   }
 
   stale(runs, view) { return this.keyNow(runs, view) !== this.key; }
@@ -70,22 +73,33 @@ export class ProfileFigure {
     return runs.map(r => [r.id, r.color, r.focused, r.series.version, r.series.length > 0].join('|')).join(';');
   }
 
-  urgent(runs, view) { return `${this.structure(runs)}|${view.layers}` !== this.drawnStructure; }
+  urgent(runs, view) { return `${this.structure(runs)}|${viewKey(view)}` !== this.drawnStructure; }
+
+  // The block a category of the drawn figure stands for (a click on it opens or closes it), or null.
+  blockAt(label) {
+    const rows = this.drawnRows ?? [];
+    const row = rows.find(r => r.label === label);
+    return row && (row.kind === 'block' || rows.some(r => r.kind === 'block' && r.block === row.block)) ? row.block : null;
+  }
 
   draw(runs, view) {
     const key = this.keyNow(runs, view);
     if (key === this.key) return;
     this.key = key;
-    this.drawnStructure = `${this.structure(runs)}|${view.layers}`;
+    this.drawnStructure = `${this.structure(runs)}|${viewKey(view)}`;
     const shown = this.rows(runs, view).filter(r => r.i >= 0);
-    // Which of each run's layers are drawn (indices into its layer list): with "weights only",
-    // the weights and, if the run diverged in another parameter, that one (its marker needs it).
-    const keptOf = new Map(shown.map(({ run }) => {
+    // What each run draws (layers.js layerRows; members index its layer list): with "weights
+    // only", the weights and, if the run diverged in another parameter, that one (its marker
+    // needs it); then the person's filter, and with an aggregate a point per block.
+    const layoutOf = new Map(shown.map(({ run }) => {
       const diverged = new Set(run.marks.filter(m => m.kind === 'diverged' && m.layer).map(m => m.layer));
-      return [run, run.series.layers.flatMap((l, k) => (view.layers !== 'weights' || isWeight(l) || diverged.has(l.name) ? [k] : []))];
+      const ls = run.series.layers;
+      const keep = view.layers !== 'weights' ? () => true : k => isWeight(ls[k]) || diverged.has(ls[k].name);
+      return [run, layerRows(ls.map(l => l.name), { keep, filter: view.filter, agg: view.agg, open: view.open })];
     }));
-    const kept = run => keptOf.get(run);
-    const order = mergeOrder(shown.map(({ run }) => kept(run).map(k => run.series.layers[k].name)));
+    const kept = run => layoutOf.get(run).rows;
+    const order = mergeOrder(shown.map(({ run }) => kept(run).map(r => r.label)));
+    this.drawnRows = shown.flatMap(({ run }) => kept(run));
     const data = shown.map(({ run, i }) => {
       const s = run.series;
       const row = s.stats[this.spec.stat].row(i);
@@ -96,20 +110,31 @@ export class ProfileFigure {
         mode: 'lines+markers',
         name: `${run.name} @ step ${s.step.get(i)}`,
         legendgroup: run.id,
-        x: ks.map(k => s.layers[k].name),
-        y: ks.map(k => positive(row[k])),
-        customdata: ks.map(k => `${s.layers[k].module} ${JSON.stringify(s.layers[k].shape)}`),
+        x: ks.map(r => r.label),
+        y: ks.map(r => positive(rowValue(r, row, view.agg))),
+        customdata: ks.map(r => (r.kind === 'tensor'
+          ? `${pathOf(s.layers[r.members[0]].name)}: ${s.layers[r.members[0]].module} ${JSON.stringify(s.layers[r.members[0]].shape)}`
+          : `${view.agg} of its ${r.members.length} tensors; click: ${r.open ? 'close' : 'open'}`)),
         line: { color: run.color, width: run.focused ? 2.5 : 1.5 },
         marker: { color: run.color, size: 5 },
-        hovertemplate: `%{x} (%{customdata})<br>${this.spec.ytitle} %{y:.3g}<extra>%{fullData.name}</extra>`,
+        hovertemplate: `%{customdata}<br>${this.spec.ytitle} %{y:.3g}<extra>%{fullData.name}</extra>`,
       };
     });
     // A log axis cannot draw 0 (a layer whose gradient is exactly zero, a dead layer): say so,
     // rather than leave a silent gap.
-    const zeros = shown.reduce((n, { run, i }) => n + kept(run).filter(k => run.series.stats[this.spec.stat].row(i)[k] === 0).length, 0);
+    const zeros = shown.reduce((n, { run, i }) => {
+      const row = run.series.stats[this.spec.stat].row(i);
+      return n + kept(run).filter(r => rowValue(r, row, view.agg) === 0).length;
+    }, 0);
     let empty = false;
     if (!data.length) empty = runs.length ? (view.step == null ? 'no steps recorded yet' : `no steps at or before ${view.step}`) : NO_RUNS;
+    else if (!order.length && view.filter) empty = `no layer matches "${view.filter}"`;
     const lay = this.layout(empty, order);
+    // Hundreds of tensors: the x axis names the blocks (each at its first tensor), not every tensor.
+    if (shown.length) {
+      const first = layoutOf.get(shown[0].run);
+      blockTicks(lay.xaxis, first.rows, first.starts);
+    }
     if (zeros) {
       lay.annotations.push({
         name: 'zeros', text: `${zeros} value${zeros > 1 ? 's are' : ' is'} exactly 0: not drawn on a log axis`,
@@ -119,7 +144,10 @@ export class ProfileFigure {
     }
     // Where a run diverged: its layer, marked.
     for (const { run } of shown) {
-      const m = markLayout(run.marks, run.color, { layerAxis: true });
+      // On the row that shows the layer (its block's, when the block is closed); none if filtered out.
+      const rowOf = new Map(kept(run).flatMap(r => r.members.map(k => [run.series.layers[k].name, r.label])));
+      const marks = run.marks.flatMap(m => (!m.layer ? [m] : rowOf.has(m.layer) ? [{ ...m, layer: rowOf.get(m.layer) }] : []));
+      const m = markLayout(marks, run.color, { layerAxis: true });
       lay.shapes.push(...m.shapes);
       lay.annotations.push(...m.annotations);
     }
