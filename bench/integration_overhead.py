@@ -1,0 +1,216 @@
+"""What does each integration cost a training step? Lightning and transformers, with and without
+gradwatch's callback, in the same process, interleaved.
+
+    .venv/bin/python bench/integration_overhead.py                 # the figures in docs/benchmarks.md
+    .venv/bin/python bench/integration_overhead.py --rounds 3 --steps 40   # a quick look
+
+A real server (`python -m gradwatch serve`, its own process) receives the runs. Each round fits
+every (integration, with/without callback) pair once, in a shuffled order, for --steps optimizer
+steps each, on a fresh copy of the same model (same seed, same data):
+
+  lightning     an MLP (256 -> 1024 -> 1024 -> 10, batch 256) under `lightning.Trainer`
+  transformers  a BERT built from its config (2 layers x 64 units, sequences of 32 tokens,
+                batch 32) under `transformers.Trainer`
+
+A step is timed between two consecutive step ends (Lightning's on_train_batch_end, the Trainer's
+on_step_end) by two clocks: the wall clock (everything the callback adds in the training thread
+and its sender thread's competition for the cores; on a machine shared with other work, noisy)
+and this process's CPU time (all its threads, the sender's included; what other processes do
+barely moves it). The first 5 steps of each fit are left out (warm-up). The ratio with/without
+is taken within each round (a slow spell of the machine hits both sides) and reported as the
+median over rounds, with its interquartile range and the median step times. Torch runs one
+thread (--threads), as the test suite does on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import random
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+WARMUP = 5
+
+
+def start_server(data_dir: Path, token: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADWATCH_TOKEN": token, "GRADWATCH_MAX_EXTERNAL": "100"}
+    proc = subprocess.Popen([sys.executable, "-m", "gradwatch", "serve", "--port", str(port), "--data-dir",
+                             str(data_dir), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/api/health", timeout=2).status == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def steps_of(ends: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, cpu) seconds of each step after the warm-up."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:], strict=False)][WARMUP:]
+
+
+# ---- Lightning -------------------------------------------------------------------------
+
+def lightning_fit(steps: int, callback: Any) -> list[float]:
+    import lightning.pytorch as pl
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class MLP(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                                     nn.Linear(1024, 10))
+
+        def training_step(self, batch: Any, i: int) -> torch.Tensor:
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    ends: list[tuple[float, float]] = []
+
+    class Clock(pl.Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            ends.append((time.perf_counter(), time.process_time()))
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(256 * steps, 256, generator=g), torch.randint(0, 10, (256 * steps,), generator=g))
+    torch.manual_seed(0)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, max_steps=steps,
+                         callbacks=[Clock()] + ([callback] if callback else []))
+    trainer.fit(MLP(), DataLoader(data, batch_size=256))
+    return steps_of(ends)
+
+
+def lightning_callback(url: str, token: str) -> Any:
+    from gradwatch.integrations.lightning import GradwatchCallback
+
+    return GradwatchCallback(url, token=token, name="bench-lightning")
+
+
+# ---- transformers ----------------------------------------------------------------------
+
+def transformers_fit(steps: int, callback: Any) -> list[float]:
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+    ends: list[tuple[float, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            ends.append((time.perf_counter(), time.process_time()))
+
+    class Tokens(torch.utils.data.Dataset):
+        def __init__(self, n: int) -> None:
+            g = torch.Generator().manual_seed(0)
+            self.ids = torch.randint(0, 512, (n, 32), generator=g)
+            self.labels = torch.randint(0, 2, (n,), generator=g)
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=256,
+                                                     max_position_embeddings=32, num_labels=2))
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+                                 logging_strategy="no", max_steps=steps, per_device_train_batch_size=32)
+        with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its summary: keep stdout the table
+            Trainer(model=model, args=args, train_dataset=Tokens(32 * steps),
+                    callbacks=[Clock()] + ([callback] if callback else [])).train()
+    return steps_of(ends)
+
+
+def transformers_callback(url: str, token: str) -> Any:
+    from gradwatch.integrations.transformers import GradwatchCallback
+
+    return GradwatchCallback(url, token=token, name="bench-transformers")
+
+
+INTEGRATIONS = {"lightning": (lightning_fit, lightning_callback),
+                "transformers": (transformers_fit, transformers_callback)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=80, help="optimizer steps per fit")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", choices=sorted(INTEGRATIONS), action="append")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+    names = args.only or sorted(INTEGRATIONS)
+    token = secrets.token_urlsafe(16)
+    with tempfile.TemporaryDirectory() as data:
+        server, url = start_server(Path(data), token)
+        try:
+            times: dict[tuple[str, bool], list[list[tuple[float, float]]]] = {
+                (n, w): [] for n in names for w in (False, True)}
+            order = list(times)
+            for r in range(args.rounds):
+                random.Random(r).shuffle(order)
+                for name, watched in order:
+                    fit, make_callback = INTEGRATIONS[name]
+                    times[(name, watched)].append(fit(args.steps, make_callback(url, token) if watched else None))
+                print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+    load = os.getloadavg()[0]
+    print(f"# {platform.node()}: {os.cpu_count()} CPUs (load average {load:.1f} at the end), torch "
+          f"{torch.__version__}, {args.threads} thread(s), {args.rounds} rounds x {args.steps} steps per fit "
+          f"(first {WARMUP} left out)")
+    print(f"{'integration':<14}{'clock':<7}{'without (ms)':>14}{'with (ms)':>12}{'ratio':>8}{'ratio IQR':>16}")
+    for name in names:
+        for k, clock in enumerate(("wall", "cpu")):
+            without = [[s[k] for s in fit] for fit in times[(name, False)]]
+            with_ = [[s[k] for s in fit] for fit in times[(name, True)]]
+            ratios = sorted(statistics.median(w) / statistics.median(o) for o, w in zip(without, with_, strict=True))
+            q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+            print(f"{name:<14}{clock:<7}{1e3 * statistics.median(sum(without, [])):>14.2f}"
+                  f"{1e3 * statistics.median(sum(with_, [])):>12.2f}{statistics.median(ratios):>8.3f}"
+                  f"{f'{q[0]:.3f}-{q[2]:.3f}':>16}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
