@@ -29,6 +29,9 @@ from .config import RunConfig
 from .loop import Control, train
 
 MAX_BATCH = 512  # events per websocket message
+# Bytes per websocket message, under the server's 4 MiB (server/routes/ingest.py MAX_INGEST_MESSAGE):
+# 512 metrics events of a 300-tensor model are ~6 MB, and the server fails a run that sends more.
+MAX_MESSAGE_BYTES = 3 * 1024 * 1024
 HEARTBEAT_S = 1.0  # an idle sender says it is alive this often; the server marks a silent run `stalled`
 HEARTBEAT = orjson.dumps({"type": events.HEARTBEAT})  # not an event: no seq, not stored
 WORKER_NICE = 10  # niceness a server-launched worker adds to its own (GRADWATCH_WORKER_NICE; 0: none)
@@ -142,8 +145,12 @@ class IngestClient:
                 if not batch and self._closing:  # all sent, waiting for the last acks
                     self._cond.wait(0.05)
             if batch:
-                # Serialised here, off the training thread.
-                ws.send(b'{"type":"batch","events":' + orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY) + b"}")
+                # Serialised here, off the training thread; halved until it fits in one message.
+                body = orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY)
+                while len(body) > MAX_MESSAGE_BYTES and len(batch) > 1:
+                    batch = batch[: len(batch) // 2]
+                    body = orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY)
+                ws.send(b'{"type":"batch","events":' + body + b"}")
                 now = time.time()
                 self.send_lag.extend(now - e["time"] for e in batch
                                      if e["seq"] > self._high and isinstance(e.get("time"), (int, float)))
