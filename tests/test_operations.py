@@ -137,7 +137,7 @@ def test_a_write_that_finds_damage_ends_the_run_failed_and_health_says_so(tmp_pa
     server = LiveServer(tmp_path / "data").start()
     try:
         run = server.create_run(FOREVER, name="damaged under it")
-        wait_for(lambda: server.run(run["id"])["summary"].get("step", 0) > 3, what="the run to train")
+        wait_for(lambda: server.run(run["id"])["summary"].get("step", 0) > 3, timeout=120, what="the run to train")
         pids = worker_pids(run["id"])
         for pid in pids:  # no write in flight while the page is overwritten
             os.kill(pid, signal.SIGSTOP)
