@@ -260,7 +260,8 @@ def run_free(args: argparse.Namespace) -> dict:
         results: mp.Queue = ctx.Queue()
         outs: list[dict] = []
         per = [args.clients // args.client_procs + (i < args.clients % args.client_procs)
-               for i in range(args.client_procs)] if args.clients else []
+               for i in range(args.client_procs)]
+        per = [n for n in per if n > 0]
         start = time.time() + args.connect_s
         win = (start, start + args.seconds)
         query = f"?token={token}" + ("&frames=single" if args.frames == "single" else "")
