@@ -32,6 +32,8 @@ bench: $(VENV)/.test-installed  # the CPU benchmarks of docs/benchmarks.md (benc
 	$(PY) bench/stream_load.py
 	$(PY) bench/frontend_bench.py --data-dir /tmp/gwbench
 	$(PY) bench/loop_stall.py --data-dir /tmp/gwbench
+	$(PY) bench/integration_overhead.py
+	$(PY) bench/page_load.py
 
 clean:
 	rm -rf $(VENV) gradwatch-data .pytest_cache

@@ -30,7 +30,12 @@ The server's URL and token come from --server/--token, or GRADWATCH_URL/GRADWATC
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:  # the light client alone (pip install gradwatch)
+        return _fail(f"serving the dashboard needs the server's packages ({e.name} is missing): "
+                     "pip install 'gradwatch[server]'")
 
     from .app import create_app, private_dir
     from .protocol import with_header_timeout
