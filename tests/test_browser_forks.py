@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 def test_click_a_loss_point_fork_with_l2_and_see_the_branch(server: LiveServer, page: Any) -> None:
     parent = server.create_run(PARENT, name="parent")
-    server.wait_status(parent["id"], ("completed",))
+    server.wait_status(parent["id"], ("completed",), timeout=240)  # a busy 2-core machine
     open_dashboard(page, server, f"&runs={parent['id']}&smooth=0")
     line = f"t-{parent['id']}-loss-line"
     where = wait_for(lambda: page.evaluate(POINT_AT, [line, 30]), timeout=30, what="the parent's loss line")
@@ -58,7 +58,7 @@ def test_click_a_loss_point_fork_with_l2_and_see_the_branch(server: LiveServer, 
                                   if (r.get("fork") or {}).get("parent") == parent["id"]), None),
                     timeout=30, what="the fork")
     assert fork["fork"]["step"] == 30 and fork["fork"]["changes"] == {"l2": 0.01}
-    server.wait_status(fork["id"], ("completed",))
+    server.wait_status(fork["id"], ("completed",), timeout=240)
     # The branch: the fork's own line from step 30 to the end, the parent's up to step 30 beneath
     # it (faint), and the parent's whole line beside it.
     wait_for(lambda: page.evaluate(TRACE, f"t-{fork['id']}-loss-line") == [30, 60, 31], timeout=30,

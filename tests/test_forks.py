@@ -128,18 +128,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     s.stop()
 
 
+SLOW = 240  # seconds a run may take to end on a busy 2-core machine (it takes ~5 s when idle)
 QUICK = {"steps": 30, "checkpoint_every": 10, "eval_every": 10, "device": "cpu", "width": 16, "depth": 2}
 
 
 def test_fork_over_the_api_reproduces_and_records_its_parent(server: LiveServer) -> None:
     parent = server.create_run(QUICK)
-    server.wait_status(parent["id"], ("completed",))
+    server.wait_status(parent["id"], ("completed",), timeout=SLOW)
     assert server.client.get(f"/api/runs/{parent['id']}/checkpoints").json()["steps"] == [10, 20, 30]
     r = server.client.post(f"/api/runs/{parent['id']}/fork", json={"step": 15, "changes": {}})
     assert r.status_code == 201, r.text
     fork = r.json()
     assert fork["fork"] == {"parent": parent["id"], "step": 10, "asked": 15, "changes": {}}
-    server.wait_status(fork["id"], ("completed",))
+    server.wait_status(fork["id"], ("completed",), timeout=SLOW)
     got = server.client.get(f"/api/runs/{fork['id']}/metrics").json()
     want = server.client.get(f"/api/runs/{parent['id']}/metrics").json()
     assert got["step"] == list(range(10, 31))
@@ -148,7 +149,7 @@ def test_fork_over_the_api_reproduces_and_records_its_parent(server: LiveServer)
 
 def test_fork_refusals_name_the_reason(server: LiveServer) -> None:
     parent = server.create_run(QUICK)
-    server.wait_status(parent["id"], ("completed",))
+    server.wait_status(parent["id"], ("completed",), timeout=SLOW)
     url = f"/api/runs/{parent['id']}/fork"
     r = server.client.post(url, json={"step": 5})
     assert r.status_code == 409 and "nearest is at step 10" in r.json()["detail"]
@@ -178,18 +179,18 @@ def test_fork_refusals_name_the_reason(server: LiveServer) -> None:
 def test_forking_a_running_run_and_deleting_removes_checkpoints(server: LiveServer) -> None:
     parent = server.create_run({**QUICK, "steps": 100_000, "checkpoint_keep": 3})
     folder = server.data_dir / "runs" / parent["id"]
-    wait_for(lambda: len(checkpoint.steps(folder / "checkpoints")) >= 2, timeout=60, what="two checkpoints")
+    wait_for(lambda: len(checkpoint.steps(folder / "checkpoints")) >= 2, timeout=SLOW, what="two checkpoints")
     r = server.client.post(f"/api/runs/{parent['id']}/fork", json={"step": 100_000,
                                                                   "changes": {"lr": 0.01, "steps": 300}})
     assert r.status_code == 201, r.text
     fork = r.json()
     assert server.run(parent["id"])["status"] == "running"
-    server.wait_status(fork["id"], ("completed",))
+    server.wait_status(fork["id"], ("completed",), timeout=SLOW)
     events = server.client.get(f"/api/runs/{fork['id']}/metrics?max_points=2").json()["events"]
     assert [(e["field"], e["new"], e["step"]) for e in events if e["type"] == "intervention"] == \
         [("lr", 0.01, fork["fork"]["step"])]
     server.client.post(f"/api/runs/{parent['id']}/stop")
-    server.wait_status(parent["id"], ("stopped",))
+    server.wait_status(parent["id"], ("stopped",), timeout=SLOW)
     assert len(checkpoint.steps(folder / "checkpoints")) == 3  # checkpoint_keep, of many written
     assert server.client.delete(f"/api/runs/{parent['id']}").status_code == 204
     assert not folder.exists()
