@@ -9,7 +9,7 @@ import { CONFIG, NO_RUNS, layout, relayoutX, setX } from './plot.js';
 import { markLayout } from './markers.js';
 import { HEATMAP_STATS } from './state.js';
 import { isWeight } from './profiles.js';
-import { aggregate, blockTicks, layerRows, pathOf } from './layers.js';
+import { aggregate, blockTicks, layerRows } from './layers.js';
 
 const REFRESH_MS = 2000;
 // "Relative": each layer divided by the median of its first BASE_COLUMNS columns.
@@ -186,16 +186,12 @@ export class HeatmapFigure {
     const title = TITLES[stat] ?? stat;
     const y = rows.map(r => r.label);
     const span = nb > 1 ? Math.round((body.step_end[nb - 1] - body.step_start[0] + 1) / nb) : 1;
-    const at = `step %{x:.0f}${span > 1 ? ` (±${Math.ceil(span / 2)})` : ''}<br>%{text}<br>`;
-    // The hover names where a row sits (layer3 › layer3.4 › …), and what a block's row is.
-    const text = rows.map(r => {
-      const where = r.kind === 'tensor' ? pathOf(body.layers[r.members[0]].name)
-        : `${r.block}: ${agg} of its ${r.members.length} tensors (click: ${r.open ? 'close' : 'open'})`;
-      return new Array(nb).fill(where);
-    });
+    // The row's label names the tensor, or the block and its aggregate (▸ layer3.4 (max of 6)); no
+    // per-cell hover text: at 300 rows x 600 columns it would be 180k more strings per redraw.
+    const at = `step %{x:.0f}${span > 1 ? ` (±${Math.ceil(span / 2)})` : ''}<br>%{y}<br>`;
     const colorbar = linear ? title : relative ? `log₁₀ ${title}<br>÷ its first ${BASE_COLUMNS} columns` : `log₁₀ ${title}`;
     const trace = {
-      uid: 'heatmap', type: 'heatmap', x, y, z, text, customdata: maxes, hoverongaps: false,
+      uid: 'heatmap', type: 'heatmap', x, y, z, customdata: maxes, hoverongaps: false,
       // Relative: red grew, blue shrank, white as at the start.
       ...(relative ? { colorscale: 'RdBu', reversescale: true, zmid: 0 } : { colorscale: 'Viridis' }),
       ...(linear ? { zmin: 0, zmax: 1 } : {}),
@@ -209,7 +205,7 @@ export class HeatmapFigure {
       zeros: {
         count: zeroCount,
         trace: {
-          uid: 'heatmap-zeros', type: 'heatmap', x, y, z: zero, text, showscale: false, hoverongaps: false,
+          uid: 'heatmap-zeros', type: 'heatmap', x, y, z: zero, showscale: false, hoverongaps: false,
           colorscale: [[0, ZERO], [1, ZERO]], zmin: 0, zmax: 1,
           hovertemplate: `${at}${title}: exactly 0 (grey: no log of 0)<extra></extra>`,
         },
