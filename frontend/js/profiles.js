@@ -11,6 +11,7 @@ import { markLayout } from './markers.js';
 import { blockTicks, layerRows, pathOf, rowValue } from './layers.js';
 
 const FINITE_BACK = 50; // rows looked back for a finite one
+const MARKERS_UP_TO = 60; // points of a profile drawn with markers (hundreds of tensors: lines only)
 
 export const PROFILE_SPECS = [
   { id: 'chart-layers', name: 'grad-norm-per-layer', stat: 'grad_norm', ytitle: 'grad norm' },
@@ -107,7 +108,8 @@ export class ProfileFigure {
       return {
         uid: uid(run.id, this.spec.stat),
         type: 'scatter',
-        mode: 'lines+markers',
+        // A marker is an SVG element restyled on every redraw: past MARKERS_UP_TO points, a line only.
+        mode: ks.length > MARKERS_UP_TO ? 'lines' : 'lines+markers',
         name: `${run.name} @ step ${s.step.get(i)}`,
         legendgroup: run.id,
         x: ks.map(r => r.label),
