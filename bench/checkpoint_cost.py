@@ -10,6 +10,9 @@ cost: the default MLP (500 steps) and the 20-block CNN (50 steps), digits, batch
       `checkpoint_seconds`), and with vs without checkpoints the training thread's CPU time, the
       whole process's CPU time (the background writer's torch.save, sha256, fsync and rename
       included) and the wall time (noisy on a shared machine).
+parts: the same two models, the checkpoint's own operations timed alone (CPU time: a shared machine's
+      load does not inflate it) against a training step's CPU time: the copy the training thread
+      makes, the writer's serialise + sha256 + write + fsync + rename, and a read back with its check.
 fork: a real server (`gradwatch serve`, prefork on, as by default), one completed 200-step MLP run;
       then --forks times: POST /api/runs/{id}/fork at step 100, and the time until the fork's first
       step is stored (its run record's summary.step, polled every 10 ms).
@@ -50,6 +53,7 @@ def cost(device: str, repeats: int) -> None:
           f"torch threads {torch.get_num_threads()}")
     for label, (extra, steps) in MODELS.items():
         base = {"steps": steps, "eval_every": 0, "device": device, **extra}
+        timed(RunConfig(**{**base, "steps": 20}, checkpoint_every=0), None)  # imports, data, allocator: not counted
         on: list[tuple] = []
         off: list[tuple] = []
         size = 0
@@ -67,6 +71,65 @@ def cost(device: str, repeats: int) -> None:
         for k, what in ((1, "training thread CPU"), (2, "process CPU (with the writer thread)"), (0, "wall")):
             a, b = ms(on, k), ms(off, k)
             print(f"    {what}: {b:.3f} -> {a:.3f} ms/step ({(a / b - 1) * 100:+.1f}%)")
+
+
+def parts(device: str, repeats: int) -> None:
+    """The checkpoint's own operations, timed alone on a model that has trained 3 steps (momentum
+    buffers exist), against the CPU time of a training step: fast to run however slow the model."""
+
+    print(f"checkpoint parts: {repeats} of each, device {device}, torch threads {torch.get_num_threads()}")
+    for label, (extra, _) in MODELS.items():
+        _parts_of(label, extra, device, repeats)
+
+
+def _parts_of(label: str, extra: dict, device: str, repeats: int) -> None:
+    from gradwatch import checkpoint, models, optim
+    from gradwatch import data as data_mod
+    from gradwatch.loop import snapshot
+    from gradwatch.probe import watch
+
+    cfg = RunConfig(device=device, **extra)
+    dev = torch.device(device)
+    ds = data_mod.load(cfg.dataset, dev, None, cfg.seed)
+    model = models.build(cfg, ds.shape, ds.n_classes).to(dev)
+    opt = optim.build(model, cfg)
+    batches = data_mod.Batches(len(ds.x_train), cfg.batch_size, cfg.seed, dev)
+    probe = watch(model, opt, stats_every=cfg.stats_every)
+    live = {"l2": cfg.l2, "lr": cfg.lr, "grad_clip": cfg.grad_clip}
+
+    def step() -> None:
+        idx = batches.next()
+        loss = torch.nn.functional.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        probe.record(loss)
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t = time.thread_time()
+    for _ in range(repeats):
+        step()
+    step_ms = (time.thread_time() - t) / repeats * 1e3
+    t = time.thread_time()
+    for _ in range(repeats):
+        state = snapshot(10, cfg, model, opt, batches, live, probe)
+    copy_ms = (time.thread_time() - t) / repeats * 1e3
+    with tempfile.TemporaryDirectory() as d:
+        t, w = time.thread_time(), time.perf_counter()
+        for i in range(repeats):
+            size = checkpoint.write(checkpoint.path_for(d, i), state)
+        write_cpu, write_wall = ((time.thread_time() - t) / repeats * 1e3, (time.perf_counter() - w) / repeats * 1e3)
+        t = time.thread_time()
+        for i in range(repeats):
+            checkpoint.load(checkpoint.path_for(d, i))
+        load_ms = (time.thread_time() - t) / repeats * 1e3
+    probe.close()
+    print(f"  {label}: a training step {step_ms:.2f} ms CPU; a checkpoint {size / 2**20:.2f} MiB: copy on the "
+          f"training thread {copy_ms:.2f} ms CPU ({copy_ms / 10 / step_ms * 100:.2f}% of a step's CPU at "
+          f"checkpoint_every 10), write on the writer thread {write_cpu:.2f} ms CPU, {write_wall:.1f} ms wall "
+          f"with fsync ({write_cpu / 10 / step_ms * 100:.1f}% more CPU per step); read back and checked "
+          f"{load_ms:.2f} ms")
 
 
 def free_port() -> int:
@@ -90,17 +153,24 @@ def fork_latency(forks: int) -> None:
             wait(lambda: _up(client), 60)
             parent = client.post("/api/runs", json={"config": {"steps": 200, "device": "cpu"}}).json()
             wait(lambda: client.get(f"/api/runs/{parent['id']}").json()["status"] == "completed", 120)
-            times = []
-            for _ in range(forks):
-                t = time.perf_counter()
-                r = client.post(f"/api/runs/{parent['id']}/fork", json={"step": 100, "changes": {"lr": 0.01}})
-                assert r.status_code == 201, r.text
-                fid = r.json()["id"]
-                wait(lambda fid=fid: (client.get(f"/api/runs/{fid}").json()["summary"] or {}).get("step"), 60, 0.01)
-                times.append(time.perf_counter() - t)
-                wait(lambda fid=fid: client.get(f"/api/runs/{fid}").json()["status"] == "completed", 120)
-            print(f"fork request -> first step stored: median {statistics.median(times) * 1e3:.0f} ms, "
-                  f"min {min(times) * 1e3:.0f}, max {max(times) * 1e3:.0f} over {forks} forks")
+            times: dict[str, list[float]] = {"fork": [], "new run": []}
+            for _ in range(forks):  # alternately: a fork at step 100, and a new run of the same config
+                for kind, path, body in (
+                        ("fork", f"/api/runs/{parent['id']}/fork", {"step": 100, "changes": {"lr": 0.01}}),
+                        ("new run", "/api/runs", {"config": {"steps": 100, "device": "cpu", "lr": 0.01}})):
+                    t = time.perf_counter()
+                    r = client.post(path, json=body)
+                    assert r.status_code == 201, r.text
+                    rid = r.json()["id"]
+                    def stepped(rid: str = rid) -> bool:
+                        return bool((client.get(f"/api/runs/{rid}").json()["summary"] or {}).get("step"))
+
+                    wait(stepped, 120, 0.01)
+                    times[kind].append(time.perf_counter() - t)
+                    wait(lambda rid=rid: client.get(f"/api/runs/{rid}").json()["status"] == "completed", 120)
+            for kind, ts in times.items():
+                print(f"{kind}: request -> first step stored: median {statistics.median(ts) * 1e3:.0f} ms, "
+                      f"min {min(ts) * 1e3:.0f}, max {max(ts) * 1e3:.0f} over {forks}")
         finally:
             client.close()
             proc.terminate()
@@ -125,7 +195,8 @@ def wait(pred: object, timeout: float, interval: float = 0.05) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["cost", "fork", "both"], default="both")
+    ap.add_argument("--part", choices=["cost", "parts", "fork", "both"], default="both",
+                    help="both: parts and fork (cost, whole runs with and without, takes long for the CNN)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--forks", type=int, default=5)
@@ -133,8 +204,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    if args.part in ("cost", "both"):
+    if args.part == "cost":
         cost(args.device, args.repeats)
+    if args.part in ("parts", "both"):
+        parts(args.device, max(args.repeats, 10))
     if args.part in ("fork", "both"):
         fork_latency(args.forks)
 
