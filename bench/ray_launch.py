@@ -50,6 +50,7 @@ def wait(pred, timeout: float, what: str, interval: float = 0.01):  # noqa: ANN0
 class Server:
     def __init__(self, data: Path, env: dict[str, str], port: int) -> None:
         self.port, self.token = port, secrets.token_urlsafe(16)
+        data.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(data.parent / f"server-{port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gradwatch.server.cli", "serve", "--port", str(port), "--data-dir", str(data)],
@@ -131,7 +132,7 @@ def inner(trials: int) -> None:
             runs = [ray.client.get(f"/api/runs/{i}").json() for i in ids]
             return all(r["status"] in ("completed", "failed", "stopped") for r in runs)
 
-        wait(ended, 600, "the group", 0.5)
+        wait(ended, 1800, "the group", 0.5)
         runs = [ray.client.get(f"/api/runs/{i}").json() for i in ids]
         complete = sum(r["status"] == "completed" for r in runs)
         steps = [len(ray.client.get(f"/api/runs/{i}/metrics", params={"max_points": 100_000, "stats": ""})
