@@ -208,6 +208,14 @@ class Probe:
         n = len(self.params)
         return pre[:n] if self._pre_order is None else pre.index_select(0, self._grad_pos)
 
+    def grads_ready(self) -> None:
+        """This step's gradients are final now: take their norms afresh. For loops whose backward
+        runs inside `optimizer.step(closure)`, after the pre-step hook took the previous step's
+        (Lightning without AMP): called once the closure has run. Not cached by the gradients'
+        identity here, which a new gradient tensor can share with a freed one (same id, version 0)."""
+        self._pre = None
+        self._pre_norms_now()
+
     def _pre_norms_now(self) -> torch.Tensor:
         """Gradient norms and weight norms (2n), computed once per step in one pass."""
         grads = [p.grad for p in self.params]

@@ -91,7 +91,7 @@ class GradwatchCallback(pl.Callback):
                                  optimizer: torch.optim.Optimizer) -> None:
         if self.run is None:
             return
-        self.run.probe.grad_norms()  # the closure has run (and AMP unscaled): these are this step's gradients
+        self.run.probe.grads_ready()  # the closure has run (and AMP unscaled): these are this step's gradients
         accuracy = first_metric(trainer.callback_metrics, self.names["accuracy"])
         self.run.record(self._loss, accuracy if torch.is_tensor(accuracy) else None)
         self._loss = None
