@@ -47,10 +47,12 @@ def checkpoint_dir(settings: Settings, run_id: str) -> Path:
     return run_dir(settings, run_id) / "checkpoints"
 
 
-def hello(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
+def hello(settings: Settings, run: dict[str, Any], launcher: str = "local") -> dict[str, Any]:
     """What the ingest hello adds for a built-in run's worker: its checkpoint folder and, for a
-    fork, the checkpoint to start from and the training changes to make there."""
-    if run["kind"] != "local":
+    fork, the checkpoint to start from and the training changes to make there. Only for workers
+    on this machine (the local launcher): the folder is on the server's disk, which a worker on
+    a Ray node cannot reach, so such runs keep no checkpoints (a fork of one is a 409)."""
+    if run["kind"] != "local" or launcher != "local":
         return {}
     folder = checkpoint_dir(settings, run["id"])
     out: dict[str, Any] = {"checkpoints": str(folder)}
@@ -85,7 +87,7 @@ def fork_config(parent: dict[str, Any], changes: dict[str, Any]) -> dict[str, An
         raise ForkRefused(422, e.reason, e.field) from None
 
 
-def choose(settings: Settings, parent: dict[str, Any], asked: int) -> int:
+def choose(settings: Settings, parent: dict[str, Any], asked: int, launcher: str = "local") -> int:
     """The parent's newest checkpoint at or before `asked` (ForkRefused 409 when there is none)."""
     if parent["kind"] != "local":
         raise ForkRefused(409, f"run {parent['id']} is the user's own loop: gradwatch keeps no checkpoints of it")
@@ -97,7 +99,8 @@ def choose(settings: Settings, parent: dict[str, Any], asked: int) -> int:
         raise ForkRefused(409, f"run {parent['id']} has no checkpoint at or before step {asked}; the nearest "
                                f"is at step {have[0]} (checkpoints: steps {', '.join(map(str, have))})")
     every = parent["config"].get("checkpoint_every", 0)
-    why = ("its checkpoint_every is 0" if not every else
+    why = (f"its workers run on the {launcher} launcher, which cannot reach the server's disk" if launcher != "local"
+           else "its checkpoint_every is 0" if not every else
            f"it keeps one every {every} steps and has written none yet")
     raise ForkRefused(409, f"run {parent['id']} has no checkpoints: {why}")
 

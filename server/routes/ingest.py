@@ -58,7 +58,8 @@ async def ingest(ws: WebSocket, run_id: str) -> None:
     checker = wire.Checker(run_id, run["layers"], run["last_seq"])
     try:
         await ws.send_json({"type": "hello", "run_id": run_id, "acked_seq": run["last_seq"],
-                            "config": run["config"], **forks.hello(ws.app.state.settings, run)})
+                            "config": run["config"], **forks.hello(ws.app.state.settings, run,
+                                                                  getattr(jobs.launcher, "name", "local"))})
         await jobs.flush_pending_control(run_id)
         while True:
             raw = await ws.receive()

@@ -90,7 +90,7 @@ async def fork_run(body: ForkCreate, run: RunDep, jobs: JobsDep, settings: Setti
     """A new run from the run's newest checkpoint at or before `step`, with `changes` (server/forks.py)."""
     try:
         config = forks.fork_config(run, body.changes)
-        step = forks.choose(settings, run, body.step)
+        step = forks.choose(settings, run, body.step, getattr(jobs.launcher, "name", "local"))
         path = checkpoint.path_for(forks.checkpoint_dir(settings, run["id"]), step)
         try:
             await run_in_threadpool(checkpoint.verify, path)  # length and digest; the worker checks again
