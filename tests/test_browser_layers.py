@@ -93,6 +93,7 @@ def weights(names: list[str]) -> list[str]:
 def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
         server: LiveServer, run: tuple[str, list[str]], page: Any) -> None:
     run_id, names = run
+    page.set_default_timeout(60_000)  # 306 tensors in every per-layer figure, on 2 shared cores
     open_dashboard(page, server, f"&runs={run_id}&focus={run_id}&agg=max")
     page.locator("#chart-heatmap").scroll_into_view_if_needed()  # drawn when in view
     # One row per block, the max of its 6 weight matrices; the stem and head are one tensor each.
