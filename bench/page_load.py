@@ -96,12 +96,13 @@ def first_load(browser: Any, url: str, token: str, link: dict[str, float] | None
     context = browser.new_context(bypass_csp=True)
     try:
         page = context.new_page()
+        page.set_default_timeout(300_000)  # a first load on a busy 2-core machine can take a minute
         if link is not None:
             cdp = context.new_cdp_session(page)
             cdp.send("Network.enable")
             cdp.send("Network.emulateNetworkConditions", {"offline": False, **link})
         page.goto(sign_in_link(url, token))
-        page.wait_for_url(lambda u: urlsplit(u).path == "/", timeout=60_000)  # signed in, on the dashboard
+        page.wait_for_url(lambda u: urlsplit(u).path == "/", wait_until="commit")  # signed in, on the dashboard
         page.wait_for_load_state("load")
         page.wait_for_function("performance.getEntriesByType('navigation')[0]?.loadEventEnd > 0")
         out = page.evaluate(TIMING_JS)
