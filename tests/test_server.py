@@ -121,7 +121,7 @@ def test_stop_and_delete(live_server: LiveServer) -> None:
 
 @pytest.mark.parametrize(
     ("config", "field"),
-    [({"depth": 0}, "depth"), ({"model": "transformer"}, "model"), ({"lr": "fast"}, "lr"),
+    [({"depth": 0}, "depth"), ({"model": "vit"}, "model"), ({"lr": "fast"}, "lr"),
      ({"steps": 10**9}, "steps"), ({"rm -rf": 1}, "rm -rf"), ({"batchnorm": "on"}, "batchnorm"),
      ({"width": 2048, "depth": 64}, "width")],
 )
