@@ -37,7 +37,7 @@ PLACEMENT_NOTE_S = 10.0  # a worker not placed this long, for want of resources,
 
 def public(run: dict[str, Any], live_summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """A run as the API shows it: no token, the newest summary."""
-    out = {k: v for k, v in run.items() if k not in ("token", "layers")}
+    out = {k: v for k, v in run.items() if k not in ("token", "layers", "placement")}
     if live_summary:
         out["summary"] = {**(run["summary"] or {}), **live_summary}
     return out
@@ -193,7 +193,7 @@ class JobManager:
             return
         self._watch(handle)
         if await self.launcher.placed(handle, 0):
-            self.lifecycle.publish(self.store.get_run(run_id))  # its record now says where it runs
+            self._placed(run_id)  # its record now says where it runs
         else:
             self._spawn(self._placement(handle))  # the scheduler goes on meanwhile
 
@@ -225,6 +225,10 @@ class JobManager:
         st = self.runs.get(run_id)
         if st is not None:
             st.waiting = None
+            where = st.handle.where if st.handle is not None else {}
+            placement = {"node": where.get("node"), "gpu": where.get("gpu")}
+            if any(placement.values()):  # kept: the record says where it ran after it ended too
+                self.store.update_run(run_id, placement=placement)
         run = self.store.get_run(run_id)
         if run is not None and run["status"] == Status.QUEUED and st is not None and st.handle is not None:
             self.lifecycle.transition(run_id, Status.RUNNING)
@@ -430,7 +434,7 @@ class JobManager:
     def view(self, run: dict[str, Any]) -> dict[str, Any]:
         out = public(run, self.summaries.get(run["id"]))
         st = self.runs.get(run["id"])
-        where = st.handle.where if st is not None and st.handle is not None else {}
+        where = st.handle.where if st is not None and st.handle is not None else (run.get("placement") or {})
         out["gpu"], out["node"] = where.get("gpu"), where.get("node")
         if st is not None and st.waiting and run["status"] == Status.QUEUED:
             out["waiting"] = st.waiting

@@ -121,8 +121,8 @@ SCHEMA_VERSION = 3
 # preset: {"name", "variant", "changed"} of a run started from a preset (routes/runs.py), else NULL.
 # fork: {"parent", "step", "asked", "changes"} of a run forked from another (server/forks.py), else NULL.
 RUN_FIELDS = ("id", "name", "status", "config", "created", "started", "finished", "error",
-              "summary", "layers", "token", "last_seq", "kind", "group_id", "preset", "fork")
-JSON_FIELDS = ("config", "summary", "layers", "preset", "fork")
+              "summary", "layers", "token", "last_seq", "kind", "group_id", "preset", "fork", "placement")
+JSON_FIELDS = ("config", "summary", "layers", "preset", "fork", "placement")
 
 
 TOKEN_HASH = "sha256:"  # runs.token holds this + the hex digest of the run's ingest token
@@ -316,6 +316,8 @@ class Store:
             self.db.execute("ALTER TABLE runs ADD COLUMN preset TEXT")
         if "fork" not in have:
             self.db.execute("ALTER TABLE runs ADD COLUMN fork TEXT")
+        if "placement" not in have:  # where its worker ran: {"node", "gpu"}, kept after the run ends
+            self.db.execute("ALTER TABLE runs ADD COLUMN placement TEXT")
 
     def _hash_tokens(self) -> None:
         """Ingest tokens stored in clear by an older version: keep only their digests."""

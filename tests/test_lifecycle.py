@@ -119,6 +119,13 @@ def test_the_status_set_is_defined_once() -> None:
     doc = (ROOT / "docs" / "architecture.md").read_text()
     rows = set(re.findall(r"^\| `(\w+)` \| `(\w+)` \|", doc, flags=re.M))
     assert rows == {(frm.value, to.value) for frm, to in TRANSITIONS}, "docs/architecture.md's table"
+    # The page takes its sets from /api/statuses (frontend/js/statuses.js): no script types one out.
+    # (A list naming a couple of statuses for a rule of its own, e.g. "ended well", is no status set:
+    # a set the server defines holds `queued` or `failed`.)
+    for script in (ROOT / "frontend" / "js").glob("*.js"):
+        for literal in re.findall(r"\[([^\[\]]*)\]", script.read_text()):
+            named = set(re.findall(r"'(\w+)'", literal)) & set(ALL)
+            assert not (len(named) > 1 and named & {"queued", "failed"}), f"{script.name} types out {sorted(named)}"
 
 
 # ---- the job manager with a fake launcher -------------------------------------------------------
@@ -215,6 +222,8 @@ def test_job_manager_with_a_fake_launcher(tmp_path: Path, store: Store) -> None:
         launcher.exit(a, 3)  # a worker ends without finishing: failed with the launcher's reason
         await until(lambda: store.get_run(a)["status"] == "failed")
         assert store.get_run(a)["error"] == "fake worker ended with 3"
+        await until(lambda: a not in jobs.runs)  # its state is gone; the record still says where it ran
+        assert (jobs.view(store.get_run(a))["node"], jobs.view(store.get_run(a))["gpu"]) == ("fake-node", "7")
         await until(lambda: c in launcher.launched)  # its slot went to the queued run
         d = jobs.create("d", {})["id"]
         assert (await jobs.stop(d))["status"] == "stopped"  # stopped while queued: never launched
@@ -326,6 +335,8 @@ def test_a_launched_run_waiting_for_resources_is_queued_saying_why(tmp_path: Pat
         await until(lambda: store.get_run("big")["status"] == "running")
         assert "waiting" not in jobs.view(store.get_run("big")) and launcher.launched == ["big"]  # launched once
         assert (await jobs.stop("big"))["status"] == "stopped"
+        await until(lambda: "big" not in jobs.runs)
+        assert jobs.view(store.get_run("big"))["node"] == "fake-node"  # placed once it had room, kept after
         await jobs.shutdown()
 
     asyncio.run(scenario())

@@ -37,6 +37,7 @@ export function createApi(token = null, base = globalThis.location, { unauthoriz
   const run = id => `/api/runs/${encodeURIComponent(id)}`;
   return {
     listRuns: () => request('GET', '/api/runs'),
+    statuses: () => request('GET', '/api/statuses'), // the status sets (statuses.js)
     // preset: {preset, variant} the form was filled from ({} for own settings); the run keeps them.
     createRun: (name, config, preset = {}) => request('POST', '/api/runs', { name, config, ...preset }),
     stopRun: id => request('POST', `${run(id)}/stop`),

@@ -5,6 +5,7 @@
 // runs, a small form that changes l2 / lr / grad_clip before its next step
 // (PATCH /api/runs/{id}; the worker applies it and logs an intervention).
 
+import { STATUSES } from './statuses.js';
 import { badge, problem } from './runlist.js';
 import { alertEpisodes } from './diagnosis.js';
 import { presetAbout, presetOf } from './presets.js';
@@ -132,7 +133,7 @@ export class DetailPanel {
     }
 
     // Live changes: built-in (local) runs that are still going (a stalled one gets them when it wakes).
-    const live = ['queued', 'running', 'stalled'].includes(run.status) && (run.kind ?? 'local') === 'local';
+    const live = STATUSES.active.has(run.status) && (run.kind ?? 'local') === 'local';
     el.change.hidden = !live;
     const values = liveValues(run, events);
     const valuesKey = `${run.id}:${JSON.stringify(values)}`;

@@ -7,6 +7,7 @@ import { createState, HEATMAP_STATS } from './state.js';
 import { toggleOpen } from './layers.js';
 import { assignColors, hashColor } from './colors.js';
 import { createApi, ApiError, Stream } from './api.js';
+import { STATUSES, loadStatuses } from './statuses.js';
 import { RunSeries } from './series.js';
 import { Charts } from './charts.js';
 import { RunList } from './runlist.js';
@@ -144,7 +145,7 @@ function latest(id, step, loss, accuracy) {
   }
 }
 
-const ENDED = new Set(['completed', 'stopped', 'failed', 'diverged']);
+const ENDED = STATUSES.terminal;
 
 // An older view of a run than the one the page has: a REST answer (Stop's,
 // say: "running") that comes after the stream already said "stopped".
@@ -273,7 +274,7 @@ async function pickGroup(id) {
 
 // While cells train, the group's answer (best validation accuracy) is refetched now and then.
 setInterval(() => {
-  const active = c => ['queued', 'running', 'stalled'].includes(runs.get(c.run_id)?.status ?? c.status);
+  const active = c => STATUSES.active.has(runs.get(c.run_id)?.status ?? c.status);
   if (group?.cells.some(active)) refreshGroup();
 }, 3000);
 
@@ -492,8 +493,12 @@ document.addEventListener('click', ev => {
 let listed = false; // has the runs list loaded once
 
 // (Re)load every run record. Metrics-patched numbers survive through upsert().
+// The status sets come from the server (statuses.js) before the runs are first drawn.
+const statusesLoaded = loadStatuses(api).catch(err => flash(`could not read the run statuses: ${err.message}`));
+
 async function loadRuns() {
   try {
+    await statusesLoaded;
     const list = await api.listRuns();
     const ids = new Set(list.map(r => r.id));
     for (const id of [...runs.keys()]) if (!ids.has(id)) runs.delete(id);
@@ -518,7 +523,7 @@ function initialSelection() {
   } else if (!state.explicit.selected) {
     // First visit without a selection: show what is running, else the newest run.
     const all = newestFirst();
-    const active = all.filter(r => ['running', 'queued', 'stalled'].includes(r.status)).slice(0, 4);
+    const active = all.filter(r => STATUSES.active.has(r.status)).slice(0, 4);
     state.set({ selected: (active.length ? active : all.slice(0, 1)).map(r => r.id).reverse() });
   } else {
     // Drop runs deleted since the link was made.

@@ -3,8 +3,9 @@
 // Actions are reported through `handlers` (select, focus, stop, remove, retry).
 
 import { notLearning } from './diagnosis.js';
+import { STATUSES } from './statuses.js';
 
-const ACTIVE = new Set(['queued', 'running', 'stalled']); // Stop is offered
+const ACTIVE = STATUSES.active; // Stop is offered (filled from the server before the first draw)
 
 const fmt = {
   step: v => (v == null ? '—' : String(v)),
