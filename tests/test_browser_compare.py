@@ -367,13 +367,14 @@ MODULES = """async () => {
   const div = document.body.appendChild(document.createElement('div'));
   const profile = new ProfileFigure(div, PROFILE_SPECS[0]);
   const zeroNote = layers => {
-    profile.draw([{ id: 'z', name: 'z', color: '#000', focused: true, series: zs, marks: [] }], { step: null, layers });
+    profile.draw([{ id: 'z', name: 'z', color: '#000', focused: true, series: zs, marks: [] }],
+                 { step: null, layers, filter: '', agg: 'none', open: [] });
     return (div.layout.annotations || []).filter(a => a.name === 'zeros').map(a => a.text);
   };
   // weights only, but the run diverged in a bias: that bias stays, with its marker
   profile.draw([{ id: 'z', name: 'z', color: '#000', focused: true, series: zs, marksKey: 'd',
                   marks: [{ kind: 'diverged', step: 1, layer: 'fc1.bias', label: 'diverged in fc1.bias' }] }],
-               { step: null, layers: 'weights' });
+               { step: null, layers: 'weights', filter: '', agg: 'none', open: [] });
   const divergedX = div.data[0].x;
 
   const s = new RunSeries('r', 8);
