@@ -97,21 +97,31 @@ def test_a_lightning_fit_streams_one_row_per_optimizer_step_as_watch_sees_it(liv
     assert all(v is not None and 0 <= v <= 1 for v in hist["accuracy"])
 
 
+def start_example(server: LiveServer, tmp_path: Path, script: str, name: str, batches: int
+                  ) -> tuple[subprocess.Popen, Path]:
+    """examples/<script> against the server, training (almost) forever; its output in a log file."""
+    log = tmp_path / "example.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GRADWATCH_TOKEN": server.token}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / script), "--server", server.url,
+                                 "--name", name, "--epochs", "100000", "--batches", str(batches)],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def run_at_step(server: LiveServer, name: str, step: int) -> dict | None:
+    """The run called `name` once it has stored `step` steps, else None."""
+    run = next((r for r in server.client.get("/api/runs").json() if r["name"] == name), None)
+    return run if run and run["summary"].get("step", 0) >= step else None
+
+
 def test_the_lightning_example_charts_validation_and_stops_from_the_dashboard(live_server: LiveServer,
                                                                               tmp_path: Path) -> None:
     name = f"lit-stop-{uuid.uuid4().hex[:6]}"
-    log = tmp_path / "example.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GRADWATCH_TOKEN": live_server.token}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "lightning_fit.py"), "--server",
-                                 live_server.url, "--name", name, "--epochs", "100000", "--batches", "16"],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, log = start_example(live_server, tmp_path, "lightning_fit.py", name, batches=16)
     try:
-        def validated() -> dict | None:
-            run = next((r for r in live_server.client.get("/api/runs").json() if r["name"] == name), None)
-            return run if run and run["summary"].get("step", 0) >= 40 else None
-
-        run = wait_for(validated, timeout=180, what="the Lightning run to show 40 steps live")
+        run = wait_for(lambda: run_at_step(live_server, name, 40), timeout=180,
+                       what="the Lightning run to show 40 steps live")
         assert run["status"] == "running" and proc.poll() is None
         assert live_server.client.post(f"/api/runs/{run['id']}/stop").status_code == 200
         proc.wait(120)
@@ -216,18 +226,10 @@ def test_a_transformers_trainer_streams_one_row_per_optimizer_step_as_watch_sees
 def test_the_transformers_example_evaluates_and_stops_from_the_dashboard(live_server: LiveServer,
                                                                          tmp_path: Path) -> None:
     name = f"hf-stop-{uuid.uuid4().hex[:6]}"
-    log = tmp_path / "example.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GRADWATCH_TOKEN": live_server.token}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "transformers_trainer.py"), "--server",
-                                 live_server.url, "--name", name, "--epochs", "100000", "--batches", "8"],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc, log = start_example(live_server, tmp_path, "transformers_trainer.py", name, batches=8)
     try:
-        def evaluated() -> dict | None:
-            run = next((r for r in live_server.client.get("/api/runs").json() if r["name"] == name), None)
-            return run if run and run["summary"].get("step", 0) >= 20 else None
-
-        run = wait_for(evaluated, timeout=180, what="the Trainer's run to show 20 steps live")
+        run = wait_for(lambda: run_at_step(live_server, name, 20), timeout=180,
+                       what="the Trainer's run to show 20 steps live")
         assert run["status"] == "running" and proc.poll() is None
         assert run["config"]["learning_rate"] == 1e-3 and run["config"]["eval_strategy"] == "epoch"
         assert live_server.client.post(f"/api/runs/{run['id']}/stop").status_code == 200
