@@ -58,10 +58,12 @@ def page_fixture(browser: Any) -> Iterator[Any]:
 
 def open_dashboard(page: Any, server: Any, query: str = "") -> None:
     """Sign in with a one-time link and open the dashboard (`query` adds state, e.g.
-    "&runs=a,b"), then wait for the live connection."""
+    "&runs=a,b"), then wait for the live connection and the first run list (which makes the
+    selection a link without `runs=` starts with: a test that changes it must come after)."""
     page.goto(server.browser_url + query)
     page.wait_for_url(lambda url: urlsplit(url).path == "/")  # the sign-in page goes on to the dashboard
     page.wait_for_function(LIVE)
+    page.wait_for_function("gradwatch.listed")
 
 
 def screenshot_whole_page(page: Any, path: Any) -> None:

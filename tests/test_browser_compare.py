@@ -243,6 +243,8 @@ def test_weights_only_profiles_drop_biases_and_batchnorm_and_survive_a_reload(se
     server.wait_status(run["id"], ("completed",))
     open_dashboard(page, server, f"&runs={run['id']}&layers=all")
     x_of = "(id) => document.getElementById(id).data.flatMap(t => t.x)"
+    # Out of view once the module's runs fill the list above it, and a figure out of view waits.
+    page.locator("#chart-layers").scroll_into_view_if_needed()
     page.wait_for_function(f"({x_of})('chart-layers').includes('bn1.weight')")
     every = page.evaluate(f"({x_of})('chart-layers')")
     assert every[:4] == ["fc1.weight", "bn1.weight", "bn1.bias", "fc2.weight"], every

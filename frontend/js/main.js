@@ -532,7 +532,7 @@ function initialSelection() {
 }
 
 // For tests and the benchmark: the page's state and its drawing clock.
-globalThis.gradwatch = { state, runs, series, charts, get group() { return group; } };
+globalThis.gradwatch = { state, runs, series, charts, get group() { return group; }, get listed() { return listed; } };
 
 stream.connect();
 applyState(); // draw what the URL selected while the list loads
