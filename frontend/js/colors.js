@@ -24,30 +24,68 @@ export function distance(a, b) {
 const rgb = hex => [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16));
 const NEAR = 150; // closer than this reads as "the same run" on a busy chart
 
-// One color per run id, stable across reloads: the id's hash picks a palette
-// slot. Selected runs must be told apart, so among them (oldest first, so an
-// older run keeps its color) a run whose hash color is taken, or looks too
-// like one taken, gets the free slot farthest from every color in use.
-// Unselected runs just show their hash color.
-export function assignColors(runs, selected) {
-  const colors = new Map();
-  const chosen = new Set(selected);
-  const used = [];
-  const ordered = runs.filter(r => chosen.has(r.id)).sort((a, b) => (a.created ?? 0) - (b.created ?? 0));
-  const nearest = c => Math.min(Infinity, ...used.map(u => distance(c, u)));
-  for (const run of ordered) {
-    let color = hashColor(run.id);
-    if (used.length < PALETTE.length && nearest(color) < NEAR) {
-      const free = PALETTE.filter(c => !used.includes(c));
-      color = free.reduce((best, c) => (nearest(c) > nearest(best) ? c : best), free[0]);
-    } else if (used.includes(color)) {
-      color = PALETTE[(PALETTE.indexOf(color) + used.length) % PALETTE.length]; // more runs than colors
-    }
-    used.push(color);
-    colors.set(run.id, color);
+// One color per run id, kept across views. A run's first color is its id's
+// hash's palette slot. Shown runs must be told apart, so when a run joins the
+// shown ones and its color is taken, or (the first time it is colored) looks
+// too like one taken, it gets the free slot farthest from every color in use.
+// Whatever a run got is remembered (`ColorBook`): a run already shown is never
+// recolored by another joining it, and the same run has the same color in
+// every selection the person makes. Unshown runs show their remembered or
+// hash color.
+export class ColorBook {
+  // saved: [[run id, color]] from an earlier page (oldest first).
+  constructor(saved = [], limit = 500) {
+    this.colors = new Map(saved.filter(([id, c]) => typeof id === 'string' && PALETTE.includes(c)));
+    this.shown = [];     // the ids shown by the last assign(), in their order
+    this.limit = limit;  // ids remembered at most (the oldest are forgotten)
   }
-  for (const run of runs) if (!colors.has(run.id)) colors.set(run.id, hashColor(run.id));
-  return colors;
+
+  // runs: records ({id, created}); selected: the shown ids. Returns a Map run id -> color for
+  // every run and every selected id, and remembers the selected runs' colors.
+  assign(runs, selected) {
+    const created = new Map(runs.map(r => [r.id, r.created ?? 0]));
+    const before = new Set(this.shown);
+    const chosen = new Set(selected);
+    // Runs already shown keep theirs first (in their order); the rest, oldest first.
+    const order = [...this.shown.filter(id => chosen.has(id)),
+      ...selected.filter(id => !before.has(id)).sort((a, b) => (created.get(a) ?? Infinity) - (created.get(b) ?? Infinity))];
+    const used = [];
+    const nearest = c => Math.min(Infinity, ...used.map(u => distance(c, u)));
+    const colors = new Map();
+    for (const id of order) {
+      const known = this.colors.get(id);
+      let color = known ?? hashColor(id);
+      const clash = known ? used.includes(color) : nearest(color) < NEAR;
+      if (clash && used.length < PALETTE.length) {
+        const free = PALETTE.filter(c => !used.includes(c));
+        color = free.reduce((best, c) => (nearest(c) > nearest(best) ? c : best), free[0]);
+      }
+      used.push(color);
+      colors.set(id, color);
+      this.remember(id, color);
+    }
+    this.shown = order;
+    for (const run of runs) if (!colors.has(run.id)) colors.set(run.id, this.colors.get(run.id) ?? hashColor(run.id));
+    return colors;
+  }
+
+  remember(id, color) {
+    if (this.colors.get(id) === color) return;
+    this.colors.delete(id); // (re)inserted last: the newest
+    this.colors.set(id, color);
+    this.changed = true;
+    while (this.colors.size > this.limit) this.colors.delete(this.colors.keys().next().value);
+  }
+
+  forget(id) { this.changed = this.colors.delete(id) || this.changed; }
+
+  saved() { return [...this.colors]; }
+}
+
+// The colors of one view, from nothing remembered: the selected runs, oldest
+// first, each its hash color unless taken (see ColorBook).
+export function assignColors(runs, selected) {
+  return new ColorBook().assign(runs, selected);
 }
 
 // The color of a run not (yet) in the runs list, e.g. one named in the URL.

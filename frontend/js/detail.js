@@ -121,7 +121,9 @@ export class DetailPanel {
       a.download = `gradwatch-${run.id}.${a.dataset.format}`;
     }
     // Which GPU its worker was given, on a machine with several (while it runs).
-    const config = Object.entries(run.config ?? {}).map(([k, v]) => `${k}=${v}`).join('  ')
+    // A run from a person's own loop has only the fields it sent, and may send lists or objects.
+    const config = Object.entries(run.config ?? {}).filter(([, v]) => v != null)
+      .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join('  ')
       + (run.gpu != null ? `  (on GPU ${run.gpu})` : '');
     if (el.config.textContent !== config) el.config.textContent = config;
 

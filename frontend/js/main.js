@@ -5,7 +5,7 @@
 import './plotsafe.js'; // first: every text handed to Plotly is escaped (see there)
 import { createState, HEATMAP_STATS } from './state.js';
 import { toggleOpen } from './layers.js';
-import { assignColors, hashColor } from './colors.js';
+import { ColorBook, hashColor } from './colors.js';
 import { createApi, ApiError, Stream } from './api.js';
 import { STATUSES, loadStatuses } from './statuses.js';
 import { RunSeries } from './series.js';
@@ -35,6 +35,17 @@ const charts = new Charts(api);
 const form = $('#launch');
 $('#heatmap-stat').append(...HEATMAP_STATS.map(s => new Option(s.label, s.key)));
 let colors = new Map();
+// A run keeps its color across views and reloads (colors.js): what each run was shown in is
+// remembered in this browser.
+const COLOR_KEY = 'gradwatch.colors';
+const colorBook = new ColorBook((() => {
+  try { return JSON.parse(localStorage.getItem(COLOR_KEY) ?? '[]'); } catch { return []; }
+})());
+function saveColors() {
+  if (!colorBook.changed) return;
+  colorBook.changed = false;
+  try { localStorage.setItem(COLOR_KEY, JSON.stringify(colorBook.saved())); } catch { /* storage off or full: this page still remembers */ }
+}
 let groups = [];          // GET /api/groups
 let group = null;         // GET /api/groups/{state.group}, or null
 
@@ -171,6 +182,7 @@ function upsert(run) {
 
 function forget(id) {
   runs.delete(id);
+  colorBook.forget(id);
   prefixes.forget(id);
   charts.forget(id);
   const { selected, focus: f, heatmap } = state.get();
@@ -183,7 +195,17 @@ function forget(id) {
   render();
 }
 
+// What a fresh page shows before the person picks anything (initialSelection: what is
+// running, else the newest run) is only a first view: the first run they tick, or start,
+// begins their own comparison instead of joining it. Any other change of the selection
+// (unticking, a group, a fork, a link) makes the selection theirs.
+let arrival = false;
+
 function select(id, on) {
+  if (arrival && on) {
+    state.set({ selected: [id] });
+    return;
+  }
   const selected = state.get().selected.filter(s => s !== id);
   if (on) selected.push(id); // last = most recently selected
   state.set({ selected });
@@ -293,7 +315,8 @@ function applyState() {
 // What the charts draw for each selected run: its buffers, color, and markers.
 function updateViews() {
   const { selected, focus: f, smooth, scale, step, stat, layers, relative, filter, agg, open } = state.get();
-  colors = assignColors([...runs.values()], selected);
+  colors = colorBook.assign([...runs.values()], selected);
+  saveColors();
   // Legends name runs without what all their names share (a group's "BN × L2: ").
   const prefix = commonPrefix(selected.map(id => runs.get(id)?.name || id));
   charts.setRuns(selected.map(id => {
@@ -322,6 +345,7 @@ function xRange() {
 }
 
 state.subscribe((s, changed) => {
+  if (changed.includes('selected')) arrival = false; // (initialSelection sets it after its own change)
   if (changed.includes('group')) refreshGroup();
   applyState();
   render();
@@ -346,7 +370,7 @@ function render() {
     renderSettings();
     renderChips($('#chips'), selected.map(id => ({
       id, name: runs.get(id)?.name || id, color: colors.get(id), focused: id === f, config: runs.get(id)?.config ?? {},
-    })), focus);
+    })), focus, arrival ? 'shown on arrival: the first run you tick starts your own comparison' : '');
     renderScrubber();
     groupPanel.setGroups(groups, state.get().group);
     if (groupPanel.render(group, { runs, series, colors, focus: f }) && group) {
@@ -420,8 +444,11 @@ form.addEventListener('submit', async ev => {
   ev.preventDefault();
   await submit($('#start'), read => api.createRun(read.name, read.config, presets.chosen()), run => {
     upsert(run);
-    select(run.id, true); // a new run is what the person wants to watch
-    state.set({ focus: run.id });
+    // A new run is what the person wants to watch. A preset's run is compared with the same
+    // preset's runs only (its other variants), never with whatever else was shown.
+    const preset = run.preset?.name;
+    const keep = state.get().selected.filter(id => id !== run.id && (!preset || runs.get(id)?.preset?.name === preset));
+    state.set({ selected: [...(arrival ? [] : keep), run.id], focus: run.id });
   });
 });
 
@@ -525,6 +552,7 @@ function initialSelection() {
     const all = newestFirst();
     const active = all.filter(r => STATUSES.active.has(r.status)).slice(0, 4);
     state.set({ selected: (active.length ? active : all.slice(0, 1)).map(r => r.id).reverse() });
+    arrival = state.get().selected.length > 0; // until the person picks (see select)
   } else {
     // Drop runs deleted since the link was made.
     state.set({ selected: selected.filter(id => runs.has(id)) });
