@@ -260,3 +260,55 @@ def test_a_gradient_spike_alerts_once_naming_its_layer_and_a_steady_run_not_at_a
     assert result["alerts"] == 1 and result["first_alert_step"] == 30
 
 
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_a_backward_inside_the_step_closure_reports_what_a_plain_loop_does(opt_name: str) -> None:
+    """Lightning's shape: optimizer.step(closure) with the backward in the closure and grads_ready()
+    after it. The pre-step hook then takes no norms; the numbers equal a plain loop's, also for a
+    parameter that gets no gradient in a step (SGD leaves it, its update is 0)."""
+    def make() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        net = nn.ModuleDict({"a": nn.Linear(6, 8), "b": nn.Linear(8, 3), "spare": nn.Linear(8, 3)})
+        opt = (torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9) if opt_name == "sgd"
+               else torch.optim.Adam(net.parameters(), lr=0.01))
+        return net, opt
+
+    def loss_of(net: nn.Module, step: int, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(net["a"](x))
+        head = net["spare"] if step in (2, 3) else net["b"]  # "spare" is used in two steps only
+        return head(h).square().mean()
+
+    torch.manual_seed(1)
+    xs = [torch.randn(5, 6) for _ in range(6)]
+    plain_net, plain_opt = make()
+    plain: list[dict] = []
+    p1 = watch(plain_net, plain_opt, on_step=plain.append)
+    for i, x in enumerate(xs):
+        plain_opt.zero_grad(set_to_none=True)
+        loss_of(plain_net, i, x).backward()
+        plain_opt.step()
+    p1.close()
+
+    net, opt = make()
+    got: list[dict] = []
+    probe = watch(net, opt, on_step=got.append)
+    probe.grads_in_closure = True
+    for i, x in enumerate(xs):
+        opt.zero_grad(set_to_none=True)
+
+        def closure(i: int = i, x: torch.Tensor = x) -> torch.Tensor:
+            with torch.enable_grad():
+                loss = loss_of(net, i, x)
+                loss.backward()
+            probe.grads_ready()  # as Lightning's on_before_optimizer_step does
+            return loss
+
+        opt.step(closure)
+    probe.close()
+    assert len(got) == len(plain) == len(xs)
+    for a, b in zip(got, plain, strict=True):
+        for key in ("grad_norm", "weight_norm", "update_ratio"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-9), (a["step"], key)
+    spare = probe.names.index("spare.weight")
+    assert got[0]["update_ratio"][spare] == 0 and got[2]["update_ratio"][spare] > 0

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -156,6 +157,11 @@ class Probe:
         self._group = [group_of.get(id(p)) for p in self.params]
         self._sgd = type(optimizer) is torch.optim.SGD and None not in self._group
         self._use_bufs = False  # this step's update norm comes from SGD's momentum buffers
+        # Set by a caller whose backward runs inside `optimizer.step(closure)` and who calls
+        # grads_ready() once the closure has run (Lightning): the pre-step hook then takes no
+        # norms (the gradients are not there yet) and snapshots no weights for SGD.
+        self.grads_in_closure = False
+        self._deferred = False  # this step's gradient norms wait for grads_ready()
 
         # Costlier statistics (every stats_every steps): activations, BatchNorm, effective lr.
         index = {id(p): i for i, p in enumerate(self.params)}
@@ -274,10 +280,16 @@ class Probe:
 
     @torch.no_grad()
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._pre_norms_now()  # cached if clip_() already took them this step
-        grads_present = all(p.grad is not None for p in self.params)
+        closure = kwargs.get("closure", args[0] if args else None)
+        self._deferred = self.grads_in_closure and closure is not None
+        if self._deferred:  # the backward has not run yet: grads_ready() takes the norms
+            self._pre = None
+            grads_present = True  # checked after the step, when they are there
+        else:
+            self._pre_norms_now()  # cached if clip_() already took them this step
+            grads_present = all(p.grad is not None for p in self.params)
         scale = getattr(optimizer, "grad_scale", None)  # fused optimizer under a GradScaler
-        if scale is not None:
+        if scale is not None and not self._deferred:
             is_grad = self._is_grad if self._pre_order is not None else torch.cat(
                 [torch.ones(len(self.params)), torch.zeros(len(self.params))]).to(self._device)
             self._pre = self._pre / (1 + is_grad * (scale - 1))
@@ -295,11 +307,18 @@ class Probe:
         self.step += 1
         step = self.step
         meta: dict[str, Any] = {"step": step, "time": time.time()}
+        if self._pre is None:  # deferred, and grads_ready() was not called: the weights are stepped already
+            self._pre_norms_now()
         if self._use_bufs:  # SGD stepped w -= lr * buf: the update's norm is lr * ‖buf‖
             state = optimizer.state
-            dn, dn_order = self._norms([state[p]["momentum_buffer"] for p in self.params]), self._norms
             lrs = [g["lr"] for g in optimizer.param_groups]
             meta["update_scale"] = [lrs[gi] for gi in self._group]
+            if self._deferred and any(p.grad is None for p in self.params):  # SGD skipped those: no update
+                meta["update_scale"] = [0.0 if p.grad is None else lr
+                                        for p, lr in zip(self.params, meta["update_scale"], strict=True)]
+            bufs = [state[p].get("momentum_buffer") for p in self.params]
+            bufs = [torch.zeros_like(p) if b is None else b for p, b in zip(self.params, bufs, strict=True)]
+            dn, dn_order = self._norms(bufs), self._norms
         else:
             torch._foreach_sub_(self._before, self.params)  # w_before - w_after
             dn, dn_order = self._norms(self._before), self._norms
@@ -380,7 +399,9 @@ class Probe:
             "global_grad_norm": math.sqrt(sum(g * g for g in gn)),
             "grad_norm": gn,
             "weight_norm": wn,
-            "update_ratio": [d / w if w > 0 else 0.0 for d, w in zip(dn, wn, strict=True)],
+            # Rounded to float32, as every other per-layer value is (the store keeps float32 and
+            # gives the event back exactly as sent: server/columns.py)
+            "update_ratio": array("f", [d / w if w > 0 else 0.0 for d, w in zip(dn, wn, strict=True)]).tolist(),
         }
         if meta.get("stats"):
             record["stats"] = self._stats_record(values[3 * n + 2 :], wn, meta["feed_lr"])
@@ -402,7 +423,7 @@ class Probe:
         eff = []
         for (_, _, f), lr in zip(self._bn_idx, feed_lr, strict=True):
             w = at(f)
-            eff.append(None if lr is None or w is None or w == 0 else lr / (w * w))
+            eff.append(None if lr is None or w is None or w == 0 else array("f", [lr / (w * w)])[0])  # float32
         return {
             "act_layers": self.act_names,
             "act_mean": acts[0::3],

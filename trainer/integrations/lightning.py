@@ -81,6 +81,9 @@ class GradwatchCallback(pl.Callback):
         self.run = connect(self.url, token=self.token, name=self.name or type(pl_module).__name__,
                            config=self.run_config(trainer, pl_module))
         self.run.watch(pl_module, trainer.optimizers[0], stats_every=self.stats_every)
+        # Lightning runs the backward inside optimizer.step(closure), and this callback calls
+        # grads_ready() after it: no norms or weight copy before the closure, which would be wasted.
+        self.run.probe.grads_in_closure = True
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if self.run is not None:
