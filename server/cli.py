@@ -188,13 +188,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def fork_flags() -> dict[str, type]:
     """Flags of `gradwatch fork`: the fields a fork may change (trainer/checkpoint.py), typed as RunConfig's."""
-    from dataclasses import fields
-
     from gradwatch.checkpoint import FORK_FIELDS
-    from gradwatch.config import RunConfig
+    from gradwatch.config import KINDS
 
     kinds = {"int": int, "float": float}
-    return {f.name: kinds[f.type] for f in fields(RunConfig) if f.name in FORK_FIELDS}
+    return {name: kinds[kind] for name, kind in KINDS.items() if name in FORK_FIELDS}
 
 
 def cmd_fork(args: argparse.Namespace) -> int:

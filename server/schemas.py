@@ -1,5 +1,6 @@
 """Request/response models. The RunConfig model is generated from gradwatch.config (fields,
-defaults, choices, bounds), so the API, the CLI and the trainer validate from one source.
+defaults, options, bounds, descriptions), so the API, the CLI, the page's form (built from
+GET /api/config-schema, this model's JSON schema) and the trainer validate from one source.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from dataclasses import fields
 from typing import Annotated, Any, Literal
 
 import orjson
-from gradwatch.config import CHOICES, LIMITS, LIVE_FIELDS, RunConfig
+from gradwatch.config import CHOICES, DESCRIPTIONS, KINDS, LIMITS, LIVE_FIELDS, RunConfig
 from gradwatch.presets import PRESETS, resolve
 from pydantic import (
     BaseModel,
@@ -25,21 +26,20 @@ from .lifecycle import Status
 _PY = {"bool": bool, "int": int, "float": float, "str": str}
 
 
-def _field_type(name: str, kind: str) -> Any:
-    if name in CHOICES:
-        return Literal[CHOICES[name]]  # type: ignore[valid-type]
-    base = _PY[kind]
+def _field_type(name: str) -> Any:
+    """A RunConfig field as pydantic's: its options or type, bounds and description."""
+    kind = KINDS[name]
+    base = Literal[CHOICES[name]] if name in CHOICES else _PY[kind]  # type: ignore[valid-type]
     if kind == "float":
         base = Annotated[float, Field(allow_inf_nan=False)]
-    if kind in ("int", "float") and name in LIMITS:
+    if name in LIMITS:
         lo, hi = LIMITS[name]
         base = Annotated[base, Field(ge=lo, le=hi)]
-    return base
+    return Annotated[base, Field(description=DESCRIPTIONS[name])]
 
 
 def _config_model() -> type[BaseModel]:
-    defaults = RunConfig()
-    spec = {f.name: (_field_type(f.name, f.type), getattr(defaults, f.name)) for f in fields(RunConfig)}
+    spec = {f.name: (_field_type(f.name), f.default) for f in fields(RunConfig)}
     return create_model(
         "RunConfigIn",
         __config__=ConfigDict(extra="forbid", strict=True),
@@ -137,7 +137,7 @@ def _live_model() -> type[BaseModel]:
     # Each field may be left out, never null: `{"lr": null}` is a 422, not a change to nothing
     # (which a queued run would keep in its config and fail on at launch). The default None is
     # what "left out" looks like; pydantic does not validate defaults.
-    spec = {name: (_field_type(name, "float"), None) for name in LIVE_FIELDS}
+    spec = {name: (_field_type(name), None) for name in LIVE_FIELDS}
     return create_model("RunChange", __config__=ConfigDict(extra="forbid", strict=True), **spec)
 
 

@@ -141,12 +141,12 @@ class Checker:
 # ---- one check per type ------------------------------------------------------------------------
 
 METRICS_KNOWN = {"type", "seq", "time", "step", "loss", "accuracy", "global_grad_norm", "grad_norm",
-                 "weight_norm", "update_ratio", "val_loss", "val_accuracy", "stats"}
+                 "weight_norm", "update_ratio", "val_loss", "val_accuracy", "lr", "stats"}
 
 
 def _metrics(e: dict[str, Any], n_layers: int | None) -> None:
     _int(e, "step", 0, MAX_INT)
-    for k in ("loss", "accuracy", "global_grad_norm", "val_loss", "val_accuracy"):
+    for k in ("loss", "accuracy", "global_grad_norm", "val_loss", "val_accuracy", "lr"):
         _num(e, k, optional=True)
     widths = {_numbers(e, k, n_layers) for k in ("grad_norm", "weight_norm", "update_ratio")}
     if len(widths) > 1:

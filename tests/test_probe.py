@@ -312,3 +312,19 @@ def test_a_backward_inside_the_step_closure_reports_what_a_plain_loop_does(opt_n
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-9), (a["step"], key)
     spare = probe.names.index("spare.weight")
     assert got[0]["update_ratio"][spare] == 0 and got[2]["update_ratio"][spare] > 0
+
+
+def test_each_step_reports_the_learning_rate_it_was_taken_with_under_a_scheduler() -> None:
+    torch.manual_seed(0)
+    net = nn.Linear(4, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 ** k)  # halves after every step
+    rows: list[dict] = []
+    probe = watch(net, opt, on_step=rows.append)
+    for _ in range(4):
+        opt.zero_grad()
+        net(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    probe.close()
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.05, 0.025, 0.0125])

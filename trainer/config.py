@@ -1,8 +1,14 @@
 """RunConfig: every knob of a training run, one flat dataclass, validated in one place.
 
 The field names are the API: the REST body's `config`, the CLI flags and the form all use
-them. Bounds and choices live in LIMITS / CHOICES beside the dataclass so the server can
-build its request schema from the same source (server/schemas.py).
+them. Each field says everything about itself once, with the keywords of pydantic's `Field`:
+its default, a `description` (units, or why) and, for numbers, inclusive bounds `ge`/`le`;
+a field with options is a `Literal`. From these come the server's request schema and
+GET /api/config-schema (server/schemas.py), the page's launch form (frontend/js/form.js builds
+it from that schema), the CLI's flags and help (trainer/headless.py) and README's table
+(`python -m gradwatch.config`; tests/test_config_source.py checks each against this file).
+A plain dataclass rather than a pydantic model: the light client (`import gradwatch`) does not
+need pydantic.
 """
 
 from __future__ import annotations
@@ -10,38 +16,59 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import typing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
+
+
+def knob(default: Any, description: str, *, ge: float | None = None, le: float | None = None) -> Any:
+    """A RunConfig field: its default, what it means, and its inclusive bounds (pydantic's words)."""
+    bounds = {k: v for k, v in (("ge", ge), ("le", le)) if v is not None}
+    return dataclasses.field(default=default, metadata={"description": description, **bounds})
 
 
 @dataclass
 class RunConfig:
-    dataset: str = "digits"  # digits (offline, in scikit-learn) | synthetic | mnist | fashion_mnist | cifar10 | modadd
-    model: str = "mlp"  # mlp | cnn | resnet (torchvision's ResNet-18/34) | transformer (modadd only)
-    depth: int = 4  # hidden blocks (Linear/Conv, BN if on, activation); resnet: 18 or 34; transformer: blocks
-    width: int = 64  # units per hidden layer (mlp) or channels (cnn)
-    activation: str = "relu"  # relu | tanh
-    batchnorm: bool = False  # BatchNorm after every hidden Linear/Conv, before the activation
-    layernorm: str = "pre"  # transformer: pre (LayerNorm before each branch) | post (after each residual add) | none
-    l2: float = 0.0  # weight decay on Linear/Conv weights (not biases, not BN); 0 turns L2 off
-    dropout: float = 0.0  # dropout probability after each hidden activation; 0 = off
-    init: str = "default"  # default (PyTorch's) | kaiming | xavier | normal
-    init_std: float = 0.05  # standard deviation of init="normal"
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.05  # learning rate
-    momentum: float = 0.9  # SGD momentum (ignored by adam/adamw)
-    grad_clip: float = 0.0  # clip the global gradient norm to this; 0 = off
-    batch_size: int = 64  # examples per step
-    steps: int = 500  # optimizer steps in the run
-    eval_every: int = 50  # steps between validation passes; 0 = only at the end
-    seed: int = 0  # seeds init and data order: same seed => same data order
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda
-    stats_every: int = 10  # steps between the costlier statistics (activations, BN drift)
-    alert_factor: float = 10.0  # alert when a layer's gradient norm (or the loss) exceeds this x its own baseline
-    amp: bool = False  # bf16 autocast on CUDA (ignored on the CPU)
-    checkpoint_every: int = 10  # steps between checkpoints a fork can start from (server runs only); 0 = none
-    checkpoint_keep: int = 20  # most checkpoints kept per run, spread over the run (the newest always)
-    gpus: int = -1  # GPUs for this run's worker on the Ray launcher; -1 = 1 when the cluster has GPUs, else 0
+    dataset: Literal["digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "modadd"] = knob(
+        "digits", "digits: offline (in scikit-learn); synthetic: generated; mnist, fashion_mnist, cifar10: "
+                  "downloaded once; modadd: a + b mod 59 as tokens, generated (the transformer's task)")
+    model: Literal["mlp", "cnn", "resnet", "transformer"] = knob(
+        "mlp", "resnet: torchvision's ResNet-18/34, its stem made for small images; transformer: on modadd only")
+    depth: int = knob(4, "hidden blocks (Linear/Conv, BN if on, activation); resnet: 18 or 34; transformer: blocks",
+                      ge=1, le=64)
+    width: int = knob(64, "units per hidden layer (mlp), channels (cnn) or model width (transformer); "
+                          "resnet: torchvision's widths", ge=1, le=2048)
+    activation: Literal["relu", "tanh"] = knob("relu", "the hidden layers' nonlinearity")
+    batchnorm: bool = knob(False, "BatchNorm after every hidden Linear/Conv, before the activation "
+                                  "(resnet: torchvision's BatchNorms, or none)")
+    layernorm: Literal["pre", "post", "none"] = knob(
+        "pre", "transformer: pre (LayerNorm before each branch), post (after each residual add, "
+               "the 2017 layout) or none")
+    l2: float = knob(0.0, "weight decay on Linear/Conv weights (not biases, not BN); 0 turns L2 off", ge=0.0, le=10.0)
+    dropout: float = knob(0.0, "dropout probability after each hidden activation; 0 = off", ge=0.0, le=0.9)
+    init: Literal["default", "kaiming", "xavier", "normal"] = knob(
+        "default", "weight init: default is PyTorch's; normal draws with init_std")
+    init_std: float = knob(0.05, "standard deviation of init=normal", ge=1e-6, le=10.0)
+    optimizer: Literal["sgd", "adam", "adamw"] = knob("sgd", "the optimizer (L2 is its weight decay)")
+    lr: float = knob(0.05, "learning rate", ge=1e-8, le=1e4)
+    momentum: float = knob(0.9, "SGD momentum (ignored by adam/adamw)", ge=0.0, le=0.999)
+    grad_clip: float = knob(0.0, "clip the global gradient norm to this; 0 = off", ge=0.0, le=1e6)
+    batch_size: int = knob(64, "examples per step", ge=1, le=4096)
+    steps: int = knob(500, "optimizer steps in the run", ge=1, le=1_000_000)
+    eval_every: int = knob(50, "steps between validation passes; 0 = only at the end", ge=0, le=1_000_000)
+    seed: int = knob(0, "seeds init and data order: same seed, same init and data order", ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto: CUDA when available")
+    stats_every: int = knob(10, "steps between the costlier statistics (activations, BN drift)", ge=1, le=1_000_000)
+    alert_factor: float = knob(10.0, "alert when a layer's gradient norm (or the loss) reaches this many times its "
+                                     "own baseline (and far past its usual spread, in several layers at once; one "
+                                     "layer alone: the square of this)", ge=1.0, le=1e6)
+    amp: bool = knob(False, "bf16 autocast on CUDA (ignored on the CPU)")
+    checkpoint_every: int = knob(10, "steps between checkpoints a fork can start from (runs the server trains); "
+                                     "0 = none", ge=0, le=1_000_000)
+    checkpoint_keep: int = knob(20, "most checkpoints kept per run, spread over the run (the newest always)",
+                                ge=2, le=1000)
+    gpus: int = knob(-1, "GPUs for this run's worker on the Ray launcher; -1 = 1 when the cluster has GPUs, "
+                         "else 0", ge=-1, le=8)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,46 +117,25 @@ class ConfigError(ValueError):
         self.reason = reason
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "modadd"),
-    "model": ("mlp", "cnn", "resnet", "transformer"),
-    "layernorm": ("pre", "post", "none"),
-    "activation": ("relu", "tanh"),
-    "init": ("default", "kaiming", "xavier", "normal"),
-    "optimizer": ("sgd", "adam", "adamw"),
-    "device": ("auto", "cpu", "cuda"),
+# What the fields say, gathered for the code that reads them (all derived from RunConfig above).
+_HINTS = typing.get_type_hints(RunConfig)
+CHOICES: dict[str, tuple[str, ...]] = {  # a Literal field's options
+    f.name: typing.get_args(_HINTS[f.name]) for f in fields(RunConfig) if typing.get_origin(_HINTS[f.name]) is Literal
 }
-
+# "bool" | "int" | "float" | "str" (a field with options is a "str")
+KINDS: dict[str, str] = {f.name: "str" if f.name in CHOICES else _HINTS[f.name].__name__ for f in fields(RunConfig)}
 # Inclusive bounds. They keep one request from asking for a run that cannot fit a machine.
 LIMITS: dict[str, tuple[float, float]] = {
-    "depth": (1, 64),
-    "width": (1, 2048),
-    "l2": (0.0, 10.0),
-    "dropout": (0.0, 0.9),
-    "init_std": (1e-6, 10.0),
-    "lr": (1e-8, 1e4),
-    "momentum": (0.0, 0.999),
-    "grad_clip": (0.0, 1e6),
-    "batch_size": (1, 4096),
-    "steps": (1, 1_000_000),
-    "eval_every": (0, 1_000_000),
-    "seed": (0, 2**31 - 1),
-    "stats_every": (1, 1_000_000),
-    "alert_factor": (1.0, 1e6),
-    "checkpoint_every": (0, 1_000_000),
-    "checkpoint_keep": (2, 1000),
-    "gpus": (-1, 8),
+    f.name: (f.metadata["ge"], f.metadata["le"]) for f in fields(RunConfig) if "ge" in f.metadata
 }
+DESCRIPTIONS: dict[str, str] = {f.name: f.metadata["description"] for f in fields(RunConfig)}
 
 # The fields a running run accepts changes to (PATCH / control messages).
 LIVE_FIELDS = ("l2", "lr", "grad_clip")
 
-_TYPES = {f.name: f.type for f in fields(RunConfig)}
-
-
 def check_field(name: str, value: Any) -> Any:
     """Check one field's value; returns it (ints given as whole floats are not accepted)."""
-    kind = _TYPES[name]
+    kind = KINDS[name]
     if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(name, f"expected true or false, got {value!r}")
@@ -253,3 +259,27 @@ def parse_size(raw: str) -> int:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def markdown_table() -> str:
+    """README's RunConfig table, from the fields above (`python -m gradwatch.config` prints it)."""
+    def code(v: Any) -> str:
+        return f"`{str(v).lower() if isinstance(v, bool) else v}`"
+
+    def num(v: float) -> str:
+        return f"{int(v):,}" if v == int(v) else f"{v:g}"
+
+    rows = ["| field | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for f in fields(RunConfig):
+        if f.name in CHOICES:
+            allowed = ", ".join(map(code, CHOICES[f.name]))
+        elif f.name in LIMITS:
+            allowed = f"{num(LIMITS[f.name][0])} to {num(LIMITS[f.name][1])}"
+        else:
+            allowed = "true, false"
+        rows.append(f"| `{f.name}` | {code(f.default)} | {allowed} | {DESCRIPTIONS[f.name]} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -7,40 +7,31 @@ Every RunConfig field is a flag; the events are printed as a progress bar and a 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from . import config as config_module
-from .config import CHOICES, RunConfig
+from .config import CHOICES, DESCRIPTIONS, KINDS, LIMITS, RunConfig
 from .diagnosis import verdict
 
 
-def _field_comments() -> dict[str, str]:
-    """Each RunConfig field's own comment in trainer/config.py: the flat config documents itself."""
-    source = Path(config_module.__file__).read_text()
-    return dict(re.findall(r"^    (\w+): \w+ = .*?  # (.*)$", source, re.MULTILINE))
-
-
 def config_parser(parser: Any) -> Any:
-    """Add one flag per RunConfig field (shared with `gradwatch train`), helped by its comment."""
-    defaults = RunConfig()
-    comments = _field_comments()
+    """Add one flag per RunConfig field (shared with `gradwatch train`): its type, options and help
+    (description, bounds, default) as RunConfig declares them."""
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        text = f"{comments.get(f.name, '')} (default: {default})".strip().replace("%", "%%")
-        if f.type == "bool":
+        limits = f"; {LIMITS[f.name][0]:g} to {LIMITS[f.name][1]:g}" if f.name in LIMITS else ""
+        text = f"{DESCRIPTIONS[f.name]} (default: {f.default}{limits})".replace("%", "%%")
+        kind = KINDS[f.name]
+        if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
             choices = CHOICES.get(f.name)
-            parser.add_argument(flag, type=kind, default=None, choices=choices, help=text,
-                                metavar="{" + ",".join(choices) + "}" if choices else f.type.upper())
+            parser.add_argument(flag, type={"int": int, "float": float, "str": str}[kind], default=None,
+                                choices=choices, help=text,
+                                metavar="{" + ",".join(choices) + "}" if choices else kind.upper())
     return parser
 
 

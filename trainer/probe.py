@@ -7,14 +7,15 @@
     probe.close()                       # removes every hook (optimizer and forward hooks)
 
 Every step, around `optimizer.step()`, on the parameters' device: every parameter's gradient
-norm and weight norm (before the step) and the norm of the update the optimizer applied
-(‖w_before − w_after‖). Every `stats_every` steps (and at step 1) also, per hidden activation
-module, the mean, std and fraction of dead units of its output (forward hooks, armed for that
-step's forward only), per BatchNorm the drift of its running mean/var since the last such step
-and its γ/β norms, and the effective learning rate lr/‖w‖² of the weight that feeds it. All of
-it, plus the loss and accuracy handed to `record()`, goes into one tensor copied to the host
-once per step — on CUDA asynchronously into pinned memory and read one step later, so the
-training loop never waits for it.
+norm and weight norm (before the step), the norm of the update the optimizer applied (‖w_before
+− w_after‖), and the learning rate of the optimizer's first parameter group. Every
+`stats_every` steps (and at step 1) also, per hidden activation module, the mean, std and
+fraction of dead units of its output (forward hooks, armed for that step's forward only), per
+BatchNorm the drift of its running mean/var since the last such step and its γ/β norms, and the
+effective learning rate lr/‖w‖² of the weight that feeds it. All of it, plus the loss and
+accuracy handed to `record()`, goes into one tensor copied to the host once per step — on CUDA
+asynchronously into pinned memory and read one step later, so the training loop never waits for
+it.
 
 Cost, and where it goes (bench/probe_overhead.py, docs/benchmarks.md):
 - CUDA: `torch._foreach_norm` (a few fused kernels for all tensors).
@@ -306,7 +307,9 @@ class Probe:
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.step += 1
         step = self.step
-        meta: dict[str, Any] = {"step": step, "time": time.time()}
+        # The learning rate this step was taken with (the first group's: a scheduler steps after
+        # the optimizer), read from the host; a tensor lr on an accelerator is not read.
+        meta: dict[str, Any] = {"step": step, "time": time.time(), "lr": _host_float(optimizer.param_groups[0]["lr"])}
         if self._pre is None:  # deferred, and grads_ready() was not called: the weights are stepped already
             self._pre_norms_now()
         if self._use_bufs:  # SGD stepped w -= lr * buf: the update's norm is lr * ‖buf‖
@@ -403,6 +406,8 @@ class Probe:
             # gives the event back exactly as sent: server/columns.py)
             "update_ratio": array("f", [d / w if w > 0 else 0.0 for d, w in zip(dn, wn, strict=True)]).tolist(),
         }
+        if meta.get("lr") is not None:
+            record["lr"] = meta["lr"]
         if meta.get("stats"):
             record["stats"] = self._stats_record(values[3 * n + 2 :], wn, meta["feed_lr"])
         self._latest = record

@@ -38,6 +38,7 @@ export function createApi(token = null, base = globalThis.location, { unauthoriz
   return {
     listRuns: () => request('GET', '/api/runs'),
     statuses: () => request('GET', '/api/statuses'), // the status sets (statuses.js)
+    configSchema: () => request('GET', '/api/config-schema'), // RunConfig's JSON schema: the launch form (form.js)
     // preset: {preset, variant} the form was filled from ({} for own settings); the run keeps them.
     createRun: (name, config, preset = {}) => request('POST', '/api/runs', { name, config, ...preset }),
     stopRun: id => request('POST', `${run(id)}/stop`),

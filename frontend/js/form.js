@@ -1,9 +1,100 @@
-// The launch form: read a RunConfig out of it, fill it from one, and put the
-// server's 422 messages next to the fields they name. The fields, their
-// defaults and allowed values are declared in index.html (one input per
-// RunConfig field, id = name = the field name); the server validates.
+// The launch form: build its RunConfig fields from the server's schema, read a
+// RunConfig out of it, fill it from one, and put the server's 422 messages next
+// to the fields they name. The fields, their defaults, bounds, options and
+// descriptions are RunConfig's own (trainer/config.py, served as JSON schema by
+// GET /api/config-schema): index.html only says where they go (data-fields).
+// One input per field, id = name = the field name; the server validates.
 
 const TOP_LEVEL = new Set(['name']); // request fields beside `config`
+
+// Each field of RunConfig's JSON schema, in order, as what its input needs.
+// DOM-free (tests/js).
+export function fieldSpecs(schema) {
+  return Object.entries(schema?.properties ?? {}).map(([name, p]) => ({
+    name,
+    kind: p.enum ? 'choice' : { boolean: 'bool', integer: 'int', number: 'number' }[p.type] ?? 'text',
+    default: p.default,
+    description: p.description ?? '',
+    options: p.enum ?? null,
+    min: p.minimum ?? null,
+    max: p.maximum ?? null,
+    step: p.type === 'integer' ? '1' : 'any',
+  }));
+}
+
+// The attributes of a number input for a spec (also the live-change forms').
+export function numberAttrs(spec) {
+  const attrs = { type: 'number', step: spec.step };
+  if (spec.min !== null) attrs.min = String(spec.min);
+  if (spec.max !== null) attrs.max = String(spec.max);
+  return attrs;
+}
+
+const node = (tag, attrs = {}, ...children) => {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...children);
+  return el;
+};
+
+function control(spec) {
+  if (spec.kind === 'bool') {
+    const box = node('input', { type: 'checkbox', id: spec.name, name: spec.name });
+    box.defaultChecked = box.checked = spec.default === true;
+    return box;
+  }
+  if (spec.kind === 'choice') {
+    const select = node('select', { id: spec.name, name: spec.name });
+    for (const option of spec.options) {
+      const o = node('option', { value: option }, option);
+      o.defaultSelected = o.selected = option === spec.default;
+      select.append(o);
+    }
+    return select;
+  }
+  const input = node('input', { id: spec.name, name: spec.name, ...(spec.kind === 'text' ? {} : numberAttrs(spec)) });
+  input.defaultValue = input.value = spec.default == null ? '' : String(spec.default);
+  return input;
+}
+
+// One field's label: a switch in the toggles row, a check box or an input elsewhere.
+function fieldNode(spec, inToggles) {
+  const input = control(spec);
+  const error = node('small', { class: 'field-error', 'data-for': spec.name });
+  const hint = node('small', {}, spec.description);
+  if (spec.kind === 'bool' && inToggles) {
+    return node('label', { class: 'switch', title: spec.description }, input,
+      node('span', { class: 'track', 'aria-hidden': 'true' }), node('span', {}, spec.name), error);
+  }
+  const cls = spec.kind === 'bool' ? 'field check' : 'field';
+  return node('label', { class: cls, title: spec.description }, node('span', {}, `${spec.name} `, hint), input, error);
+}
+
+// Bounds of number inputs elsewhere that name a RunConfig field (the live-change form).
+export function applyBounds(root, specs) {
+  const byName = new Map(specs.map(s => [s.name, s]));
+  for (const input of root?.querySelectorAll('input[type=number][name]') ?? []) {
+    const spec = byName.get(input.name);
+    if (spec) for (const [k, v] of Object.entries(numberAttrs(spec))) input.setAttribute(k, v);
+  }
+}
+
+// Put one input per RunConfig field into the form: the fields an element's
+// data-fields names ("batchnorm l2") go there, the rest where data-fields="*".
+// Returns the specs.
+export function buildForm(form, schema) {
+  const specs = fieldSpecs(schema);
+  const slots = [...form.querySelectorAll('[data-fields]')];
+  const rest = slots.find(s => s.dataset.fields === '*');
+  const placed = new Map();
+  for (const slot of slots) for (const name of slot.dataset.fields.split(/\s+/)) placed.set(name, slot);
+  for (const slot of slots) slot.replaceChildren();
+  for (const spec of specs) {
+    const slot = placed.get(spec.name) ?? rest;
+    if (slot) slot.append(fieldNode(spec, slot !== rest));
+  }
+  return specs;
+}
 
 function inputs(form) {
   return [...form.elements].filter(el => el.name && el.type !== 'submit' && el.type !== 'button');

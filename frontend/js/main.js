@@ -19,7 +19,7 @@ import { runMarks } from './markers.js';
 import { downloadPng } from './plot.js';
 import { PresetPicker } from './presets.js';
 import { blowUpRange } from './diagnosis.js';
-import { readForm, fillForm, clearErrors, showErrors, detailErrors } from './form.js';
+import { readForm, fillForm, clearErrors, showErrors, detailErrors, buildForm, applyBounds } from './form.js';
 import { ForkPanel, Prefixes, forkNote, retrySuggestion, treeOrder } from './forks.js';
 
 const $ = sel => document.querySelector(sel);
@@ -522,10 +522,16 @@ let listed = false; // has the runs list loaded once
 // (Re)load every run record. Metrics-patched numbers survive through upsert().
 // The status sets come from the server (statuses.js) before the runs are first drawn.
 const statusesLoaded = loadStatuses(api).catch(err => flash(`could not read the run statuses: ${err.message}`));
+// The launch form's fields come from RunConfig's schema (form.js), built before the runs are
+// first listed and before the presets that fill it.
+const formBuilt = api.configSchema()
+  .then(schema => applyBounds($('#detail form.live'), buildForm(form, schema)))
+  .catch(err => flash(`could not read the run config's schema: ${err.message}`));
 
 async function loadRuns() {
   try {
     await statusesLoaded;
+    await formBuilt;
     const list = await api.listRuns();
     const ids = new Set(list.map(r => r.id));
     for (const id of [...runs.keys()]) if (!ids.has(id)) runs.delete(id);
@@ -567,4 +573,4 @@ applyState(); // draw what the URL selected while the list loads
 if (state.get().group) refreshGroup();
 loadRuns();
 loadGroups();
-presets.load(api);
+formBuilt.then(() => presets.load(api));

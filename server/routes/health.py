@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from .. import __version__
 from ..deps import JobsDep
 from ..lifecycle import ACTIVE, ALL, LIVE, TERMINAL, TRANSITIONS
-from ..schemas import Health
+from ..schemas import Health, RunConfigIn
 
 router = APIRouter(prefix="/api", tags=["health"])
 
@@ -28,3 +28,11 @@ async def statuses() -> dict:
     return {"all": list(ALL), "active": list(ACTIVE), "live": list(LIVE),
             "terminal": [s for s in ALL if s in TERMINAL],
             "transitions": [{"from": f.value, "to": t.value, "by": by} for (f, t), by in TRANSITIONS.items()]}
+
+
+@router.get("/config-schema")
+async def config_schema() -> dict:
+    """RunConfig's JSON schema (gradwatch.config, through server/schemas.py): every field in order,
+    its type, default, description, bounds (minimum/maximum) and options (enum). The page builds
+    its launch form from it (frontend/js/form.js)."""
+    return RunConfigIn.model_json_schema()
