@@ -1,7 +1,7 @@
 """The life of a run: its statuses, who moves it between them, and the one place that does.
 
 `TRANSITIONS` below is the table of every move and who makes it (docs/architecture.md shows
-it; tests/test_lifecycle.py checks that they agree); `Lifecycle.transition()` refuses a move it
+it; tests/fast/test_lifecycle.py checks that they agree); `Lifecycle.transition()` refuses a move it
 does not list. A run is created `queued` (a local run) or `running` (an external one, the
 user's own loop, which is running as soon as it connects).
 

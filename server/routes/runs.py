@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 # What the heatmap can show: every parameter's per-step statistics, then two of the hidden
 # activations' (every stats_every steps). The page's menu lists the same, in
-# frontend/js/state.js (HEATMAP_STATS); tests/test_frontend_static.py keeps them in step.
+# frontend/js/state.js (HEATMAP_STATS); tests/fast/test_frontend_static.py keeps them in step.
 HEATMAP_STATS = (*SERIES_LAYERS, "act_std", "dead_frac")
 
 

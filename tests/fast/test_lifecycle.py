@@ -22,7 +22,7 @@ from gradwatch.server.liveness import Liveness
 from gradwatch.server.settings import Settings
 from gradwatch.server.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..conftest import ROOT
 
 
 class RecordingHub:

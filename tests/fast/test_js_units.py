@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 
 def test_the_pure_frontend_modules_pass_their_node_tests() -> None:

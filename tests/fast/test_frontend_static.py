@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from gradwatch.server.routes.runs import HEATMAP_STATS
 
-FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+from ..conftest import ROOT
+
+FRONTEND = ROOT / "frontend"
 
 
 def test_heatmap_menu_lists_what_the_server_draws() -> None:
