@@ -6,7 +6,7 @@
 // (PATCH /api/runs/{id}; the worker applies it and logs an intervention).
 
 import { STATUSES } from './statuses.js';
-import { badge, problem } from './runlist.js';
+import { badge, problem, setChanged } from './runlist.js';
 import { alertEpisodes } from './diagnosis.js';
 import { presetAbout, presetOf } from './presets.js';
 import { short } from './markers.js';
@@ -51,6 +51,8 @@ function liveValues(run, events) {
   for (const e of events) if (e.type === 'intervention' && e.field in values) values[e.field] = e.new;
   return values;
 }
+
+const sameList = (a, b) => Array.isArray(b) && a.length === b.length && a.every((v, i) => v === b[i]);
 
 export class DetailPanel {
   // api: createApi(); onCopy(run): fill the launch form from a run; onStep(step): show that
@@ -107,16 +109,21 @@ export class DetailPanel {
     if (!run) return;
     const events = s?.events ?? [];
     const el = this.el;
-    el.name.textContent = run.name || run.id;
-    el.name.style.color = color ?? '';
+    // Every write only where something changed (this runs on live steps too).
+    setChanged(el.name, { textContent: run.name || run.id });
+    if (el.name.dataset.color !== (color ?? '')) {
+      el.name.dataset.color = color ?? '';
+      el.name.style.color = color ?? '';
+    }
     const b = badge(run);
-    Object.assign(el.status, { textContent: b.text, className: b.cls, title: b.title });
-    el.problem.textContent = problem(run);
-    el.problem.title = problem(run, true);
+    setChanged(el.status, { textContent: b.text, className: b.cls, title: b.title });
+    setChanged(el.problem, { textContent: problem(run), title: problem(run, true) });
     this.renderTop(run);
     this.renderPreset(run);
     this.renderAlerts(run, s);
     for (const a of this.exports) {
+      if (a.dataset.run === run.id) continue;
+      a.dataset.run = run.id;
       a.href = this.api.exportUrl(run.id, a.dataset.format);
       a.download = `gradwatch-${run.id}.${a.dataset.format}`;
     }
@@ -128,15 +135,14 @@ export class DetailPanel {
     if (el.config.textContent !== config) el.config.textContent = config;
 
     const lines = events.filter(e => e.type !== 'alert' && e.type !== 'alert.end').slice(-20).reverse().map(describe);
-    const key = lines.join('\n');
-    if (el.events.dataset.key !== key) {
-      el.events.dataset.key = key;
+    if (!sameList(lines, this.eventLines)) {
+      this.eventLines = lines;
       el.events.replaceChildren(...lines.map(text => Object.assign(document.createElement('li'), { textContent: text })));
     }
 
     // Live changes: built-in (local) runs that are still going (a stalled one gets them when it wakes).
     const live = STATUSES.active.has(run.status) && (run.kind ?? 'local') === 'local';
-    el.change.hidden = !live;
+    setChanged(el.change, { hidden: !live });
     const values = liveValues(run, events);
     const valuesKey = `${run.id}:${JSON.stringify(values)}`;
     // Refill only for another run or new values, never under the person's typing.
@@ -182,9 +188,9 @@ export class DetailPanel {
     const total = Math.max(run.summary?.alerts ?? 0, episodes.length);
     const title = total ? `Alerts (${total})` : 'Alerts';
     if (this.el.alertsTitle.textContent !== title) this.el.alertsTitle.textContent = title;
-    const key = `${run.id}|` + episodes.map(e => `${e.step}:${e.end?.peak_step ?? ''}`).join(',');
-    if (this.el.alerts.dataset.key === key) return;
-    this.el.alerts.dataset.key = key;
+    const shown = [run.id, ...episodes.map(ep => `${ep.step} ${describeEpisode(ep)}`)];
+    if (sameList(shown, this.alertsShown)) return;
+    this.alertsShown = shown;
     this.el.alerts.replaceChildren(...episodes.map(ep => {
       const li = document.createElement('li');
       const b = Object.assign(document.createElement('button'), {

@@ -143,6 +143,9 @@ export class LineFigure {
     const none = runs.length && this.spec.none?.(runs);
     const lay = layout({ ...this.spec, log: this.log, empty: (!runs.length && NO_RUNS) || none });
     setX(lay.xaxis, view.xrange ?? null);
+    // Compare at a step: hovering shows every shown run's value at that step in one box.
+    lay.hovermode = 'x unified';
+    lay.xaxis.unifiedhovertitle = { text: 'step %{x}' };
     return lay;
   }
 
@@ -210,6 +213,11 @@ export class LineFigure {
       for (const run of runs) if (kind !== 'raw' || rawFor(run)) this.traces.push({ run, kind, drawn: 0, ema: undefined });
     }
     const { ytitle } = this.spec;
+    const lay = this.baseLayout(runs, view);
+    // One box for all runs at a step names each run's value; one point at a time also says where.
+    const unified = lay.hovermode === 'x unified';
+    const hover = (name, extra = '') => (unified ? `${name}${extra}: %{y:.4g}<extra></extra>`
+      : `${name}${extra}<br>step %{x}<br>${ytitle} %{y:.4g}<extra></extra>`);
     const data = this.traces.map(t => {
       const { run, kind } = t;
       const x = t.run.series.xs(0);
@@ -225,7 +233,7 @@ export class LineFigure {
         legendgroup: run.id,
         showlegend: kind === 'line',
         line: { color: run.color, width: kind === 'raw' ? 1 : width },
-        hovertemplate: `%{fullData.name}<br>step %{x}<br>${ytitle} %{y:.4g}<extra></extra>`,
+        hovertemplate: hover('%{fullData.name}'),
       };
       // Empty, never drawn (lines mode): extendTraces extends the same attributes of
       // every trace it names, and the validation trace needs these two.
@@ -236,7 +244,7 @@ export class LineFigure {
     // A fork's parent before the fork step, faint and dotted beneath the fork's own line.
     const pre = this.spec.source ? [] : runs.filter(r => r.prefix?.[this.spec.key]?.length);
     this.traces.unshift(...pre.map(() => ({ kind: 'prefix' })));
-    data.unshift(...pre.map(r => this.prefixTrace(r, view)));
+    data.unshift(...pre.map(r => this.prefixTrace(r, view, hover)));
     if (this.spec.val) {
       // Runs hidden in the legend keep their validation points hidden too.
       const hidden = new Set((this.div.data ?? []).filter(d => d.visible === 'legendonly').map(d => d.legendgroup));
@@ -250,7 +258,7 @@ export class LineFigure {
         // Big diamonds for a few evaluations; many would merge into a band over the lines.
         marker: { color: v.color, size: v.x.length > 40 * Math.max(1, t.runs.length) ? 5 : 9, symbol: 'diamond',
           line: { color: '#fff', width: 1 } },
-        hovertemplate: `%{customdata} (val)<br>step %{x}<br>${ytitle} %{y:.4g}<extra></extra>`,
+        hovertemplate: hover('%{customdata}', ' (val)'),
       });
     }
     const alerts = this.alertsAsTrace ? this.alertTrace(runs) : null;
@@ -260,7 +268,6 @@ export class LineFigure {
     }
     // The layout's own notes (the "select a run" hint) plus the markers; a later
     // relayout of the markers replaces both, and the hint shows only without runs.
-    const lay = this.baseLayout(runs, view);
     const m = this.markLayout(runs, view);
     lay.shapes = [...lay.shapes, ...m.shapes];
     lay.annotations = [...lay.annotations, ...m.annotations];
@@ -270,7 +277,7 @@ export class LineFigure {
   }
 
   // The parent's steps up to the fork step, in the fork's colour (smoothed as the lines are).
-  prefixTrace(run, view) {
+  prefixTrace(run, view, hover) {
     const p = run.prefix;
     let y = p[this.spec.key].map(v => (Number.isFinite(v) ? v : null));
     if (this.weight(view) > 0) y = ema(y, this.weight(view)).values;
@@ -279,7 +286,7 @@ export class LineFigure {
       xaxis: axes.x, yaxis: axes.y, uid: uid(run.id, `${this.spec.key}-prefix`), type: 'scatter', mode: 'lines',
       x: p.step, y: this.log ? y.map(positive) : y, name: `${run.name}: its parent before the fork`,
       legendgroup: run.id, showlegend: false, opacity: 0.35, line: { color: run.color, width: 1.5, dash: 'dot' },
-      hovertemplate: `%{fullData.name}<br>step %{x}<br>${this.spec.ytitle} %{y:.4g}<extra></extra>`,
+      hovertemplate: hover('%{fullData.name}'),
     };
   }
 

@@ -16,7 +16,7 @@ import { GroupPanel, ablationBody, gridOf } from './group.js';
 import { renderChips, commonPrefix } from './chips.js';
 import { Scrubber } from './scrubber.js';
 import { runMarks } from './markers.js';
-import { downloadPng } from './plot.js';
+import { downloadPng, themeRelayout } from './plot.js';
 import { PresetPicker } from './presets.js';
 import { blowUpRange } from './diagnosis.js';
 import { readForm, fillForm, clearErrors, showErrors, detailErrors, buildForm, applyBounds } from './form.js';
@@ -78,13 +78,26 @@ const forkPanel = new ForkPanel(api, {
 });
 for (const fig of charts.lines) {
   fig.div.on('plotly_click', ev => {
-    const p = ev?.points?.[0];
+    const p = clickedPoint(fig.div, ev);
     if (!p || !Number.isFinite(p.x)) return;
     const { selected, focus: f } = state.get();
     const id = p.data?.legendgroup || f || selected[selected.length - 1];
     const run = runs.get(id);
     if (run?.kind === 'local') forkPanel.open(run, p.x);
   });
+}
+
+// The point a click on a line chart meant. The charts hover every run at a step at once
+// (lines.js), so a click brings a point of each: the run's line nearest the pointer wins.
+function clickedPoint(div, ev) {
+  const points = (ev?.points ?? []).filter(p => p.data?.legendgroup && Number.isFinite(p.y));
+  const box = div.getBoundingClientRect();
+  const y = ev?.event?.clientY;
+  const off = p => {
+    const at = p.yaxis?.c2p?.(p.y);
+    return Number.isFinite(at) && Number.isFinite(y) ? Math.abs(box.top + div._fullLayout._size.t + at - y) : Infinity;
+  };
+  return points.reduce((best, p) => (!best || off(p) < off(best) ? p : best), null) ?? ev?.points?.[0];
 }
 
 const detail = new DetailPanel($('#detail'), {
@@ -383,13 +396,15 @@ function render() {
 function renderHeatmapSelect() {
   const pick = $('#heatmap-run');
   const { selected, stat } = state.get();
-  const want = selected.map(id => `${id}:${runs.get(id)?.name ?? id}`).join(',');
-  if (pick.dataset.options !== want) {
-    pick.dataset.options = want;
-    pick.replaceChildren(...selected.map(id => new Option(runs.get(id)?.name || id, id)));
+  // The options are rebuilt only when the runs or their names changed (compared option by option).
+  const names = selected.map(id => runs.get(id)?.name || id);
+  const opts = pick.options;
+  if (opts.length !== selected.length || selected.some((id, i) => opts[i].value !== id || opts[i].text !== names[i])) {
+    pick.replaceChildren(...selected.map((id, i) => new Option(names[i], id)));
   }
-  pick.value = heatmapRun() ?? '';
-  pick.disabled = !selected.length;
+  const value = heatmapRun() ?? '';
+  if (pick.value !== value) pick.value = value;
+  if (pick.disabled !== !selected.length) pick.disabled = !selected.length;
   $('#heatmap-stat').value = stat;
 }
 
@@ -513,6 +528,12 @@ document.addEventListener('click', ev => {
   if (!b) return;
   const div = document.getElementById(b.dataset.chart);
   downloadPng(div, b.dataset.chart.replace(/^chart-/, '')).catch(err => flash(`PNG: ${err.message ?? err}`));
+});
+
+// Dark or light, as the system says (styles.css); a switch while the page is open recolors
+// the figures already drawn (new layouts read the colors themselves).
+globalThis.matchMedia?.('(prefers-color-scheme: dark)').addEventListener('change', () => {
+  for (const job of charts.jobs) globalThis.Plotly.relayout(job.fig.div, themeRelayout());
 });
 
 // ---- start

@@ -7,24 +7,38 @@ export const CONFIG = {
   responsive: true, displaylogo: false, modeBarButtonsToRemove: ['lasso2d', 'select2d'], doubleClick: 'autosize',
 };
 export const FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
-const GRID = '#eceff3';
+
+// The page's colors for a figure (styles.css: light, or dark from prefers-color-scheme),
+// read when a layout is made; outside a page (node tests) the light ones.
+export function themeColors() {
+  const css = globalThis.document && globalThis.getComputedStyle?.(document.documentElement);
+  const v = (name, light) => css?.getPropertyValue(name).trim() || light;
+  return { paper: v('--card', '#fff'), ink: v('--ink', '#1f2328'), grid: v('--grid', '#eceff3') };
+}
+
+// The same colors as a relayout, for figures drawn before the scheme changed.
+export function themeRelayout() {
+  const t = themeColors();
+  return { 'font.color': t.ink, paper_bgcolor: t.paper, plot_bgcolor: t.paper, 'xaxis.gridcolor': t.grid, 'yaxis.gridcolor': t.grid };
+}
 export const NO_RUNS = 'select a run in the list to plot it';
 
 // `empty`: a message to show instead of axes, or false.
 export function layout({ xtitle = 'step', ytitle, log = false, empty = false, uirevision = 'keep' }) {
+  const theme = themeColors();
   return {
     uirevision,
-    font: { family: FONT, size: 11, color: '#1f2328' },
-    paper_bgcolor: '#fff',
-    plot_bgcolor: '#fff',
+    font: { family: FONT, size: 11, color: theme.ink },
+    paper_bgcolor: theme.paper,
+    plot_bgcolor: theme.paper,
     margin: { l: 58, r: 14, t: 10, b: 44 },
     hovermode: 'closest',
     showlegend: true,
     legend: { orientation: 'h', x: 0, y: 1.02, yanchor: 'bottom', font: { size: 11 } },
-    xaxis: { title: { text: xtitle }, gridcolor: GRID, zeroline: false, automargin: true, visible: !empty },
+    xaxis: { title: { text: xtitle }, gridcolor: theme.grid, zeroline: false, automargin: true, visible: !empty },
     yaxis: {
       // A new axis type starts from its own autorange, not the other type's zoom.
-      title: { text: ytitle }, type: log ? 'log' : 'linear', uirevision: log ? 'log' : 'linear', gridcolor: GRID,
+      title: { text: ytitle }, type: log ? 'log' : 'linear', uirevision: log ? 'log' : 'linear', gridcolor: theme.grid,
       zeroline: false, automargin: true, exponentformat: 'power', visible: !empty,
       // Fewer ticks than Plotly's default: on a log axis spanning about a
       // decade it otherwise labels every digit 2..9 and they overlap (4 gives 2, 5, 10).

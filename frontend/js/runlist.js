@@ -49,6 +49,20 @@ export function badge(run) {
   return { text: run.status, cls: `badge status-${run.status}`, title: '' };
 }
 
+// Set a node's properties, each only if it differs (writing the same text still replaces the
+// node's text: a DOM mutation, and work for the browser).
+export function setChanged(node, props) {
+  for (const [k, v] of Object.entries(props)) if (node[k] !== v) node[k] = v;
+}
+
+// (The style reads back in another form, "rgb(…)" for "#4e79a7": compare with what was set.)
+function setStyle(node, prop, value) {
+  node.setStyles ??= {};
+  if (node.setStyles[prop] === value) return;
+  node.setStyles[prop] = value;
+  node.style[prop] = value ?? '';
+}
+
 function el(tag, cls, text) {
   const node = document.createElement(tag);
   if (cls) node.className = cls;
@@ -145,46 +159,48 @@ export class RunList {
     return tr;
   }
 
+  // Writes only what differs from what the row shows: a live step changes a run's step, loss
+  // and accuracy cells, and nothing else of the table is touched (no layout, no lost hover).
   fill(tr, run, view) {
     const s = run.summary ?? {};
     const q = sel => tr.querySelector(sel);
-    tr.classList.toggle('selected', view.selected.has(run.id));
+    const selected = view.selected.has(run.id);
+    tr.classList.toggle('selected', selected);
     tr.classList.toggle('focused', view.focus === run.id);
-    q('input.select').checked = view.selected.has(run.id);
-    q('.swatch').style.background = view.colors.get(run.id);
-    q('button.focus').textContent = run.name || run.id;
-    q('button.focus').title = 'show details (and the heatmap) of this run';
+    const box = q('input.select');
+    if (box.checked !== selected) box.checked = selected;
+    setStyle(q('.swatch'), 'background', view.colors.get(run.id));
+    setChanged(q('button.focus'), { textContent: run.name || run.id, title: 'show details (and the heatmap) of this run' });
     const b = badge(run);
-    Object.assign(q('.badge'), { textContent: b.text, className: b.cls, title: b.title });
-    q('.problem').textContent = problem(run);
-    q('.problem').title = problem(run, true);
+    setChanged(q('.badge'), { textContent: b.text, className: b.cls, title: b.title });
+    setChanged(q('.problem'), { textContent: problem(run), title: problem(run, true) });
     if (run.idle_s != null && !this.idleFrom.has(run)) this.idleFrom.set(run, performance.now() - 1000 * run.idle_s);
     tr.idleFrom = run.idle_s != null ? this.idleFrom.get(run) : null;
     this.showIdle(tr);
-    q('.step').textContent = fmt.step(s.step) + (run.config?.steps ? ` / ${run.config.steps}` : '');
-    q('.loss').textContent = fmt.loss(s.loss);
-    q('.acc').textContent = fmt.pct(s.accuracy);
-    q('.acc').title = 'the last batch';
-    q('.best').textContent = fmt.pct(s.best_val_accuracy);
-    q('.best').title = s.val_accuracy == null ? 'no validation yet' : `the best validation accuracy; the last: ${fmt.pct(s.val_accuracy)}`;
+    setChanged(q('.step'), { textContent: fmt.step(s.step) + (run.config?.steps ? ` / ${run.config.steps}` : '') });
+    setChanged(q('.loss'), { textContent: fmt.loss(s.loss) });
+    setChanged(q('.acc'), { textContent: fmt.pct(s.accuracy), title: 'the last batch' });
+    setChanged(q('.best'), { textContent: fmt.pct(s.best_val_accuracy),
+      title: s.val_accuracy == null ? 'no validation yet' : `the best validation accuracy; the last: ${fmt.pct(s.val_accuracy)}` });
     // Every alert episode counted (the details panel lists them, the first first).
     const n = Math.max(s.alerts ?? -1, view.alerts?.get(run.id) ?? -1);
-    q('.alerts').textContent = n >= 0 ? String(n) : '—';
+    setChanged(q('.alerts'), { textContent: n >= 0 ? String(n) : '—',
+      title: n > 0 ? `${n} alert${n > 1 ? 's' : ''}, the first at step ${s.first_alert_step ?? '?'}` : '' });
     q('.alerts').classList.toggle('some', n > 0);
-    q('.alerts').title = n > 0 ? `${n} alert${n > 1 ? 's' : ''}, the first at step ${s.first_alert_step ?? '?'}` : '';
-    q('.stop').hidden = !ACTIVE.has(run.status);
+    setChanged(q('.stop'), { hidden: !ACTIVE.has(run.status) });
     // Forks sit under their parent (view.depth: forks.js treeOrder), indented, saying from where.
     const depth = view.depth?.get(run.id) ?? 0;
     tr.classList.toggle('fork', depth > 0);
-    q('td.name').style.paddingLeft = depth ? `${0.5 + 1.2 * depth}em` : '';
-    q('.forked').textContent = view.forkNote?.(run) ?? '';
-    q('.retry').hidden = !(run.status === 'diverged' && s.checkpoint_before_divergence != null);
+    setStyle(q('td.name'), 'paddingLeft', depth ? `${0.5 + 1.2 * depth}em` : '');
+    setChanged(q('.forked'), { textContent: view.forkNote?.(run) ?? '' });
+    setChanged(q('.retry'), { hidden: !(run.status === 'diverged' && s.checkpoint_before_divergence != null) });
   }
 
   showIdle(tr) {
-    const idle = tr.querySelector('.idle');
-    idle.textContent = tr.idleFrom == null ? '' : `no step for ${duration((performance.now() - tr.idleFrom) / 1000)}`;
-    idle.title = tr.idleFrom == null ? '' : 'its worker is alive, but no new step has come (a slow step, a stuck data loader, a debugger?)';
+    setChanged(tr.querySelector('.idle'), {
+      textContent: tr.idleFrom == null ? '' : `no step for ${duration((performance.now() - tr.idleFrom) / 1000)}`,
+      title: tr.idleFrom == null ? '' : 'its worker is alive, but no new step has come (a slow step, a stuck data loader, a debugger?)',
+    });
   }
 
   tickIdle() {
