@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from . import __version__
 from .hub import Hub
 from .jobs import JobManager
-from .launcher import make_launcher
+from .launcher import Launcher, make_launcher
 from .middleware import Guard, scrub_token_logs, validation_error
 from .routes import groups, health, ingest, presets, runs, session, stream
 from .security import Sessions, require_token
@@ -41,9 +41,11 @@ def private_dir(path: Path) -> None:
             log.warning("data dir %s: could not make it private (0700): %s", path, e)
 
 
-def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, store: Store | None = None,
+               launcher: Launcher | None = None) -> FastAPI:
     """`store`: one opened already (`gradwatch serve` opens it first, to refuse a damaged or
-    read-only database with one line instead of a traceback from the lifespan)."""
+    read-only database with one line instead of a traceback from the lifespan). `launcher`: how
+    workers start; GRADWATCH_LAUNCHER's by default (the fast tests pass a fake one: no processes)."""
     opened = store
     settings = settings or Settings.from_env()
     settings.ensure_token()  # auth is always on
@@ -65,7 +67,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         # loop (bench/loop_stall.py); 1 ms keeps them to a few ms.
         sys.setswitchinterval(0.001)
         hub = Hub()
-        jobs = JobManager(settings, store, hub, make_launcher(settings))
+        jobs = JobManager(settings, store, hub, launcher if launcher is not None else make_launcher(settings))
         app.state.settings, app.state.store, app.state.hub, app.state.jobs = settings, store, hub, jobs
         await jobs.start()
         try:

@@ -16,13 +16,13 @@ import pytest
 from gradwatch.events import TERMINAL as WIRE_TERMINAL
 from gradwatch.server.hub import Hub
 from gradwatch.server.jobs import JobManager
-from gradwatch.server.launcher import LaunchSpec, RunHandle
 from gradwatch.server.lifecycle import ALL, TERMINAL, TRANSITIONS, IllegalTransition, Lifecycle, Status
 from gradwatch.server.liveness import Liveness
 from gradwatch.server.settings import Settings
 from gradwatch.server.store import Store
 
 from ..conftest import ROOT
+from .fakes import FakeLauncher
 
 
 class RecordingHub:
@@ -129,76 +129,6 @@ def test_the_status_set_is_defined_once() -> None:
 
 
 # ---- the job manager with a fake launcher -------------------------------------------------------
-
-
-class FakeLauncher:
-    """Workers that are futures: a test ends one with `exit(run_id, code)`."""
-
-    name = "fake"
-
-    def __init__(self, store: Store, fail: set[str] = frozenset(), alive: set[str] = frozenset(),
-                 max_concurrent: int = 2) -> None:
-        self.store = store
-        self.max_concurrent = max_concurrent
-        self.unplaced: set[str] = set()  # runs whose resources are not free yet
-        self.fail = fail
-        self.alive = alive
-        self.launched: list[str] = []
-        self.status_at_launch: dict[str, str] = {}
-        self.killed: list[str] = []
-        self.ends: dict[str, asyncio.Future] = {}
-
-    async def start(self) -> None:
-        pass
-
-    def needs(self, config: dict[str, Any]) -> str:
-        return "a fake slot"
-
-    async def launch(self, spec: LaunchSpec) -> RunHandle:
-        self.status_at_launch[spec.run_id] = self.store.get_run(spec.run_id)["status"]
-        if spec.run_id in self.fail:
-            raise OSError("no such machine")
-        self.launched.append(spec.run_id)
-        self.ends[spec.run_id] = asyncio.get_running_loop().create_future()
-        return RunHandle(spec.run_id, {"node": "fake-node", "gpu": "7"})
-
-    async def placed(self, handle: RunHandle, timeout: float) -> bool:
-        if handle.run_id in self.unplaced:
-            await asyncio.sleep(min(timeout, 0.01))
-            return False
-        return True
-
-    async def waiting(self, handle: RunHandle, config: dict[str, Any]) -> str | None:
-        return self.needs(config) if handle.run_id in self.unplaced else None
-
-    async def reattach(self, run_id: str) -> RunHandle | None:
-        if run_id not in self.alive:
-            return None
-        self.ends[run_id] = asyncio.get_running_loop().create_future()
-        return RunHandle(run_id, {"node": "fake-node", "gpu": None})
-
-    async def stop(self, handle: RunHandle) -> None:
-        self.kill(handle)
-
-    def kill(self, handle: RunHandle) -> None:
-        self.killed.append(handle.run_id)
-        self.exit(handle.run_id, -9)
-
-    def exit(self, run_id: str, code: int) -> None:
-        if not self.ends[run_id].done():
-            self.ends[run_id].set_result(code)
-
-    async def wait(self, handle: RunHandle) -> int:
-        return await self.ends[handle.run_id]
-
-    def failure_reason(self, handle: RunHandle, code: int) -> str:
-        return f"fake worker ended with {code}"
-
-    def forget(self, run_id: str) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 async def until(predicate: Any, timeout: float = 2.0) -> None:
