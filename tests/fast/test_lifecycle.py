@@ -188,6 +188,8 @@ def test_a_restarted_manager_reattaches_live_workers_and_fails_the_rest(tmp_path
         launcher.exit("alive", -9)
         await until(lambda: store.get_run("alive")["status"] == "failed")
         assert store.get_run("alive")["error"] == "fake worker ended with -9"
+        launcher.exit("waiting", 0)  # else shutdown() waits its 5 s for a worker it cannot ask to stop
+        await until(lambda: not jobs.runs)
         await jobs.shutdown()
 
     asyncio.run(scenario())
