@@ -1,5 +1,10 @@
 """Settings from the environment (GRADWATCH_*), validated at start-up: a bad value stops the
 server with a message that names the variable, rather than failing later on a request.
+
+pydantic-settings reads them: every field below is the variable GRADWATCH_<FIELD> (RAY_ADDRESS
+for `ray_address`), typed and bounded by its annotation; an empty variable counts as unset;
+lists are comma-separated. `Settings(...)` itself reads nothing from the environment (tests build
+one from arguments); `Settings.from_env()` does, once, at start.
 """
 
 from __future__ import annotations
@@ -7,98 +12,108 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from gradwatch.config import memory_budget, parse_size
+from pydantic import AliasChoices, Field, PrivateAttr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 
 class SettingsError(ValueError):
     pass
 
 
-@dataclass
-class Settings:
+Seconds = Annotated[float, Field(gt=0)]
+Names = Annotated[list[str], NoDecode]  # GRADWATCH_ALLOWED_HOSTS=a.example.com,.b.example: comma-separated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRADWATCH_", env_ignore_empty=True, populate_by_name=True)
+
     host: str = "127.0.0.1"  # bind address; loopback by default
-    port: int = 8000  # HTTP port (workers on this host connect back to it)
+    port: int = Field(8000, ge=0, le=65535)  # HTTP port (workers on this host connect back to it)
     data_dir: Path = Path("gradwatch-data")  # SQLite store, worker logs, dataset cache
     token: str | None = None  # every route but health and the page shell needs it; made at start if unset
-    max_concurrent: int = 2  # worker processes training at once; more runs wait queued
-    max_queued: int = 100  # runs waiting beyond that are refused with 429
-    max_external: int = 32  # your own loops (external runs) live at once; more are refused with 429
+    max_concurrent: int = Field(2, ge=1)  # worker processes training at once; more runs wait queued
+    max_queued: int = Field(100, ge=0)  # runs waiting beyond that are refused with 429
+    max_external: int = Field(32, ge=0)  # your own loops (external runs) live at once; more are refused with 429
     stop_grace_s: float = 10.0  # a stop request waits this long for the worker before killing it
     reattach_grace_s: float = 15.0  # after a restart, how long a still-running worker has to reconnect
-    allowed_hosts: list[str] = field(default_factory=list)  # extra Host names accepted (.example.com: and subdomains)
-    allowed_origins: list[str] = field(default_factory=list)  # extra browser origins (https://x:8000) besides our own
-    heartbeat_timeout_s: float = 10.0  # a connected worker silent this long is `stalled` (it beats every second)
-    stalled_timeout_s: float = 60.0  # a run stalled this long more is `failed`, its worker killed
-    idle_note_s: float = 30.0  # a running run with no new step this long says so (its `idle_s`)
-    token_generated: bool = False  # True when no token was given and one was made at start
+    allowed_hosts: Names = []  # extra Host names accepted (.example.com: and subdomains)
+    allowed_origins: Names = []  # extra browser origins (https://x:8000) besides our own
+    heartbeat_timeout_s: Seconds = 10.0  # a connected worker silent this long is `stalled` (it beats every second)
+    stalled_timeout_s: Seconds = 60.0  # a run stalled this long more is `failed`, its worker killed
+    idle_note_s: Seconds = 30.0  # a running run with no new step this long says so (its `idle_s`)
     prefork: bool = True  # fork workers from a process with torch imported (starts runs in ms, not s)
-    external_grace_s: float = 600.0  # how long a user's own loop (external run) may stay disconnected
-    worker_threads: int = 0  # torch CPU threads per worker; 0 = (cores - 1) / max_concurrent, at least 1
+    external_grace_s: Seconds = 600.0  # how long a user's own loop (external run) may stay disconnected
+    worker_threads: int = Field(0, ge=0)  # torch CPU threads per worker; 0 = (cores - 1) / max_concurrent, at least 1
     # GPUs to spread workers over, as CUDA_VISIBLE_DEVICES entries; None = found at start
     # (CUDA_VISIBLE_DEVICES, else /proc/driver/nvidia/gpus). With two or more, each worker gets one.
-    gpus: list[str] | None = None
-    gpu_memory_fraction: float = 0.0  # each worker's cap on its GPU's memory (0: none), for workers sharing one
+    gpus: Annotated[list[str] | None, NoDecode] = None
+    gpu_memory_fraction: float = Field(0.0, ge=0, le=1)  # each worker's cap on its GPU's memory (0: none)
     # A run's estimated memory (activations of a batch, weights and optimizer state, data) must fit
     # this, or it is refused with a 422 before any worker starts. Read from GRADWATCH_WORKER_MEMORY by
     # gradwatch.config.memory_budget (which validates runs); half the machine's memory by default.
-    worker_memory: int = field(default_factory=memory_budget)
-    stop_step_grace_s: float = 2.0  # a stopped worker that reaches no step boundary this long is killed
-    run_max_events: int = 2_000_000  # events one run may store; past it the run ends `failed`, saying so
-    run_max_bytes: int = 2 * 2**30  # bytes of event JSON one run may store (its ingest token's disk budget)
-    max_streams: int = 256  # browser websockets (/api/stream) open at once; more are refused (close 1013)
-    max_streams_per_session: int = 32  # ...and per browser session (or per token, for API clients)
-    header_timeout_s: float = 10.0  # a connection that has not sent a whole request head this long is closed
+    worker_memory: int = Field(default_factory=memory_budget, ge=1)
+    stop_step_grace_s: Seconds = 2.0  # a stopped worker that reaches no step boundary this long is killed
+    run_max_events: int = Field(2_000_000, ge=1)  # events one run may store; past it the run ends `failed`
+    run_max_bytes: int = Field(2 * 2**30, ge=1)  # bytes of event JSON one run may store (`2G` works)
+    max_streams: int = Field(256, ge=1)  # browser websockets (/api/stream) open at once; more are refused (1013)
+    max_streams_per_session: int = Field(32, ge=1)  # ...and per browser session (or per token, for API clients)
+    header_timeout_s: Seconds = 10.0  # a connection that has not sent a whole request head this long is closed
     launcher: str = "local"  # where workers run: local (processes here) | ray (actors on RAY_ADDRESS's cluster)
     public_url: str | None = None  # how workers elsewhere reach this server (required with the Ray launcher)
-    ray_address: str | None = None  # the Ray cluster (Ray's own RAY_ADDRESS: host:port of its head)
-    ray_cpus_per_run: float = 1.0  # CPUs each run's actor asks Ray for (also its torch threads)
-    ray_max_runs: int = 256  # runs submitted to Ray at once; the cluster's resources decide how many train
+    # The Ray cluster: Ray's own RAY_ADDRESS (host:port of its head), not a GRADWATCH_ variable.
+    ray_address: str | None = Field(None, validation_alias=AliasChoices("ray_address", "RAY_ADDRESS"))
+    ray_cpus_per_run: float = Field(1.0, gt=0)  # CPUs each run's actor asks Ray for (also its torch threads)
+    ray_max_runs: int = Field(256, ge=1)  # runs submitted to Ray at once; the cluster's resources decide how many train
+    _token_generated: bool = PrivateAttr(False)  # no token was given and one was made at start
+
+    @field_validator("allowed_hosts", "allowed_origins", "gpus", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @field_validator("worker_memory", "run_max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value  # 8G, 512M or bytes
+
+    @field_validator("ray_address", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   **sources: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the environment only through from_env, which names the variable in errors
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """The settings from `env` (os.environ by default), then `overrides` that are not None (the
+        CLI's --host, --port, --data-dir); validated, with a token. A bad value is a SettingsError
+        naming the variable (or flag) and why."""
         env = dict(os.environ if env is None else env)
-        s = cls()
-        conv = {
-            "host": str, "port": int, "data_dir": Path, "token": str, "max_concurrent": int,
-            "max_queued": int, "max_external": int, "stop_grace_s": float, "reattach_grace_s": float,
-            "heartbeat_timeout_s": float, "stalled_timeout_s": float, "external_grace_s": float, "idle_note_s": float,
-            "worker_threads": int, "gpu_memory_fraction": float, "worker_memory": parse_size,
-            "stop_step_grace_s": float, "run_max_events": int, "run_max_bytes": parse_size, "max_streams": int,
-            "max_streams_per_session": int, "header_timeout_s": float, "launcher": str, "public_url": str,
-            "ray_cpus_per_run": float, "ray_max_runs": int,
-        }
-        for name, kind in conv.items():
-            raw = env.get(f"GRADWATCH_{name.upper()}")
-            if raw is None or raw == "":
-                continue
-            try:
-                setattr(s, name, kind(raw))
-            except ValueError as e:
-                raise SettingsError(f"GRADWATCH_{name.upper()}={raw!r}: {e}") from e
-        if env.get("GRADWATCH_PREFORK"):
-            raw = env["GRADWATCH_PREFORK"].lower()
-            if raw not in ("0", "1", "true", "false", "yes", "no"):
-                raise SettingsError(f"GRADWATCH_PREFORK={raw!r}: expected 1/0, true/false or yes/no")
-            s.prefork = raw in ("1", "true", "yes")
-        if env.get("GRADWATCH_GPUS"):  # empty = not set, as for every GRADWATCH_ variable
-            s.gpus = [g.strip() for g in env["GRADWATCH_GPUS"].split(",") if g.strip()]
-        elif env.get("CUDA_VISIBLE_DEVICES") is not None:
-            s.gpus = [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]
-        if env.get("RAY_ADDRESS"):
-            s.ray_address = env["RAY_ADDRESS"].strip()
-        for name in ("allowed_hosts", "allowed_origins"):
-            if env.get(f"GRADWATCH_{name.upper()}"):
-                setattr(s, name, [h.strip() for h in env[f"GRADWATCH_{name.upper()}"].split(",") if h.strip()])
-        for name, value in overrides.items():
-            if value is not None:
-                setattr(s, name, Path(value) if name == "data_dir" else value)
+        given = dict(_Environment(cls, env)())
+        if "gpus" not in given and env.get("CUDA_VISIBLE_DEVICES") is not None:  # the server's own visible set
+            given["gpus"] = [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() not in ("", "-1")]
+        flags = {name: value for name, value in overrides.items() if value is not None}
+        try:
+            s = cls(**{**given, **flags})
+        except ValidationError as e:
+            raise SettingsError("; ".join(_explain(err, flags) for err in e.errors())) from None
         s.validate()
         s.ensure_token()
         return s
+
+    @property
+    def token_generated(self) -> bool:
+        return self._token_generated
 
     def ensure_token(self) -> str:
         """Auth is always on: without GRADWATCH_TOKEN, a random token for this server's life."""
@@ -107,18 +122,11 @@ class Settings:
             self.token = secrets.token_urlsafe(24)
             while self.token.startswith("-"):
                 self.token = secrets.token_urlsafe(24)
-            self.token_generated = True
+            self._token_generated = True
         return self.token
 
     def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise SettingsError(f"GRADWATCH_PORT must be 0-65535, got {self.port}")
-        if self.max_concurrent < 1:
-            raise SettingsError(f"GRADWATCH_MAX_CONCURRENT must be at least 1, got {self.max_concurrent}")
-        if self.max_queued < 0:
-            raise SettingsError(f"GRADWATCH_MAX_QUEUED must be 0 or more, got {self.max_queued}")
-        if self.max_external < 0:
-            raise SettingsError(f"GRADWATCH_MAX_EXTERNAL must be 0 or more, got {self.max_external}")
+        """What the annotations cannot say: the token, the launcher and the URLs."""
         if self.token is not None and len(self.token) < 8:
             raise SettingsError("GRADWATCH_TOKEN must be at least 8 characters")
         if self.token is None and not self.loopback:
@@ -126,19 +134,6 @@ class Settings:
                 f"refusing to listen on {self.host} without GRADWATCH_TOKEN: anyone who can reach this port "
                 "could start jobs on this machine. Set GRADWATCH_TOKEN to a long random secret "
                 "(e.g. `openssl rand -hex 16`), or listen on 127.0.0.1")
-        if self.worker_threads < 0:
-            raise SettingsError(f"GRADWATCH_WORKER_THREADS must be 0 (automatic) or more, got {self.worker_threads}")
-        if not 0 <= self.gpu_memory_fraction <= 1:
-            raise SettingsError("GRADWATCH_GPU_MEMORY_FRACTION must be 0 (no cap) to 1, "
-                                f"got {self.gpu_memory_fraction}")
-        for name in ("worker_memory", "run_max_events", "run_max_bytes", "max_streams", "max_streams_per_session"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"GRADWATCH_{name.upper()} must be at least 1, got {getattr(self, name)}")
-        for name in ("heartbeat_timeout_s", "stalled_timeout_s", "external_grace_s", "idle_note_s",
-                     "stop_step_grace_s", "header_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise SettingsError(f"GRADWATCH_{name.upper()} must be more than 0, got {getattr(self, name)}")
-
         if self.launcher not in ("local", "ray"):
             raise SettingsError(f"GRADWATCH_LAUNCHER must be local or ray, got {self.launcher!r}")
         if self.public_url is not None:
@@ -154,10 +149,6 @@ class Settings:
             if not self.ray_address:
                 raise SettingsError("GRADWATCH_LAUNCHER=ray needs RAY_ADDRESS: the Ray head's host:port "
                                     "(e.g. ray-head:6379)")
-        if not self.ray_cpus_per_run > 0:
-            raise SettingsError(f"GRADWATCH_RAY_CPUS_PER_RUN must be more than 0, got {self.ray_cpus_per_run}")
-        if self.ray_max_runs < 1:
-            raise SettingsError(f"GRADWATCH_RAY_MAX_RUNS must be at least 1, got {self.ray_max_runs}")
 
     def check_data_dir(self) -> None:
         """The data dir exists (or can be made) and takes a write: else a clear SettingsError now,
@@ -192,3 +183,28 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' reader of environment variables (prefix, empty = unset, types) over a
+    given mapping: os.environ, or a test's."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._env, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def _explain(err: Any, flags: Mapping[str, object]) -> str:
+    """One validation error as `GRADWATCH_PORT='x': the reason` (or `--port`, given as a flag); a
+    token's value is never repeated."""
+    name = str(err["loc"][0]) if err["loc"] else ""
+    if name in flags:
+        where = "--" + name.replace("_", "-")
+    else:
+        where = "RAY_ADDRESS" if name.lower() == "ray_address" else f"GRADWATCH_{name.upper()}"
+    shown = "" if name == "token" else f"={err['input']!r}"
+    reason = err["msg"].removeprefix("Value error, ")
+    return f"{where}{shown}: {reason}"

@@ -23,7 +23,7 @@ from gradwatch.server.app import create_app
 from gradwatch.server.lifecycle import ACTIVE, ALL, LIVE, TERMINAL
 from gradwatch.server.settings import Settings
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 TOKEN = "config-source-token"
 JSON_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
