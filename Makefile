@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast coverage lint bench clean
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ run: $(VENV)/.run-installed
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast layer (tests/fast/): no server process, no worker, no browser; under a minute
+# (docs/testing.md). Hypothesis's and Schemathesis's pytest plugins are not loaded: no fast test
+# uses them, and importing them takes seconds.
+FAST := -p no:hypothesispytest -p no:schemathesis tests/fast
+test-fast: $(VENV)/.test-installed
+	$(PY) -m pytest $(FAST) $(PYTEST_ARGS)
+
+# Line coverage of server/ and trainer/ under the fast layer (docs/testing.md has the figure).
+coverage: $(VENV)/.test-installed
+	$(VENV)/bin/coverage run --source=server,trainer -m pytest -q $(FAST) $(PYTEST_ARGS)
+	$(VENV)/bin/coverage report --sort=cover
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check trainer server tests bench examples
