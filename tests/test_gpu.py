@@ -13,7 +13,7 @@ import torch
 from gradwatch.config import RunConfig
 from gradwatch.loop import train
 from gradwatch.probe import watch
-from gradwatch.server.launcher import nvidia_gpus
+from gradwatch.server.launcher import LocalLauncher, nvidia_gpus
 from gradwatch.server.settings import Settings, SettingsError
 from torch import nn
 
@@ -29,7 +29,9 @@ def test_gpu_settings_are_read_and_checked(tmp_path: Path) -> None:
     assert settings(CUDA_VISIBLE_DEVICES="-1").gpus == []  # CUDA hidden: no GPU to spread over
     assert settings(GRADWATCH_GPUS="2", CUDA_VISIBLE_DEVICES="0,1").gpus == ["2"]  # GRADWATCH_GPUS wins
     assert settings(GRADWATCH_GPUS="", CUDA_VISIBLE_DEVICES="0,1").gpus == ["0", "1"]  # empty: not set
-    assert settings().gpus is None or settings().gpus == []  # found at start from the driver
+    unset = settings()
+    assert unset.gpus is None  # not set: the launcher finds them at start...
+    assert LocalLauncher(unset).gpus == nvidia_gpus()  # ...from the driver or the device nodes
     assert settings(GRADWATCH_GPU_MEMORY_FRACTION="0.45").gpu_memory_fraction == 0.45
     with pytest.raises(SettingsError, match="GRADWATCH_GPU_MEMORY_FRACTION"):
         settings(GRADWATCH_GPU_MEMORY_FRACTION="2")
