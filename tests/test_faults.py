@@ -374,11 +374,14 @@ def test_a_browser_that_stops_reading_is_resynced_and_slows_nobody(server: LiveS
         events = [m for m in browser.messages if m["run_id"] == feeder.id and m["type"] != "run.update"]
         assert [m["seq"] for m in events] == list(range(1, len(events) + 1))
         assert sum(m["type"] == "metrics" for m in events) == steps
-        # The stuck one, reading at last: told to resync, having lost the middle, not the end.
+        # The stuck one, reading at last: told to resync, having lost the middle; and the end is
+        # either delivered after its last resync or that resync is the last it got (its frame did
+        # not fit either: the page refetches from the store then). Nothing dropped unsaid.
         data = stuck.read_all()
         assert b'"type":"resync"' in data
         assert data.count(b'"type":"metrics"') < steps
-        assert b'"type":"run.finished"' in data[-200_000:]
+        after = data[data.rfind(b'"type":"resync"'):]
+        assert b'"type":"run.finished"' in after or b'"type":"metrics"' not in after, after[-2000:]
     finally:
         browser.close()
         stuck.close()
