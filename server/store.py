@@ -8,6 +8,16 @@ Every write goes through one connection, on the event loop's thread. The big rea
 history, a heatmap, an export) run in worker threads inside `snapshot()`, on one of a few
 pooled reading connections (WAL: a reader never blocks the writer, nor waits for it), in one
 read transaction, so that everything one answer reads comes from one committed state.
+
+Each fact is stored once. A metrics event's per-layer arrays live only in the columnar tables
+(`series`, `layer_stats`, float32 blobs); its `events` row keeps the rest of it, with `[]` where
+an array was taken out. Reading the events back puts the arrays in again: the JSON is the very
+text stored before (the probe sends float32 values, and a float32 read back as a double prints
+as the double it was). An array the blob would not give back exactly (float64 values from an
+older worker, integers, anything odd) stays in the row as sent.
+
+The schema has a version (PRAGMA user_version); MIGRATIONS take a data dir from each version to
+the next, in order, all in one transaction at start-up (docs/operations.md: what a long one does).
 """
 
 from __future__ import annotations
@@ -27,96 +37,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    config TEXT NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    error TEXT,
-    summary TEXT NOT NULL DEFAULT '{}',
-    layers TEXT,
-    token TEXT NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    kind TEXT NOT NULL DEFAULT 'local',
-    group_id TEXT,
-    preset TEXT,
-    fork TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    step INTEGER,
-    data TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
--- The metrics events again, columnar: per-layer arrays as float32 blobs, so history and
--- heatmap queries read numbers, not JSON. Written in the same transaction as `events`.
-CREATE TABLE IF NOT EXISTS series (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    time REAL,
-    loss REAL,
-    accuracy REAL,
-    global_grad_norm REAL,
-    grad_norm BLOB NOT NULL,
-    weight_norm BLOB NOT NULL,
-    update_ratio BLOB NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
--- Validation points, written with the metrics event that carries them (one per eval_every steps).
-CREATE TABLE IF NOT EXISTS evals (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    step INTEGER,
-    val_loss REAL,
-    val_accuracy REAL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
--- The every-stats_every-steps statistics of a metrics event (its `stats`), per-layer arrays as
--- float32 blobs: activations (act_*, dead_frac: one value per hidden activation), BatchNorm
--- (bn_*_drift, eff_lr: one per BN layer). Their layer names are in the event itself.
-CREATE TABLE IF NOT EXISTS layer_stats (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    act_mean BLOB NOT NULL,
-    act_std BLOB NOT NULL,
-    dead_frac BLOB NOT NULL,
-    eff_lr BLOB NOT NULL,
-    bn_mean_drift BLOB NOT NULL,
-    bn_var_drift BLOB NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
--- History reads the few non-metrics events of a run without walking its metrics rows, and the
--- seqs of its series without reading their blobs.
-CREATE INDEX IF NOT EXISTS events_other ON events(run_id, seq) WHERE type != 'metrics';
-CREATE INDEX IF NOT EXISTS series_seq ON series(run_id, seq);
-CREATE TABLE IF NOT EXISTS groups (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    created REAL NOT NULL
-);
--- Bytes of event JSON each run has stored (its per-run limit, GRADWATCH_RUN_MAX_BYTES).
-CREATE TABLE IF NOT EXISTS run_bytes (
-    run_id TEXT PRIMARY KEY,
-    bytes INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
-
-SERIES_SCALARS = ("step", "time", "loss", "accuracy", "global_grad_norm")
-SERIES_LAYERS = ("grad_norm", "weight_norm", "update_ratio")
-STATS_LAYERS = ("act_mean", "act_std", "dead_frac", "eff_lr", "bn_mean_drift", "bn_var_drift")
-
-# PRAGMA user_version: 0 = before `evals` and the indexes (and maybe before `series`),
-# 2 = before `layer_stats`.
-SCHEMA_VERSION = 3
+from .columns import SERIES_LAYERS, SERIES_SCALARS, STATS_LAYERS, num, rebuild, series_row
+from .migrations import SCHEMA_VERSION as SCHEMA_VERSION  # noqa: PLC0414 (the store's, re-exported)
+from .migrations import migrate
 
 # preset: {"name", "variant", "changed"} of a run started from a preset (routes/runs.py), else NULL.
 # fork: {"parent", "step", "asked", "changes"} of a run forked from another (server/forks.py), else NULL.
@@ -194,19 +117,26 @@ class Store:
                 lines = [x for row in problems for x in row.splitlines() if not x.startswith("***")]
                 raise sqlite3.DatabaseError(f"quick_check: {'; '.join(lines)}")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-            self._add_columns()
-            self._migrate()
-            self._hash_tokens()
+            version = migrate(self.db)  # an older data dir: brought up to date, in one transaction
+            if version <= SCHEMA_VERSION:
+                self._hash_tokens()
         except sqlite3.DatabaseError as e:
             self.db.close()
             if "readonly" in str(e):
                 raise StoreError(f"the database file {path} is read-only ({e}): make it writable, or start "
                                  "with another --data-dir") from None
+            if disk_full(e):  # a migration (one transaction) needs room for what it rewrites
+                raise StoreError(f"no room on the disk to open the database {path} ({e}): free space, or start "
+                                 "with another --data-dir") from None
             first = " ".join(str(e).split())[:200]
             raise StoreError(f"the database {path} is damaged ({first}): restore it from a backup, or move "
                              f"it (and any {path.name}-wal, -shm) aside to start empty; `sqlite3 {path} .recover` "
                              "may save what is readable") from None
+        if version > SCHEMA_VERSION:
+            self.db.close()
+            raise StoreError(f"the database {path} was written by a newer gradwatch (schema version {version}; "
+                             f"this one reads up to {SCHEMA_VERSION}): upgrade gradwatch, or start with another "
+                             "--data-dir")
         self._owner = threading.get_ident()
         # Reading threads borrow a connection from a small pool for the length of a snapshot.
         # (One per thread would leave SQLite holding file descriptors of every thread that ever
@@ -309,51 +239,11 @@ class Store:
         db.execute("PRAGMA query_only=ON")
         return db
 
-    def _add_columns(self) -> None:
-        """Columns added to `runs` since a data dir was made (NULL in its old rows)."""
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
-        if "preset" not in have:
-            self.db.execute("ALTER TABLE runs ADD COLUMN preset TEXT")
-        if "fork" not in have:
-            self.db.execute("ALTER TABLE runs ADD COLUMN fork TEXT")
-        if "placement" not in have:  # where its worker ran: {"node", "gpu"}, kept after the run ends
-            self.db.execute("ALTER TABLE runs ADD COLUMN placement TEXT")
-
     def _hash_tokens(self) -> None:
         """Ingest tokens stored in clear by an older version: keep only their digests."""
         rows = self.db.execute("SELECT id, token FROM runs WHERE token NOT LIKE ?", (TOKEN_HASH + "%",)).fetchall()
         for run_id, token in rows:
             self._durable("UPDATE runs SET token = :t WHERE id = :id", {"t": token_digest(token), "id": run_id})
-
-    def _migrate(self) -> None:
-        """Fill the tables a data dir from an older version lacks from its events, once."""
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version >= SCHEMA_VERSION:
-            return
-        self.db.execute("BEGIN")
-        try:
-            missing = self.db.execute(
-                "SELECT e.run_id, e.data FROM events e WHERE e.type = 'metrics' AND NOT EXISTS "
-                "(SELECT 1 FROM series s WHERE s.run_id = e.run_id AND s.seq = e.seq)"
-            )
-            for run_id, data in missing.fetchall():
-                self._put_series(run_id, orjson.loads(data))
-            # layer_stats is new in every version before this one (INSERT OR IGNORE: the rows
-            # _put_series just added are skipped)
-            rows = self.db.execute("SELECT run_id, data FROM events WHERE type = 'metrics' "
-                                   "AND data LIKE '%\"stats\":{%'")
-            for run_id, data in rows.fetchall():
-                self._put_stats(run_id, orjson.loads(data))
-            self.db.execute(
-                "INSERT OR IGNORE INTO evals SELECT run_id, seq, step, json_extract(data, '$.val_loss'), "
-                "json_extract(data, '$.val_accuracy') FROM events WHERE type = 'metrics' "
-                "AND json_extract(data, '$.val_accuracy') IS NOT NULL"
-            )
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         while True:
@@ -495,18 +385,20 @@ class Store:
             if seq in have:  # stored already (a resend), or twice in this batch: the first one counts
                 continue
             have.add(seq)
-            data = orjson.dumps(e).decode()
+            data = orjson.dumps(e).decode()  # the event as sent: fanned out, and counted
             new.append(e)
             texts.append(data)
-            rows.append((run_id, seq, e["type"], e.get("step"), data))
+            kept = data
             if e["type"] == "metrics":
-                step = _step(e)
-                series.append((run_id, seq, step, *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
-                               *(_f32(e.get(k)) for k in SERIES_LAYERS)))
+                row = series_row(run_id, e)
+                series.append(row[0])
                 if e.get("val_accuracy") is not None:
-                    evals.append((run_id, seq, step, _num(e.get("val_loss")), _num(e["val_accuracy"])))
-                if isinstance(e.get("stats"), dict):
-                    stats.append(self._stats_row(run_id, e, step))
+                    evals.append((run_id, seq, row[0][2], num(e.get("val_loss")), num(e["val_accuracy"])))
+                if row[1] is not None:
+                    stats.append(row[1])
+                if row[2] is not None:
+                    kept = orjson.dumps(row[2]).decode()
+            rows.append((run_id, seq, e["type"], e.get("step"), kept))
         self.db.executemany("INSERT OR IGNORE INTO events (run_id, seq, type, step, data) VALUES (?, ?, ?, ?, ?)", rows)
         if series:
             self.db.executemany("INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", series)
@@ -516,33 +408,10 @@ class Store:
             self.db.executemany("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
         last = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
         self.db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (last, run_id))
-        size = sum(len(t) for t in texts)  # bytes of JSON stored
+        size = sum(len(t) for t in texts)  # characters of JSON received (a run's limit counts these)
         if size:
             self.db.execute("UPDATE run_bytes SET bytes = bytes + ? WHERE run_id = ?", (size, run_id))
         return new, texts, last
-
-    def _put_series(self, run_id: str, e: dict[str, Any]) -> None:
-        """A metrics event's columns: series, and evals / layer_stats when it carries them."""
-        step = _step(e)
-        self.db.execute(
-            "INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, e["seq"], step, *(_num(e.get(k)) for k in SERIES_SCALARS[1:]),
-             *(_f32(e.get(k)) for k in SERIES_LAYERS)),
-        )
-        if e.get("val_accuracy") is not None:
-            self.db.execute("INSERT OR IGNORE INTO evals VALUES (?, ?, ?, ?, ?)",
-                            (run_id, e["seq"], step, _num(e.get("val_loss")), _num(e["val_accuracy"])))
-        self._put_stats(run_id, e, step)
-
-    def _put_stats(self, run_id: str, e: dict[str, Any], step: int | None = None) -> None:
-        if isinstance(e.get("stats"), dict):
-            self.db.execute("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            self._stats_row(run_id, e, _step(e) if step is None else step))
-
-    @staticmethod
-    def _stats_row(run_id: str, e: dict[str, Any], step: int) -> tuple:
-        stats = e["stats"]
-        return (run_id, e["seq"], step, *(_f32(stats.get(k)) for k in STATS_LAYERS))
 
     def events(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
                exclude: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -550,21 +419,31 @@ class Store:
 
     def events_json(self, run_id: str, since: int = 0, types: tuple[str, ...] | None = None,
                     exclude: tuple[str, ...] | None = None) -> list[str]:
-        """The events after `since`, in seq order, as the JSON objects they are stored as."""
-        # Without metrics: the partial index events_other (its WHERE must be written out as is).
-        index = " INDEXED BY events_other" if exclude == ("metrics",) else ""
-        sql = f"SELECT data FROM events{index} WHERE run_id = ? AND seq > ?"
-        params: list[Any] = [run_id, since]
-        if types:
-            sql += f" AND type IN ({', '.join('?' * len(types))})"
-            params += types
+        """The events after `since`, in seq order, as the JSON objects they were stored as (a
+        metrics event's arrays put back from the columns: the same text)."""
+        # Without metrics: the partial index events_other (its WHERE must be written out as is),
+        # and nothing to put back.
         if exclude == ("metrics",):
-            sql += " AND type != 'metrics'"
-        elif exclude:
-            sql += f" AND type NOT IN ({', '.join('?' * len(exclude))})"
+            sql = "SELECT data FROM events INDEXED BY events_other WHERE run_id = ? AND seq > ? AND type != 'metrics'"
+            params: list[Any] = [run_id, since]
+            if types:
+                sql += f" AND type IN ({', '.join('?' * len(types))})"
+                params += types
+            return [r[0] for r in self.rdb.execute(sql + " ORDER BY seq", params)]
+        sql = (f"SELECT e.data, {', '.join('s.' + k for k in SERIES_LAYERS)}, "
+               f"{', '.join('l.' + k for k in STATS_LAYERS)} FROM events e "
+               "LEFT JOIN series s ON s.run_id = e.run_id AND s.seq = e.seq "
+               "LEFT JOIN layer_stats l ON l.run_id = e.run_id AND l.seq = e.seq "
+               "WHERE e.run_id = ? AND e.seq > ?")
+        params = [run_id, since]
+        if types:
+            sql += f" AND e.type IN ({', '.join('?' * len(types))})"
+            params += types
+        if exclude:
+            sql += f" AND e.type NOT IN ({', '.join('?' * len(exclude))})"
             params += exclude
-        sql += " ORDER BY seq"
-        return [r[0] for r in self.rdb.execute(sql, params)]
+        return [r[0] if r[1] is None or "[]" not in r[0] else rebuild(r[0], r[1:])
+                for r in self.rdb.execute(sql + " ORDER BY e.seq", params)]
 
     def val_points(self, run_id: str, since: int = 0) -> list[tuple]:
         """(step, val_loss, val_accuracy) of every evaluated step, without parsing the rest."""
@@ -638,34 +517,6 @@ class Store:
             else:
                 out[name] = np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
         return out
-
-
-def _step(e: dict[str, Any]) -> int:
-    step = e.get("step")
-    return step if isinstance(step, int) and not isinstance(step, bool) else 0
-
-
-def _num(v: Any) -> float | None:
-    """A number for a REAL column; what is not one (a worker's bug, a hand-made event) is NULL:
-    the event is stored whole anyway, and one bad value must not refuse the batch."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _f32(values: Any) -> bytes:
-    """Per-layer values (null = non-finite) as float32 bytes; a value that cannot be read as a number is NaN."""
-    if not isinstance(values, list) or not values:
-        return b""
-    with np.errstate(over="ignore"):  # beyond float32's range: inf, as the value it is
-        try:  # the usual case: numbers and nulls, converted in one go
-            return np.array([np.nan if v is None else v for v in values], dtype=np.float32).tobytes()
-        except (TypeError, ValueError, OverflowError):
-            out = [_num(v) for v in values]
-            return np.array([np.nan if v is None else v for v in out], dtype=np.float32).tobytes()
 
 
 def _matrix(blobs: list[bytes]) -> np.ndarray:

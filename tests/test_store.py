@@ -81,6 +81,9 @@ def test_an_older_data_dir_is_migrated_once(tmp_path: Path, with_series: bool) -
     store.append_events("old", events)
     store.close()
     db = sqlite3.connect(path)
+    # as older versions stored them: every event whole in `events`
+    db.executemany("UPDATE events SET data = ? WHERE run_id = 'old' AND seq = ?",
+                   [(orjson.dumps(e).decode(), e["seq"]) for e in events])
     db.execute("DROP TABLE evals")
     db.execute("DROP TABLE layer_stats")
     if not with_series:
