@@ -188,3 +188,61 @@ def test_an_event_a_worker_may_not_send_fails_its_run_saying_why(app: App) -> No
         assert closed.value.code == 1008
     failed = app.wait_status(run["id"], "failed")
     assert "the server refused what the worker sent" in failed["error"] and "run.update" in failed["error"]
+
+
+def test_a_live_change_reaches_the_connected_worker_and_the_history_and_export_read_back(app: App) -> None:
+    run_id = app.create(name="changed")["id"]
+    app.wait_status(run_id, "running")
+    with app.ws(f"/api/ingest/{run_id}", app.launcher.specs[run_id].token) as worker:
+        assert worker.receive_json()["type"] == "hello"
+        started = {"type": "run.started", "seq": 1, "time": time.time(), "layers": LAYERS, "device": "cpu"}
+        worker.send_json({"type": "batch", "events": [started] + [metrics(s + 1, s) for s in range(1, 6)]})
+        assert worker.receive_json() == {"type": "ack", "seq": 6}
+        r = app.client.patch(f"/api/runs/{run_id}", json={"lr": 0.05})
+        assert r.status_code == 200, r.text
+        assert worker.receive_json() == {"type": "control", "set": {"lr": 0.05}, "source": "api"}
+        assert app.client.patch(f"/api/runs/{run_id}", json={}).status_code == 422  # nothing to change
+        since = app.client.get(f"/api/runs/{run_id}/metrics", params={"since": 4}).json()
+        assert since["step"] == [4, 5] and since["seq"] == [5, 6]
+        bad = app.client.get(f"/api/runs/{run_id}/metrics", params={"stats": "nonsense"})
+        assert bad.status_code == 422 and "nonsense" in bad.text
+        csv = app.client.get(f"/api/runs/{run_id}/export", params={"format": "csv"})
+        assert csv.status_code == 200 and f"gradwatch-{run_id}.csv" in csv.headers["content-disposition"]
+        rows = csv.text.strip().splitlines()
+        header = rows[0].split(",")
+        assert len(rows) == 1 + 5 and header[:2] == ["seq", "step"]  # a header, then a row per step
+        assert "grad_norm:0.weight" in header and "grad_norm:0.bias" in header  # a column per layer
+        assert [row.split(",")[1] for row in rows[1:]] == ["1", "2", "3", "4", "5"]
+    app.exit_worker(run_id, 1)  # connection gone, process gone, no run.finished: failed, saying why
+    assert app.wait_status(run_id, "failed")["error"] == "fake worker ended with 1"
+
+
+def test_a_deleted_run_is_gone_and_browsers_are_told(app: App) -> None:
+    run_id = app.create(name="doomed")["id"]
+    app.wait_status(run_id, "running")
+    with app.ws(f"/api/stream?token={TOKEN}") as browser:
+        assert app.client.delete(f"/api/runs/{run_id}").status_code == 204
+        seen: list[dict[str, Any]] = []
+        while not any(m["type"] == "run.deleted" for m in seen):
+            seen += stream_messages(browser.receive_text())
+    assert [m for m in seen if m["type"] == "run.deleted"] == [{"type": "run.deleted", "run_id": run_id, "seq": None}]
+    assert run_id in app.launcher.killed
+    assert app.client.get(f"/api/runs/{run_id}").status_code == 404
+    assert run_id not in [r["id"] for r in app.client.get("/api/runs").json()]
+
+
+def test_a_group_is_the_product_of_its_axes_and_a_bad_axis_is_a_422(app: App) -> None:
+    r = app.client.post("/api/groups", json={"name": "bn x l2", "base": SMALL,
+                                             "vary": {"batchnorm": [False, True], "l2": [0.0, 0.01]}})
+    assert r.status_code == 201, r.text
+    group = app.client.get(f"/api/groups/{r.json()['id']}").json()
+    configs = sorted((run["config"]["batchnorm"], run["config"]["l2"]) for run in group["runs"])
+    assert configs == [(False, 0.0), (False, 0.01), (True, 0.0), (True, 0.01)]
+    assert all(run["config"]["width"] == 16 for run in group["runs"])  # the base under every cell
+    for run in group["runs"]:  # end them, so that later tests have the two slots
+        app.client.post(f"/api/runs/{run['id']}/stop")
+    bad = app.client.post("/api/groups", json={"base": SMALL, "vary": {"nosuchfield": [1, 2]}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "vary", "nosuchfield"]
+    big = app.client.post("/api/groups", json={"base": SMALL, "vary": {"seed": list(range(65))}})
+    assert big.status_code == 422 and "at most 64" in big.text
+    assert app.client.get("/api/groups/nosuchgroup").status_code == 404
