@@ -18,9 +18,14 @@ import { autoLog } from './diagnosis.js';
 // follows the auto/linear/log setting (auto: diagnosis.js autoLog, over the
 // RunSeries.range of `key`); `log`: always log.
 export const LINE_SPECS = [
-  { id: 'chart-loss', name: 'loss', ytitle: 'loss', key: 'loss', smooth: true, scaleToggle: true },
-  { id: 'chart-acc', name: 'accuracy', ytitle: 'accuracy', key: 'accuracy', smooth: true, val: true },
+  { id: 'chart-loss', name: 'loss', ytitle: 'loss', key: 'loss', smooth: true, scaleToggle: true, val: 'valLoss' },
+  { id: 'chart-acc', name: 'accuracy', ytitle: 'accuracy', key: 'accuracy', smooth: true, val: 'valAccuracy' },
   { id: 'chart-gnorm', name: 'grad-norm', ytitle: 'global grad norm', key: 'gnorm', scaleToggle: true },
+  {
+    id: 'chart-lr', name: 'learning-rate', ytitle: 'learning rate', key: 'lr',
+    none: runs => runs.every(r => r.series.length && r.series.lr.values().every(v => !Number.isFinite(v)))
+      && 'these runs do not report their learning rate',
+  },
   // From the statistics taken every stats_every steps (RunSeries.layerStats), at the bottom of
   // the page. `none`: the note shown when no selected run has what the chart plots.
   {
@@ -189,8 +194,10 @@ export class LineFigure {
       const every = spread && n > per ? n / per : 1;
       for (let j = 0; j < n; j += every) {
         const k = froms[i] + (every > 1 && j + every >= n ? n - 1 : Math.floor(j));
+        const y = s[this.spec.val][k];
+        if (y == null) continue; // evaluated without this metric
         out.x.push(s.valStep[k]);
-        out.y.push(s.valAccuracy[k]);
+        out.y.push(y);
         out.color.push(run.color);
         out.name.push(run.name);
       }

@@ -157,10 +157,12 @@ export class RunSeries extends Steps {
     this.loss = new Column();
     this.accuracy = new Column();
     this.gnorm = new Column(); // global gradient norm
+    this.lr = new Column();    // the learning rate each step was taken with (NaN: not reported)
     this.layerStats = new StatsSeries(cap); // every stats_every steps
     this.stats = {};           // grad_norm / weight_norm / update_ratio: rows x layers
     this.resetLayers(0);
-    this.valStep = [];
+    this.valStep = [];     // evaluated steps, and their validation loss and accuracy (null: not reported)
+    this.valLoss = [];
     this.valAccuracy = [];
     this.events = [];          // recent events other than metrics and alerts, for the details panel
     this.interventions = [];   // every intervention: markers on the charts
@@ -188,12 +190,9 @@ export class RunSeries extends Steps {
   addHistory(cols, since = 0) {
     if (cols.layers?.length) this.setLayers(cols.layers);
     const n = cols.step?.length ?? 0;
-    for (let i = 0; i < n; i++) {
-      this.push(cols.step[i], cols.loss?.[i], cols.accuracy?.[i], cols.global_grad_norm?.[i],
-        cols.grad_norm?.[i], cols.weight_norm?.[i], cols.update_ratio?.[i]);
-    }
+    for (let i = 0; i < n; i++) this.push(cols, i);
     const val = cols.val ?? {};
-    for (let i = 0; i < (val.step?.length ?? 0); i++) this.pushVal(val.step[i], val.accuracy?.[i]);
+    for (let i = 0; i < (val.step?.length ?? 0); i++) this.pushVal(val.step[i], val.loss?.[i], val.accuracy?.[i]);
     this.layerStats.addHistory(cols.stats);
     for (const e of cols.events ?? []) if (!(e.seq <= since)) this.addEvent(e);
     this.thin();
@@ -207,9 +206,10 @@ export class RunSeries extends Steps {
         return;
       case 'metrics':
         this.received++;
-        this.push(msg.step, msg.loss, msg.accuracy, msg.global_grad_norm,
-          msg.grad_norm, msg.weight_norm, msg.update_ratio);
-        if (msg.val_accuracy !== undefined) this.pushVal(msg.step, msg.val_accuracy);
+        this.push(msg);
+        if (msg.val_accuracy !== undefined || msg.val_loss !== undefined) {
+          this.pushVal(msg.step, msg.val_loss, msg.val_accuracy);
+        }
         if (msg.stats) this.layerStats.addEvent(msg.step, msg.stats);
         this.thin();
         return;
@@ -241,26 +241,30 @@ export class RunSeries extends Steps {
     this.version++;
   }
 
-  push(step, loss, accuracy, gnorm, grad, weight, update) {
-    widen(this.range.loss, loss);
-    widen(this.range.gnorm, gnorm);
-    this.step.push(step);
-    this.loss.push(loss);
-    this.accuracy.push(accuracy);
-    this.gnorm.push(gnorm);
-    this.stats.grad_norm.pushRow(grad);
-    this.stats.weight_norm.pushRow(weight);
-    this.stats.update_ratio.pushRow(update);
+  // One step: a metrics event (`i` undefined), or row `i` of a /metrics answer's columns.
+  // Both name their fields alike; a field a run does not report is NaN.
+  push(src, i) {
+    const at = key => (i === undefined ? src[key] : src[key]?.[i]);
+    widen(this.range.loss, at('loss'));
+    widen(this.range.gnorm, at('global_grad_norm'));
+    this.step.push(at('step'));
+    this.loss.push(at('loss'));
+    this.accuracy.push(at('accuracy'));
+    this.gnorm.push(at('global_grad_norm'));
+    this.lr.push(at('lr'));
+    for (const k of LAYER_STATS) this.stats[k].pushRow(at(k));
   }
 
-  pushVal(step, accuracy) {
-    if (accuracy === undefined) return;
+  pushVal(step, loss, accuracy) {
+    if (loss == null && accuracy == null) return;
     this.valStep.push(step);
+    this.valLoss.push(loss ?? null);
     this.valAccuracy.push(accuracy ?? null);
   }
 
   thin() {
-    if (thinColumns(this.step, [this.loss, this.accuracy, this.gnorm, ...Object.values(this.stats)], this.cap)) this.version++;
+    const columns = [this.loss, this.accuracy, this.gnorm, this.lr, ...Object.values(this.stats)];
+    if (thinColumns(this.step, columns, this.cap)) this.version++;
   }
 
   lastStep() {

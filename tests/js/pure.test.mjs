@@ -130,7 +130,8 @@ test('RunSeries: live events and history land in the same columns; thinning keep
   const steps = 300;
   for (let i = 0; i < steps; i++) {
     s.addEvent({ type: 'metrics', step: i, loss: i === 7 ? null : 1 / (i + 1), accuracy: 0.5,
-      global_grad_norm: i, grad_norm: [i, 2 * i], weight_norm: [1, 1], update_ratio: [0.1, 0.2] });
+      global_grad_norm: i, grad_norm: [i, 2 * i], weight_norm: [1, 1], update_ratio: [0.1, 0.2],
+      ...(i < 150 ? { lr: 1 / (i + 2) } : {}) });  // a run may stop reporting its lr (or never)
   }
   assert.equal(s.received, steps);
   assert.ok(s.length <= 64, `thinned to ${s.length}`);
@@ -143,4 +144,15 @@ test('RunSeries: live events and history land in the same columns; thinning keep
   xs.forEach((x, i) => assert.equal(loss[i], x === 7 ? null : 1 / (x + 1)));
   const grad = s.stats.grad_norm;
   xs.forEach((x, i) => assert.deepEqual(Array.from(grad.row(i)), [x, 2 * x]));
+  const lr = s.ys('lr');
+  xs.forEach((x, i) => assert.equal(lr[i], x < 150 ? 1 / (x + 2) : null));
+  // A /metrics answer lands in the same columns, by the same field names.
+  const h = new RunSeries('r2', 64);
+  h.addHistory({ layers: [{ name: 'a.weight' }], step: [1, 2], loss: [0.5, 0.4], accuracy: [null, 1],
+    global_grad_norm: [3, 4], lr: [0.1, 0.05], grad_norm: [[3], [4]], weight_norm: [[1], [1]],
+    update_ratio: [[0.1], [0.2]] });
+  assert.deepEqual(h.ys('lr'), [0.1, 0.05]);
+  assert.deepEqual(h.ys('gnorm'), [3, 4]);
+  assert.deepEqual(h.ys('accuracy'), [null, 1]);
+  assert.deepEqual(Array.from(h.stats.update_ratio.row(1)), [Math.fround(0.2)]);
 });
