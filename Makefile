@@ -48,4 +48,4 @@ bench: $(VENV)/.test-installed  # the CPU benchmarks of docs/benchmarks.md (benc
 	$(PY) bench/page_load.py
 
 clean:
-	rm -rf $(VENV) gradwatch-data .pytest_cache
+	rm -rf $(VENV) gradwatch-data .pytest_cache .coverage
