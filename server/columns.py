@@ -20,6 +20,10 @@ import orjson
 
 SERIES_SCALARS = ("step", "time", "loss", "accuracy", "global_grad_norm")
 SERIES_LAYERS = ("grad_norm", "weight_norm", "update_ratio")
+# Scalars added to `series` later (each by a migration, so after the blobs in the table): a run
+# that never sent one has NULL there.
+SERIES_ADDED = ("lr",)
+SERIES_COLUMNS = ("run_id", "seq", *SERIES_SCALARS, *SERIES_LAYERS, *SERIES_ADDED)  # the table's order
 STATS_LAYERS = ("act_mean", "act_std", "dead_frac", "eff_lr", "bn_mean_drift", "bn_var_drift")
 _FLOAT_OR_NULL = {float, type(None)}
 
@@ -65,7 +69,8 @@ def series_row(run_id: str, e: dict[str, Any]) -> tuple[tuple, tuple | None, dic
     by [] (None when there is none: the row keeps the event as sent)."""
     seq, step = e["seq"], step_of(e)
     packed = [pack(e.get(k)) for k in SERIES_LAYERS]
-    series = (run_id, seq, step, *(num(e.get(k)) for k in SERIES_SCALARS[1:]), *(p[0] for p in packed))
+    series = (run_id, seq, step, *(num(e.get(k)) for k in SERIES_SCALARS[1:]), *(p[0] for p in packed),
+              *(num(e.get(k)) for k in SERIES_ADDED))
     slim: dict[str, Any] = {k: [] for k, p in zip(SERIES_LAYERS, packed, strict=True) if p[1]}
     stats_row = None
     stats = e.get("stats")

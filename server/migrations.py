@@ -13,6 +13,7 @@ start tries again. Each migration takes a database of the version before it to i
      stayed 3, so a data dir of version 3 may have any of them
   5  a metrics event's per-layer arrays only in the columns, not again in its `events` row
      (server/columns.py); run_bytes counted for every run before its rows shrink
+  6  + series.lr (the learning rate of each step, from the events that carry one)
 
 A migration that reads every metrics event (2, 3, 5) takes time on a big store: about 30 s per
 million events on the 2-core VM (docs/operations.md).
@@ -26,11 +27,11 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-from .columns import SERIES_LAYERS, STATS_LAYERS, pack, series_row
+from .columns import SERIES_COLUMNS, SERIES_LAYERS, STATS_LAYERS, pack, series_row
 
 log = logging.getLogger("gradwatch.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 RUNS = """CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -79,8 +80,12 @@ SERIES = """CREATE TABLE IF NOT EXISTS series (
     grad_norm BLOB NOT NULL,
     weight_norm BLOB NOT NULL,
     update_ratio BLOB NOT NULL,
+    lr REAL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID"""
+SERIES_ADDED = (("lr", "REAL"),)  # columns of `series` after version 2's (to_6)
+INSERT_SERIES = (f"INSERT OR IGNORE INTO series ({', '.join(SERIES_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(SERIES_COLUMNS))})")
 
 # Validation points, written with the metrics event that carries them (one per eval_every steps).
 EVALS = """CREATE TABLE IF NOT EXISTS evals (
@@ -154,9 +159,9 @@ def to_2(db: sqlite3.Connection) -> None:
     """`evals`, the indexes, and `series` (which may be missing, or miss rows), from the events."""
     for sql in (SERIES, EVALS, *INDEXES):
         db.execute(sql)
+    _series_added(db)  # the rows below are today's: the table takes today's columns first
     for rows in _metrics(db, "NOT EXISTS (SELECT 1 FROM series x WHERE x.run_id = e.run_id AND x.seq = e.seq)"):
-        db.executemany("INSERT INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [series_row(r[0], _event(r[1], r[2]))[0] for r in rows])
+        db.executemany(INSERT_SERIES, [series_row(r[0], _event(r[1], r[2]))[0] for r in rows])
     db.execute("INSERT OR IGNORE INTO evals SELECT run_id, seq, step, json_extract(data, '$.val_loss'), "
                "json_extract(data, '$.val_accuracy') FROM events WHERE type = 'metrics' "
                "AND json_extract(data, '$.val_accuracy') IS NOT NULL")
@@ -209,7 +214,24 @@ def _slim(e: dict, blobs: tuple) -> dict | None:
     return {**e, **slim} if slim else None
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: to_2, 3: to_3, 4: to_4, 5: to_5}
+def _series_added(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(series)")}
+    for name, decl in SERIES_ADDED:
+        if name not in have:
+            db.execute(f"ALTER TABLE series ADD COLUMN {name} {decl}")
+
+
+def to_6(db: sqlite3.Connection) -> None:
+    """series.lr, from the metrics events that carry one (the probe sends it from this version on;
+    an event row keeps its scalars, so it is there)."""
+    _series_added(db)
+    db.execute("UPDATE series SET lr = (SELECT json_extract(e.data, '$.lr') FROM events e "
+               "WHERE e.run_id = series.run_id AND e.seq = series.seq) "
+               "WHERE lr IS NULL AND EXISTS (SELECT 1 FROM events e WHERE e.run_id = series.run_id "
+               "AND e.seq = series.seq AND e.data LIKE '%\"lr\":%')")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: to_2, 3: to_3, 4: to_4, 5: to_5, 6: to_6}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 

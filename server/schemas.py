@@ -219,6 +219,8 @@ class Metrics(BaseModel):
     loss: list[float | None]
     accuracy: list[float | None]
     global_grad_norm: list[float | None]
+    lr: list[float | None] | None = Field(
+        None, description="each step's learning rate; absent when the run never reported one")
     grad_norm: list[list[float | None]]
     weight_norm: list[list[float | None]]
     update_ratio: list[list[float | None]]

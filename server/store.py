@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .columns import SERIES_LAYERS, SERIES_SCALARS, STATS_LAYERS, num, rebuild, series_row
+from .columns import SERIES_ADDED, SERIES_LAYERS, SERIES_SCALARS, STATS_LAYERS, num, rebuild, series_row
+from .migrations import INSERT_SERIES, migrate
 from .migrations import SCHEMA_VERSION as SCHEMA_VERSION  # noqa: PLC0414 (the store's, re-exported)
-from .migrations import migrate
 
 # preset: {"name", "variant", "changed"} of a run started from a preset (routes/runs.py), else NULL.
 # fork: {"parent", "step", "asked", "changes"} of a run forked from another (server/forks.py), else NULL.
@@ -392,8 +392,8 @@ class Store:
             if e["type"] == "metrics":
                 row = series_row(run_id, e)
                 series.append(row[0])
-                if e.get("val_accuracy") is not None:
-                    evals.append((run_id, seq, row[0][2], num(e.get("val_loss")), num(e["val_accuracy"])))
+                if e.get("val_accuracy") is not None or e.get("val_loss") is not None:
+                    evals.append((run_id, seq, row[0][2], num(e.get("val_loss")), num(e.get("val_accuracy"))))
                 if row[1] is not None:
                     stats.append(row[1])
                 if row[2] is not None:
@@ -401,7 +401,7 @@ class Store:
             rows.append((run_id, seq, e["type"], e.get("step"), kept))
         self.db.executemany("INSERT OR IGNORE INTO events (run_id, seq, type, step, data) VALUES (?, ?, ?, ?, ?)", rows)
         if series:
-            self.db.executemany("INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", series)
+            self.db.executemany(INSERT_SERIES, series)
         if evals:
             self.db.executemany("INSERT OR IGNORE INTO evals VALUES (?, ?, ?, ?, ?)", evals)
         if stats:
@@ -500,7 +500,7 @@ class Store:
         return np.array([r[1] for r in rows], dtype=np.float64), _matrix([r[2] for r in rows]), names
 
     def series(self, run_id: str, since: int = 0, seqs: list[int] | None = None,
-               columns: tuple[str, ...] = SERIES_SCALARS + SERIES_LAYERS) -> dict[str, np.ndarray]:
+               columns: tuple[str, ...] = SERIES_SCALARS + SERIES_ADDED + SERIES_LAYERS) -> dict[str, np.ndarray]:
         """Metrics as arrays: scalars (T,), per-layer series (T, L) float32; all rows after
         `since`, or exactly the rows `seqs`."""
         cols = ", ".join(("seq",) + columns)

@@ -513,3 +513,25 @@ def test_group_screenshot_for_the_readme(server: LiveServer, page: Any, tmp_path
     shutil.copyfile(shot, ROOT / "docs" / "screenshot-group.png")
     stop_all(server)
     assert page.errors == []
+
+
+def test_the_learning_rate_and_validation_loss_charts_read_the_runs_history(server: LiveServer, page: Any) -> None:
+    """Each step's learning rate on its own chart, and validation loss as diamonds on the loss
+    chart, both as /api/runs/{id}/metrics has them."""
+    run = server.create_run({**FAST, "steps": 60, "lr": 0.03}, name="lr-and-val")
+    server.wait_status(run["id"], ("completed",))
+    hist = server.client.get(f"/api/runs/{run['id']}/metrics").json()
+    assert hist["lr"] == pytest.approx([0.03] * 60)  # the probe's: the lr each step was taken with
+    open_dashboard(page, server, f"&runs={run['id']}&focus={run['id']}")
+    page.locator("#chart-lr").scroll_into_view_if_needed()
+    page.wait_for_function(f"({POINTS_OF_RUN})(['chart-lr', '{run['id']}']) === 60")
+    line = page.evaluate(f"""document.getElementById('chart-lr').data
+        .find(t => t.uid === 't-{run['id']}-lr-line')""")
+    assert line["x"] == hist["step"] and line["y"] == pytest.approx(hist["lr"])
+    page.locator("#chart-loss").scroll_into_view_if_needed()
+    page.wait_for_function("(document.getElementById('chart-loss').data.find(t => t.uid === 'val-loss')?.x || [])"
+                           f".length === {len(hist['val']['step'])}")
+    val = page.evaluate("document.getElementById('chart-loss').data.find(t => t.uid === 'val-loss')")
+    assert hist["val"]["step"] and val["x"] == hist["val"]["step"]
+    assert val["y"] == pytest.approx(hist["val"]["loss"])
+    assert page.errors == []

@@ -245,3 +245,7 @@ def test_the_transformers_example_evaluates_and_stops_from_the_dashboard(live_se
     assert hist["step"] == list(range(1, len(hist["step"]) + 1))
     assert hist["val"]["step"][:2] == [9, 17]  # evaluated after each epoch of 8 steps
     assert all(0 <= v <= 1 for v in hist["val"]["accuracy"]) and all(v > 0 for v in hist["val"]["loss"])
+    # The learning rate of each step, as the Trainer's default linear schedule set it: from 1e-3 down.
+    lr = hist["lr"]
+    assert len(lr) == len(hist["step"]) and lr[0] == pytest.approx(1e-3)
+    assert all(0 < b < a for a, b in zip(lr, lr[1:], strict=False)), lr[:5]

@@ -225,3 +225,45 @@ def test_a_server_on_a_data_dir_of_the_version_before_answers_as_before(tmp_path
             assert got.status_code == 200 and got.text == OLD[run_id]["export_csv"]
     finally:
         server.stop()
+
+
+def test_each_steps_learning_rate_is_a_column_and_a_version_5_data_dir_takes_it_from_its_events(
+        tmp_path: Path) -> None:
+    """Version 6: series.lr. The probe sends each step's learning rate; /metrics gives it as `lr`
+    (and leaves the key out for a run that never sent one, so older runs answer as before), and a
+    data dir of version 5 gets the column filled from the events that carry one."""
+    from gradwatch.server.routes.runs import history
+
+    old = sqlite3.connect(DATA / DB)
+    path = tmp_path / DB
+    store = Store(path)
+    for run_id in RUNS:
+        cols = [r[1] for r in old.execute("PRAGMA table_info(runs)")]
+        run = dict(zip(cols, old.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone(), strict=True))
+        store.create_run({**run, **{k: orjson.loads(run[k]) for k in ("config", "summary", "layers")}})
+        events = [orjson.loads(t) for (t,) in old.execute("SELECT data FROM events WHERE run_id = ? ORDER BY seq",
+                                                          (run_id,))]
+        if run_id == "f32":  # this one reports its learning rate: a decay
+            for e in events:
+                if e["type"] == "metrics":
+                    e["lr"] = 0.1 / e["step"]
+        store.append_events(run_id, events)
+    old.close()
+
+    def lrs() -> dict[str, list | None]:
+        return {r: history(store, store.get_run(r), 0, 100_000).get("lr") for r in RUNS}
+
+    want = [0.1 / s for s in history(store, store.get_run("f32"), 0, 100_000)["step"]]
+    got = lrs()
+    assert got["f64"] is None and got["f32"] == pytest.approx(want, rel=1e-12)
+    store.close()
+
+    db = sqlite3.connect(path)  # as version 5 stored it: no column, the value in each event's row
+    db.execute("ALTER TABLE series DROP COLUMN lr")
+    db.execute("PRAGMA user_version = 5")
+    db.commit()
+    db.close()
+    store = Store(path)
+    got = lrs()
+    assert got["f64"] is None and got["f32"] == pytest.approx(want, rel=1e-12)
+    store.close()

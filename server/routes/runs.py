@@ -20,7 +20,7 @@ from .. import forks
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
 from ..jobs import JobManager
 from ..schemas import ForkCreate, Metrics, Run, RunChange, RunCreate, RunCreated, preset_record
-from ..store import SERIES_LAYERS, STATS_LAYERS, Store
+from ..store import SERIES_ADDED, SERIES_LAYERS, STATS_LAYERS, Store
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 T = TypeVar("T")
@@ -319,6 +319,8 @@ def history(store: Store, run: dict[str, Any], since: int, max_points: int,
     out: dict[str, Any] = {"run_id": run_id, "status": run["status"], "last_seq": run["last_seq"],
                            "layers": run["layers"] or []}
     for name, arr in cols.items():  # per-layer (T, L) float32 stay numpy (see dumps)
+        if name in SERIES_ADDED and not np.isfinite(arr).any():
+            continue  # a field this run never sent (its learning rate, before the probe sent one): left out
         out[name] = arr if name in SERIES_LAYERS else arr.tolist()  # NaN/inf come out as null
     out["step"] = [int(s) for s in out["step"]]
     stats_seqs = store.stats_seqs(run_id, since)
