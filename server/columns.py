@@ -17,14 +17,23 @@ from typing import Any
 
 import numpy as np
 import orjson
+from gradwatch.stats import STORED_STATS, STORED_STEP
 
 SERIES_SCALARS = ("step", "time", "loss", "accuracy", "global_grad_norm")
-SERIES_LAYERS = ("grad_norm", "weight_norm", "update_ratio")
+# The per-layer statistics (gradwatch.stats, the registry): a float32 BLOB column each, in `series`
+# (every step) or `layer_stats` (every stats_every steps).
+SERIES_LAYERS = STORED_STEP
+STATS_LAYERS = STORED_STATS
+# Version 2's per-layer columns (NOT NULL: every metrics event has them). A statistic added to the
+# registry since is a nullable column, added by migrations.registry_columns; a run that never sent
+# it has NULL there, and its answers leave it out.
+SERIES_FIRST = ("grad_norm", "weight_norm", "update_ratio")
+STATS_FIRST = ("act_mean", "act_std", "dead_frac", "eff_lr", "bn_mean_drift", "bn_var_drift")  # version 3's
 # Scalars added to `series` later (each by a migration, so after the blobs in the table): a run
 # that never sent one has NULL there.
 SERIES_ADDED = ("lr",)
-SERIES_COLUMNS = ("run_id", "seq", *SERIES_SCALARS, *SERIES_LAYERS, *SERIES_ADDED)  # the table's order
-STATS_LAYERS = ("act_mean", "act_std", "dead_frac", "eff_lr", "bn_mean_drift", "bn_var_drift")
+SERIES_COLUMNS = ("run_id", "seq", *SERIES_SCALARS, *SERIES_LAYERS, *SERIES_ADDED)  # named in every insert
+STATS_COLUMNS = ("run_id", "seq", "step", *STATS_LAYERS)
 _FLOAT_OR_NULL = {float, type(None)}
 
 def step_of(e: dict[str, Any]) -> int:
@@ -69,14 +78,17 @@ def series_row(run_id: str, e: dict[str, Any]) -> tuple[tuple, tuple | None, dic
     by [] (None when there is none: the row keeps the event as sent)."""
     seq, step = e["seq"], step_of(e)
     packed = [pack(e.get(k)) for k in SERIES_LAYERS]
-    series = (run_id, seq, step, *(num(e.get(k)) for k in SERIES_SCALARS[1:]), *(p[0] for p in packed),
+    # A statistic the event does not carry (one added to the registry since it was sent): NULL.
+    series = (run_id, seq, step, *(num(e.get(k)) for k in SERIES_SCALARS[1:]),
+              *(p[0] if p[0] or k in SERIES_FIRST else None for k, p in zip(SERIES_LAYERS, packed, strict=True)),
               *(num(e.get(k)) for k in SERIES_ADDED))
     slim: dict[str, Any] = {k: [] for k, p in zip(SERIES_LAYERS, packed, strict=True) if p[1]}
     stats_row = None
     stats = e.get("stats")
     if isinstance(stats, dict):
         packed = [pack(stats.get(k)) for k in STATS_LAYERS]
-        stats_row = (run_id, seq, step, *(p[0] for p in packed))
+        stats_row = (run_id, seq, step, *(p[0] if p[0] or k in STATS_FIRST else None
+                                          for k, p in zip(STATS_LAYERS, packed, strict=True)))
         slim_stats = {k: [] for k, p in zip(STATS_LAYERS, packed, strict=True) if p[1]}
         if slim_stats:
             slim["stats"] = {**stats, **slim_stats}

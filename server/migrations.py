@@ -15,6 +15,12 @@ start tries again. Each migration takes a database of the version before it to i
      (server/columns.py); run_bytes counted for every run before its rows shrink
   6  + series.lr (the learning rate of each step, from the events that carry one)
 
+A per-layer statistic added to the registry (gradwatch.stats) needs no version: at every start,
+registry_columns adds a nullable BLOB column for each stored statistic its table lacks (inside
+the same transaction). Rows written before have NULL there, and answers leave the statistic out
+for a run that never sent it. Every insert names its columns, so a column added this way never
+shifts another.
+
 A migration that reads every metrics event (2, 3, 5) takes time on a big store: about 30 s per
 million events on the 2-core VM (docs/operations.md).
 """
@@ -27,7 +33,7 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-from .columns import SERIES_COLUMNS, SERIES_LAYERS, STATS_LAYERS, pack, series_row
+from .columns import SERIES_COLUMNS, SERIES_LAYERS, STATS_COLUMNS, STATS_LAYERS, pack, series_row
 
 log = logging.getLogger("gradwatch.store")
 
@@ -86,6 +92,8 @@ SERIES = """CREATE TABLE IF NOT EXISTS series (
 SERIES_ADDED = (("lr", "REAL"),)  # columns of `series` after version 2's (to_6)
 INSERT_SERIES = (f"INSERT OR IGNORE INTO series ({', '.join(SERIES_COLUMNS)}) "
                  f"VALUES ({', '.join('?' * len(SERIES_COLUMNS))})")
+INSERT_STATS = (f"INSERT OR IGNORE INTO layer_stats ({', '.join(STATS_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(STATS_COLUMNS))})")
 
 # Validation points, written with the metrics event that carries them (one per eval_every steps).
 EVALS = """CREATE TABLE IF NOT EXISTS evals (
@@ -160,6 +168,7 @@ def to_2(db: sqlite3.Connection) -> None:
     for sql in (SERIES, EVALS, *INDEXES):
         db.execute(sql)
     _series_added(db)  # the rows below are today's: the table takes today's columns first
+    registry_columns(db)
     for rows in _metrics(db, "NOT EXISTS (SELECT 1 FROM series x WHERE x.run_id = e.run_id AND x.seq = e.seq)"):
         db.executemany(INSERT_SERIES, [series_row(r[0], _event(r[1], r[2]))[0] for r in rows])
     db.execute("INSERT OR IGNORE INTO evals SELECT run_id, seq, step, json_extract(data, '$.val_loss'), "
@@ -170,10 +179,10 @@ def to_2(db: sqlite3.Connection) -> None:
 def to_3(db: sqlite3.Connection) -> None:
     """`layer_stats`, from the metrics events that carry `stats`."""
     db.execute(LAYER_STATS)
+    registry_columns(db)  # the rows below are today's
     for rows in _metrics(db, "e.data LIKE '%\"stats\":{%'"):
         made = [series_row(r[0], _event(r[1], r[2]))[1] for r in rows]
-        db.executemany("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       [row for row in made if row is not None])
+        db.executemany(INSERT_STATS, [row for row in made if row is not None])
 
 
 def to_4(db: sqlite3.Connection) -> None:
@@ -231,6 +240,21 @@ def to_6(db: sqlite3.Connection) -> None:
                "AND e.seq = series.seq AND e.data LIKE '%\"lr\":%')")
 
 
+def registry_columns(db: sqlite3.Connection) -> list[str]:
+    """The migration generated from the registry (gradwatch.stats): a nullable BLOB column for each
+    stored statistic that `series` or `layer_stats` lacks. Returns the columns it added."""
+    added = []
+    for table, names in (("series", SERIES_LAYERS), ("layer_stats", STATS_LAYERS)):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have:  # not made yet (an old data dir before the migration that makes it)
+            continue
+        for name in names:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} BLOB")
+                added.append(f"{table}.{name}")
+    return added
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: to_2, 3: to_3, 4: to_4, 5: to_5, 6: to_6}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -240,19 +264,23 @@ def migrate(db: sqlite3.Connection) -> int:
     A version newer than this one is left alone: the caller refuses it."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone() is None
-    if version >= SCHEMA_VERSION:
+    if version > SCHEMA_VERSION:
         return version
     db.execute("BEGIN")
     try:
         if fresh:
             for sql in SCHEMA:
                 db.execute(sql)
-        else:
+        elif version < SCHEMA_VERSION:
             log.warning("migrating the store from schema version %d to %d", version, SCHEMA_VERSION)
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 if target in MIGRATIONS:
                     MIGRATIONS[target](db)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        added = registry_columns(db)
+        if added and not fresh:
+            log.warning("the store takes the registry's new statistics: %s", ", ".join(added))
+        if version != SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

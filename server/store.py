@@ -37,8 +37,17 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .columns import SERIES_ADDED, SERIES_LAYERS, SERIES_SCALARS, STATS_LAYERS, num, rebuild, series_row
-from .migrations import INSERT_SERIES, migrate
+from .columns import (
+    SERIES_ADDED,
+    SERIES_LAYERS,
+    SERIES_SCALARS,
+    STATS_FIRST,
+    STATS_LAYERS,
+    num,
+    rebuild,
+    series_row,
+)
+from .migrations import INSERT_SERIES, INSERT_STATS, migrate
 from .migrations import SCHEMA_VERSION as SCHEMA_VERSION  # noqa: PLC0414 (the store's, re-exported)
 
 # preset: {"name", "variant", "changed"} of a run started from a preset (routes/runs.py), else NULL.
@@ -405,7 +414,7 @@ class Store:
         if evals:
             self.db.executemany("INSERT OR IGNORE INTO evals VALUES (?, ?, ?, ?, ?)", evals)
         if stats:
-            self.db.executemany("INSERT OR IGNORE INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", stats)
+            self.db.executemany(INSERT_STATS, stats)
         last = self.db.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
         self.db.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (last, run_id))
         size = sum(len(t) for t in texts)  # characters of JSON received (a run's limit counts these)
@@ -463,12 +472,16 @@ class Store:
 
     def layer_stats(self, run_id: str, seqs: list[int], columns: tuple[str, ...] = STATS_LAYERS) -> dict[str, Any]:
         """The statistics of the metrics events `seqs`: step (T,), the per-layer arrays `columns`
-        (T, L) float32, and the layer names they refer to (from the last of those events)."""
+        (T, L) float32, and the layer names they refer to (from the last of those events). A
+        statistic added to the registry since the run's events were sent (NULL in every row) is
+        left out."""
         cols = ", ".join(("seq", "step") + columns)
         rows = self._rows_at(f"SELECT {cols} FROM layer_stats", run_id, seqs)
         out: dict[str, Any] = {"step": [r[1] for r in rows]}
         for k, name in enumerate(columns, start=2):
-            out[name] = [np.frombuffer(r[k], dtype=np.float32) for r in rows]  # serialised by orjson
+            if name not in STATS_FIRST and all(r[k] is None for r in rows):
+                continue
+            out[name] = [np.frombuffer(r[k] or b"", dtype=np.float32) for r in rows]  # serialised by orjson
         return {**self._stats_names(run_id, rows[-1][0] if rows else None), **out}
 
     def _stats_names(self, run_id: str, seq: int | None) -> dict[str, list]:
@@ -521,9 +534,11 @@ class Store:
 
 def _matrix(blobs: list[bytes]) -> np.ndarray:
     """Rows of float32 bytes as a (T, L) array. A row of another width than the run's usual one
-    (an event sent malformed) is cut or padded with NaN rather than spoiling the run's history."""
+    (an event sent malformed) is cut or padded with NaN rather than spoiling the run's history.
+    NULL (a statistic the event did not carry) is a row of NaN."""
     if not blobs:
         return np.zeros((0, 0), dtype=np.float32)
+    blobs = [b"" if b is None else b for b in blobs]
     sizes = {len(b) for b in blobs}
     if len(sizes) == 1:
         return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
