@@ -13,6 +13,7 @@ integers, strings) stays in the row as it was sent, so the text is the same ther
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,9 @@ def num(v: Any) -> float | None:
     except (TypeError, ValueError, OverflowError):
         return None
 
+_FLOAT = {float}
+
+
 def pack(values: Any) -> tuple[bytes, bool]:
     """Per-layer values (null = non-finite) as float32 bytes, and whether those bytes give the
     values' JSON back exactly: every value a float (or null) that float32 holds bit for bit, a
@@ -57,8 +61,14 @@ def pack(values: Any) -> tuple[bytes, bool]:
     a number is NaN."""
     if not isinstance(values, list) or not values:
         return b"", False
-    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: inf, as the value it is
-        try:  # the usual case: numbers and nulls, converted in one go
+    try:  # the usual case, all floats: converted and compared in C (array, list ==), ~1 us for 26
+        narrow = array("f", values)  # beyond float32's range: inf, as the value it is
+    except (TypeError, OverflowError):  # a null, or something odd
+        pass
+    else:
+        return narrow.tobytes(), set(map(type, values)) == _FLOAT and narrow.tolist() == values
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:  # numbers and nulls, converted in one go
             wide = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
             out = [num(v) for v in values]
@@ -100,12 +110,18 @@ def rebuild(data: str, blobs: tuple) -> str:
     e = orjson.loads(data)
     for k, blob in zip(SERIES_LAYERS, blobs, strict=False):
         if blob and e.get(k) == []:
-            e[k] = np.frombuffer(blob, dtype=np.float32).astype(np.float64)
+            e[k] = _floats(blob)
     stats = e.get("stats")
     if isinstance(stats, dict):
         for k, blob in zip(STATS_LAYERS, blobs[len(SERIES_LAYERS):], strict=True):
             if blob and stats.get(k) == []:
-                stats[k] = np.frombuffer(blob, dtype=np.float32).astype(np.float64)
-    # float64 arrays print as Python floats do (NaN/inf as null)
-    return orjson.dumps(e, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+                stats[k] = _floats(blob)
+    return orjson.dumps(e).decode()
+
+
+def _floats(blob: bytes) -> list[float]:
+    """float32 bytes as the Python floats (doubles) they were sent as; NaN/inf print as null."""
+    values = array("f")
+    values.frombytes(blob)
+    return values.tolist()
 
