@@ -8,6 +8,7 @@ cells that changed."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,8 +30,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     s.stop()
 
 
-def own_loop(server: LiveServer, name: str, steps: int = STEPS) -> str:
-    """A person's own loop in this process: a tiny model trained for `steps` steps, streamed with
+def own_loop(server: LiveServer, name: str, steps: int = STEPS, until: threading.Event | None = None,
+             started: list | None = None) -> str:
+    """A person's own loop in this process: a tiny model trained for `steps` steps (or, with
+    `until`, until it is set: its run id goes into `started` at once), streamed with
     gradwatch.connect, which sends only the config it is given."""
     import torch
     from gradwatch import connect
@@ -43,7 +46,11 @@ def own_loop(server: LiveServer, name: str, steps: int = STEPS) -> str:
     y = (x[:, 0] > 0).long()
     run = connect(server.url, token=server.token, name=name, config={"lr": 0.1})
     run.watch(model, optimizer)
-    for _ in range(steps):
+    if started is not None:
+        started.append(run.id)
+    step = 0
+    while (step < steps) if until is None else not until.wait(0.02):  # a live run: ~50 steps/s at most
+        step += 1
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
         optimizer.zero_grad()
@@ -275,25 +282,61 @@ STEP_CELL = "(id) => parseInt(document.querySelector(`#runs tr[data-run-id=\"${i
 
 
 def test_a_live_step_rewrites_only_the_cells_that_changed(server: LiveServer, pair: dict, page: Any) -> None:
-    live = server.create_run({**BUILT_IN, "steps": 100_000}, name="streaming")
+    stop, started = threading.Event(), []
+    loop = threading.Thread(target=own_loop, args=(server, "streaming"),
+                            kwargs={"until": stop, "started": started}, daemon=True)
+    loop.start()
     try:
-        wait_for(lambda: server.run(live["id"])["summary"].get("step", 0) > 0, timeout=120, what="the run to train")
+        live = wait_for(lambda: started and started[0], timeout=30, what="the loop to connect")
         ended = [pair["built_in"]["id"], pair["own"]["id"]]
-        open_dashboard(page, server, f"&runs={live['id']},{ended[0]}")
-        page.wait_for_function(f"({STEP_CELL})('{live['id']}') > 0")
+        open_dashboard(page, server, f"&runs={live},{ended[0]}")
+        page.wait_for_function(f"({STEP_CELL})('{live}') > 0")
         page.evaluate(MUTATIONS)
-        start = page.evaluate(STEP_CELL, live["id"])
-        page.wait_for_function(f"({STEP_CELL})('{live['id']}') >= {start + 10}", timeout=60_000)
+        start = page.evaluate(STEP_CELL, live)
+        page.wait_for_function(f"({STEP_CELL})('{live}') >= {start + 10}", timeout=60_000)
         seen = page.evaluate("(() => { collect(observer.takeRecords()); observer.disconnect(); return seen; })()")
     finally:
-        server.client.post(f"/api/runs/{live['id']}/stop")
+        stop.set()
+        loop.join(90)
     # Rows are neither added, removed nor moved, and the ended runs' rows are not touched at all.
     assert not [m for m in seen if m["type"] == "childList" and "TR" in m["added"] + m["removed"]]
     assert not [m for m in seen if m["run"] in ended], [m for m in seen if m["run"] in ended][:5]
     # The streaming run's row: its step and loss cells changed (its accuracy may not have); its
     # name, checkbox and buttons did not (a whole-row rewrite would touch them every step).
-    mine = [m for m in seen if m["run"] == live["id"]]
+    mine = [m for m in seen if m["run"] == live]
     cells = {m["cell"] for m in mine}
     assert {"num step", "num loss"} <= cells, cells
     assert cells <= {"num step", "num loss", "num acc", "num best", "num alerts", "status"}, cells
+    assert server.wait_status(live, ("completed",))["summary"]["step"] > start
+    assert page.errors == []
+
+
+def test_a_preset_s_runs_are_compared_only_with_its_own_variants(server: LiveServer, pair: dict, page: Any) -> None:
+    """The person compares a run of theirs, then starts two variants of a preset: the preset's
+    first run replaces the comparison, its second joins the first."""
+    open_dashboard(page, server)
+    own = pair["own"]["id"]
+    page.locator(f"#runs tr[data-run-id='{own}'] input.select").check()
+    page.wait_for_function(f"JSON.stringify({SELECTED}) === JSON.stringify(['{own}'])")
+    page.select_option("#preset", "explosion")
+    variants = page.locator("#preset-about button.variant")
+    assert variants.count() >= 2
+    made = []
+    try:
+        for k in range(2):
+            variants.nth(k).click()
+            if not page.is_visible("#steps"):
+                page.click("#more summary")
+            page.fill("#steps", "5")  # a short run: the selection is what is looked at
+            before = len(server.client.get("/api/runs").json())
+            page.click("#start")
+            run = wait_for(lambda before=before: (lambda rs: rs[0] if len(rs) > before else None)(
+                sorted(server.client.get("/api/runs").json(), key=lambda r: -r["created"])), timeout=30,
+                what="the preset's run")
+            assert run["preset"]["name"] == "explosion"
+            made.append(run["id"])
+            page.wait_for_function(f"JSON.stringify({SELECTED}) === JSON.stringify({made!r})")
+    finally:
+        for run_id in made:  # 5 steps; whatever is left of them is not looked at
+            server.client.post(f"/api/runs/{run_id}/stop")
     assert page.errors == []
