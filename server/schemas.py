@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from gradwatch.config import CHOICES, DESCRIPTIONS, KINDS, LIMITS, LIVE_FIELDS, RunConfig
 from gradwatch.presets import PRESETS, resolve
+from gradwatch.stats import BY_NAME, STORED_STATS, STORED_STEP
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -192,23 +193,26 @@ class Layer(BaseModel):
     shape: list[int]
 
 
-class LayerStats(BaseModel):
+class _LayerStatsBase(BaseModel):
     """The every-stats_every-steps statistics (steps 1, stats_every, 2·stats_every, …), columnar."""
 
     step: list[int]
     act_layers: list[str] = Field(description="hidden activation modules, in forward order")
     bn_layers: list[str]
     bn_feeds: list[str | None] = Field(description="the weight feeding each BatchNorm")
-    # Each of these only when asked for (`stats=`; all by default).
-    act_mean: list[list[float | None]] | None = None
-    act_std: list[list[float | None]] | None = None
-    dead_frac: list[list[float | None]] | None = Field(None, description="units <= 0 for the whole batch (ReLU)")
-    eff_lr: list[list[float | None]] | None = Field(None, description="lr / ||w||^2 of the weight feeding each BN")
-    bn_mean_drift: list[list[float | None]] | None = None
-    bn_var_drift: list[list[float | None]] | None = None
 
 
-class Metrics(BaseModel):
+_PER_LAYER = list[list[float | None]]  # (steps, layers)
+
+# The per-layer statistics come from the registry (gradwatch.stats). Each of LayerStats' only
+# when asked for (`stats=`; all by default), and one the run never sent is left out.
+LayerStats = create_model(
+    "LayerStats", __base__=_LayerStatsBase,
+    **{k: (_PER_LAYER | None, Field(None, description=f"per {BY_NAME[k].per}: {BY_NAME[k].description}"))
+       for k in STORED_STATS})
+
+
+class _MetricsBase(BaseModel):
     run_id: str
     status: str
     last_seq: int
@@ -221,12 +225,18 @@ class Metrics(BaseModel):
     global_grad_norm: list[float | None]
     lr: list[float | None] | None = Field(
         None, description="each step's learning rate; absent when the run never reported one")
-    grad_norm: list[list[float | None]]
-    weight_norm: list[list[float | None]]
-    update_ratio: list[list[float | None]]
     val: dict[str, list[float | None]]
-    stats: LayerStats
+    stats: LayerStats  # type: ignore[valid-type]
     events: list[dict[str, Any]]
+
+
+# Every-step per-parameter statistics (the registry's): grad_norm, weight_norm and update_ratio
+# in every answer; one added since, absent for a run that never sent it.
+Metrics = create_model(
+    "Metrics", __base__=_MetricsBase,
+    **{k: (_PER_LAYER, Field(description=BY_NAME[k].description)) if k in ("grad_norm", "weight_norm", "update_ratio")
+       else (_PER_LAYER | None, Field(None, description=f"{BY_NAME[k].description}; absent when the run never sent it"))
+       for k in STORED_STEP})
 
 
 class Health(BaseModel):

@@ -38,6 +38,7 @@ from gradwatch.events import (
     RUN_STARTED,
     TERMINAL,
 )
+from gradwatch.stats import BY_ACTIVATION, BY_BN, PER_STEP
 
 ALERT_END = "alert.end"  # trainer/events.py's ALERT_END (not in every version of it)
 WORKER_TYPES = (RUN_STARTED, METRICS, ALERT, ALERT_END, INTERVENTION, RUN_FINISHED, DROPPED)
@@ -140,24 +141,27 @@ class Checker:
 
 # ---- one check per type ------------------------------------------------------------------------
 
-METRICS_KNOWN = {"type", "seq", "time", "step", "loss", "accuracy", "global_grad_norm", "grad_norm",
-                 "weight_norm", "update_ratio", "val_loss", "val_accuracy", "lr", "stats"}
+# The per-layer statistics are the registry's (gradwatch.stats): every-step ones are arrays as long
+# as the layer list; REQUIRED_STEP are in every metrics event (older workers send no others).
+REQUIRED_STEP = ("grad_norm", "weight_norm", "update_ratio")
+METRICS_KNOWN = {"type", "seq", "time", "step", "loss", "accuracy", "global_grad_norm", *PER_STEP, "val_loss",
+                 "val_accuracy", "lr", "stats"}
 
 
 def _metrics(e: dict[str, Any], n_layers: int | None) -> None:
     _int(e, "step", 0, MAX_INT)
     for k in ("loss", "accuracy", "global_grad_norm", "val_loss", "val_accuracy", "lr"):
         _num(e, k, optional=True)
-    widths = {_numbers(e, k, n_layers) for k in ("grad_norm", "weight_norm", "update_ratio")}
+    widths = {_numbers(e, k, n_layers) for k in PER_STEP if k in REQUIRED_STEP or k in e}
     if len(widths) > 1:
-        raise BadEvent("grad_norm, weight_norm and update_ratio must be as long as each other")
+        raise BadEvent(f"{', '.join(k for k in PER_STEP if k in e)} must be as long as each other")
     if "stats" in e:
         _stats(e["stats"])
     _extras(e, METRICS_KNOWN)
 
 
-STATS_BY_ACTIVATION = ("act_mean", "act_std", "dead_frac")
-STATS_BY_BN = ("bn_mean_drift", "bn_var_drift", "bn_gamma_norm", "bn_beta_norm", "eff_lr")
+STATS_BY_ACTIVATION = BY_ACTIVATION  # one value per hidden activation (the registry's `per`)
+STATS_BY_BN = BY_BN  # one per BatchNorm layer
 
 
 def _stats(stats: Any) -> None:

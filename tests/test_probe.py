@@ -11,6 +11,7 @@ from gradwatch.config import RunConfig
 from gradwatch.diagnosis import first_nonfinite
 from gradwatch.loop import train
 from gradwatch.probe import watch
+from gradwatch.stats import PER_STATS_STEP, PER_STEP
 from torch import nn
 
 
@@ -64,6 +65,9 @@ def test_every_statistic_equals_plain_pytorch(opt_name: str, net_fn) -> None:  #
         probe.record(loss)
         opt.step()
         stats = probe.latest()
+        # Exactly the registry's statistics (gradwatch.stats), each checked by hand below.
+        assert [k for k, v in stats.items() if isinstance(v, list)] == list(PER_STEP)
+        assert set(stats["stats"]) == {"act_layers", "bn_layers", "bn_feeds", *PER_STATS_STEP}
         for i, p in enumerate(params):
             ref_w = torch.linalg.vector_norm(before[i]).item()
             ref_d = torch.linalg.vector_norm(before[i] - p.detach()).item()

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .models import layer_info
+from .stats import PER_STATS_STEP, PER_STEP
 
 # Activation modules whose output is a "hidden layer" for the activation statistics; dead-unit
 # fractions only for those whose output is exactly 0 on a dead unit.
@@ -394,17 +395,22 @@ class Probe:
         scale = meta.get("update_scale")
         if scale is not None:
             dn = [lr * d for lr, d in zip(scale, dn, strict=True)]
+        # The every-step statistics, one value per parameter, by their names in the registry
+        # (gradwatch.stats: what is sent is exactly what it lists, in its order). Computed here
+        # on the host are rounded to float32, as every other per-layer value is (the store keeps
+        # float32 and gives the event back exactly as sent: server/columns.py).
+        per_param = {
+            "grad_norm": gn,
+            "weight_norm": wn,
+            "update_ratio": _ratio32(dn, wn),
+        }
         record = {
             "step": meta["step"],
             "time": meta["time"],
             "loss": loss,
             "accuracy": acc,
             "global_grad_norm": math.sqrt(sum(g * g for g in gn)),
-            "grad_norm": gn,
-            "weight_norm": wn,
-            # Rounded to float32, as every other per-layer value is (the store keeps float32 and
-            # gives the event back exactly as sent: server/columns.py)
-            "update_ratio": array("f", [d / w if w > 0 else 0.0 for d, w in zip(dn, wn, strict=True)]).tolist(),
+            **{k: per_param[k] for k in PER_STEP},
         }
         if meta.get("lr") is not None:
             record["lr"] = meta["lr"]
@@ -429,19 +435,23 @@ class Probe:
         for (_, _, f), lr in zip(self._bn_idx, feed_lr, strict=True):
             w = at(f)
             eff.append(None if lr is None or w is None or w == 0 else array("f", [lr / (w * w)])[0])  # float32
-        return {
-            "act_layers": self.act_names,
+        values = {  # per hidden activation, then per BatchNorm; by their names in the registry
             "act_mean": acts[0::3],
             "act_std": acts[1::3],
             "dead_frac": [num(v) for v in acts[2::3]],
-            "bn_layers": self.bn_names,
             "bn_mean_drift": drift[0::2],
             "bn_var_drift": drift[1::2],
             "bn_gamma_norm": [at(g) for g, _, _ in self._bn_idx],
             "bn_beta_norm": [at(b) for _, b, _ in self._bn_idx],
-            "bn_feeds": self.bn_feeds,
             "eff_lr": eff,
         }
+        return {"act_layers": self.act_names, "bn_layers": self.bn_names, "bn_feeds": self.bn_feeds,
+                **{k: values[k] for k in PER_STATS_STEP}}
+
+
+def _ratio32(num: list[float], den: list[float]) -> list[float]:
+    """num[i] / den[i] rounded to float32 (0 where den[i] is 0), as Python floats."""
+    return array("f", [n / d if d > 0 else 0.0 for n, d in zip(num, den, strict=True)]).tolist()
 
 
 def _host_float(lr: Any) -> float | None:

@@ -30,7 +30,7 @@ class Stat:
     name: str  # the field in a metrics event (a `stats` step's: in its `stats` object), the column
     cadence: Literal["step", "stats"]
     per: Literal["parameter", "activation", "bn"]  # one value per parameter tensor, hidden activation, BatchNorm
-    title: str  # short: a colour bar's or an axis's title
+    title: str  # short: a colour bar's title, an axis's unless `axis` says otherwise
     label: str  # the heatmap menu's entry
     unit: str  # "" for a plain number
     description: str
@@ -38,6 +38,7 @@ class Stat:
     heatmap: bool = False  # offered on the layer x step heatmap
     stored: bool = True  # a column of its own (else it stays in the event's JSON only)
     line: Literal["median", "mean"] | None = None  # a line chart of it, over the layers
+    axis: str = ""  # an axis title, where a formula says it better than the title
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,16 +50,17 @@ REGISTRY: tuple[Stat, ...] = (
          "‖g‖, the L2 norm of the parameter's gradient before the step (before clipping)", heatmap=True),
     Stat("weight_norm", STEP, "parameter", "weight norm", "weight norm", "",
          "‖w‖, the L2 norm of the parameter before the step", heatmap=True),
-    Stat("update_ratio", STEP, "parameter", "‖Δw‖ / ‖w‖", "update ratio", "",
-         "the norm of the update the optimizer applied over the weight's norm", heatmap=True),
+    Stat("update_ratio", STEP, "parameter", "update ratio", "update ratio", "",
+         "the norm of the update the optimizer applied over the weight's norm", heatmap=True,
+         axis="‖Δw‖ / ‖w‖"),
     Stat("act_mean", STATS, "activation", "activation mean", "activation mean", "",
          "the mean of the activation's output over the batch"),
     Stat("act_std", STATS, "activation", "activation std", "activation std (per activation)", "",
          "the standard deviation of the activation's output over the batch", heatmap=True),
     Stat("dead_frac", STATS, "activation", "dead units", "dead ReLU units (per activation)", "",
          "units <= 0 for the whole batch (ReLU)", scale="linear", heatmap=True, line="mean"),
-    Stat("eff_lr", STATS, "bn", "lr / ‖w‖²", "effective learning rate", "",
-         "lr / ||w||^2 of the weight feeding each BN", line="median"),
+    Stat("eff_lr", STATS, "bn", "effective lr", "effective learning rate", "",
+         "lr / ||w||^2 of the weight feeding each BN", line="median", axis="lr / ‖w‖²"),
     Stat("bn_mean_drift", STATS, "bn", "running-mean drift", "BN running-mean drift", "",
          "how far the BatchNorm's running mean moved since the last stats step (L2)"),
     Stat("bn_var_drift", STATS, "bn", "running-var drift", "BN running-var drift", "",

@@ -5,6 +5,8 @@
 // on; after a reconnect or a `resync` it fetches the gap from
 // /metrics?since=<last seq>, so nothing is lost and nothing is drawn twice.
 
+import { lineStats, statsReady } from './stats.js';
+
 export class ApiError extends Error {
   constructor(status, detail) {
     super(typeof detail === 'string' ? detail : `HTTP ${status}`);
@@ -47,10 +49,15 @@ export function createApi(token = null, base = globalThis.location, { unauthoriz
     // A new run from the newest checkpoint at or before `step`, with `changes` (docs/api.md, Forks).
     forkRun: (id, step, changes = {}) => request('POST', `${run(id)}/fork`, { step, changes }),
     checkpoints: id => request('GET', `${run(id)}/checkpoints`),
-    metrics: (id, since = 0, maxPoints = 2000) =>
-      // Of the per-layer statistics, only what the charts draw.
-      request('GET', `${run(id)}/metrics?since=${since}&max_points=${maxPoints}&stats=eff_lr,dead_frac`),
-    // Layer x step min/max buckets of one statistic (grad_norm | weight_norm | update_ratio).
+    metrics: async (id, since = 0, maxPoints = 2000) => {
+      // Of the per-layer statistics, only what the charts draw (stats.js: the registry's), once known.
+      await statsReady;
+      const stats = lineStats();
+      return request('GET', `${run(id)}/metrics?since=${since}&max_points=${maxPoints}`
+        + (stats ? `&stats=${stats.join(',')}` : ''));
+    },
+    stats: () => request('GET', '/api/stats'), // the per-layer statistics (stats.js)
+    // Layer x step min/max buckets of one statistic (one of the registry's `heatmap` ones).
     heatmap: (id, stat, maxPoints) => request('GET', `${run(id)}/heatmap?stat=${stat}&max_points=${maxPoints}`),
     // A plain link: the browser downloads it itself (the session cookie rides
     // along), so a big run never sits in the page's memory.

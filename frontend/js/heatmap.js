@@ -7,7 +7,7 @@
 
 import { CONFIG, NO_RUNS, layout, relayoutX, setX } from './plot.js';
 import { markLayout } from './markers.js';
-import { HEATMAP_STATS } from './state.js';
+import { isLinear, titleOf } from './stats.js';
 import { isWeight } from './profiles.js';
 import { aggregate, blockTicks, layerRows } from './layers.js';
 
@@ -15,8 +15,6 @@ const REFRESH_MS = 2000;
 // "Relative": each layer divided by the median of its first BASE_COLUMNS columns.
 export const BASE_COLUMNS = 5;
 const ZERO = '#d0d7de';
-const TITLES = Object.fromEntries(HEATMAP_STATS.map(s => [s.key, s.title]));
-const LINEAR = new Set(HEATMAP_STATS.filter(s => s.linear).map(s => s.key));
 
 export class HeatmapFigure {
   // onData(): a fetch landed and the figure wants drawing.
@@ -122,7 +120,7 @@ export class HeatmapFigure {
       Plotly.react(this.div, [], layout({ ytitle: '', empty }), CONFIG);
       return;
     }
-    const relative = view.relative && !LINEAR.has(stat);
+    const relative = view.relative && !isLinear(stat);
     const { trace, zeros } = this.trace(body, stat, rows, relative, view.agg);
     Plotly.react(this.div, zeros ? [trace, zeros.trace] : [trace], this.layoutFor(run, body, view, zeros?.count ?? 0), CONFIG);
   }
@@ -156,7 +154,7 @@ export class HeatmapFigure {
   trace(body, stat, rows, relative, agg) {
     const nb = body.step_start.length;
     const x = body.step_start.map((s, b) => (s + body.step_end[b]) / 2);
-    const linear = LINEAR.has(stat);
+    const linear = isLinear(stat);
     const z = [], maxes = [], zero = [];
     let zeroCount = 0;
     const bases = new Map();
@@ -183,7 +181,7 @@ export class HeatmapFigure {
       maxes.push(mr);
       zero.push(zz);
     }
-    const title = TITLES[stat] ?? stat;
+    const title = titleOf(stat);
     const y = rows.map(r => r.label);
     const span = nb > 1 ? Math.round((body.step_end[nb - 1] - body.step_start[0] + 1) / nb) : 1;
     // The row's label names the tensor, or the block and its aggregate (▸ layer3.4 (max of 6)); no

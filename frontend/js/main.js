@@ -3,7 +3,8 @@
 // panel, group card, chips, settings, scrubber, charts).
 
 import './plotsafe.js'; // first: every text handed to Plotly is escaped (see there)
-import { createState, HEATMAP_STATS } from './state.js';
+import { createState } from './state.js';
+import { heatmapStats, isHeatmapStat, isLinear, loadStats } from './stats.js';
 import { toggleOpen } from './layers.js';
 import { ColorBook, hashColor } from './colors.js';
 import { createApi, ApiError, Stream } from './api.js';
@@ -33,7 +34,6 @@ const runs = new Map();   // run id -> run record (docs/api.md), as the server l
 const series = new Map(); // run id -> RunSeries, for the selected runs only
 const charts = new Charts(api);
 const form = $('#launch');
-$('#heatmap-stat').append(...HEATMAP_STATS.map(s => new Option(s.label, s.key)));
 let colors = new Map();
 // A run keeps its color across views and reloads (colors.js): what each run was shown in is
 // remembered in this browser.
@@ -415,7 +415,7 @@ function renderSettings() {
   if (document.activeElement !== box && box.value !== filter) box.value = filter;
   $('#layer-agg').value = agg;
   $('#heatmap-relative').checked = relative;
-  $('#heatmap-relative').disabled = Boolean(HEATMAP_STATS.find(s => s.key === stat)?.linear); // a fraction: drawn as it is
+  $('#heatmap-relative').disabled = isLinear(stat); // a fraction: drawn as it is
   renderXRange();
   const slider = $('#smooth');
   if (document.activeElement !== slider) slider.value = smooth;
@@ -543,6 +543,11 @@ let listed = false; // has the runs list loaded once
 // (Re)load every run record. Metrics-patched numbers survive through upsert().
 // The status sets come from the server (statuses.js) before the runs are first drawn.
 const statusesLoaded = loadStatuses(api).catch(err => flash(`could not read the run statuses: ${err.message}`));
+// So do the per-layer statistics (stats.js): the heatmap's menu, and what /metrics is asked for.
+const statsLoaded = loadStats(api).then(() => {
+  $('#heatmap-stat').replaceChildren(...heatmapStats().map(s => new Option(s.label, s.name)));
+  if (!isHeatmapStat(state.get().stat)) state.set({ stat: 'grad_norm' }); // a link from another version
+}).catch(err => flash(`could not read the statistics: ${err.message}`));
 // The launch form's fields come from RunConfig's schema (form.js), built before the runs are
 // first listed and before the presets that fill it.
 const formBuilt = api.configSchema()
@@ -552,6 +557,7 @@ const formBuilt = api.configSchema()
 async function loadRuns() {
   try {
     await statusesLoaded;
+    await statsLoaded;
     await formBuilt;
     const list = await api.listRuns();
     const ids = new Set(list.map(r => r.id));

@@ -9,14 +9,16 @@
 import { CONFIG, NO_RUNS, layout, mergeOrder, positive, uid } from './plot.js';
 import { markLayout } from './markers.js';
 import { blockTicks, layerRows, pathOf, rowValue } from './layers.js';
+import { axisOf, isLinear } from './stats.js';
 
 const FINITE_BACK = 50; // rows looked back for a finite one
 const MARKERS_UP_TO = 60; // points of a profile drawn with markers (hundreds of tensors: lines only)
 
+// Which chart shows which statistic; its axis title and scale come from the registry (stats.js).
 export const PROFILE_SPECS = [
-  { id: 'chart-layers', name: 'grad-norm-per-layer', stat: 'grad_norm', ytitle: 'grad norm' },
-  { id: 'chart-weights', name: 'weight-norm-per-layer', stat: 'weight_norm', ytitle: 'weight norm' },
-  { id: 'chart-updates', name: 'update-ratio-per-layer', stat: 'update_ratio', ytitle: '‖Δw‖ / ‖w‖' },
+  { id: 'chart-layers', name: 'grad-norm-per-layer', stat: 'grad_norm' },
+  { id: 'chart-weights', name: 'weight-norm-per-layer', stat: 'weight_norm' },
+  { id: 'chart-updates', name: 'update-ratio-per-layer', stat: 'update_ratio' },
 ];
 
 // A layer's weight matrix (Linear, conv): what "weights only" keeps. Biases and
@@ -35,7 +37,7 @@ export class ProfileFigure {
   }
 
   layout(empty, order) {
-    const lay = layout({ xtitle: 'layer (forward order)', ytitle: this.spec.ytitle, log: true, empty });
+    const lay = layout({ xtitle: 'layer (forward order)', ytitle: axisOf(this.spec.stat), log: !isLinear(this.spec.stat), empty });
     // No legend: the chips above the charts name the runs in their colors, and a
     // legend of eight entries would be redrawn (and measured) on every step.
     lay.showlegend = false;
@@ -119,7 +121,7 @@ export class ProfileFigure {
           : `${view.agg} of its ${r.members.length} tensors; click: ${r.open ? 'close' : 'open'}`)),
         line: { color: run.color, width: run.focused ? 2.5 : 1.5 },
         marker: { color: run.color, size: 5 },
-        hovertemplate: `%{customdata}<br>${this.spec.ytitle} %{y:.3g}<extra>%{fullData.name}</extra>`,
+        hovertemplate: `%{customdata}<br>${axisOf(this.spec.stat)} %{y:.3g}<extra>%{fullData.name}</extra>`,
       };
     });
     // A log axis cannot draw 0 (a layer whose gradient is exactly zero, a dead layer): say so,

@@ -2,18 +2,7 @@
 // state.ts): a comparison of runs is a link someone can share, and a reload
 // restores it. No DOM here: only the URL (location/history) is touched.
 
-// The heatmap's statistics, in the page's order: the value sent to the server
-// (its `stat`, server/routes/runs.py HEATMAP_STATS: tests/test_frontend_static.py
-// keeps the two in step), the menu's label, the colour bar's title, and whether
-// it is drawn as it is (a fraction, 0 included) rather than as log10.
-export const HEATMAP_STATS = [
-  { key: 'grad_norm', label: 'gradient norm', title: 'grad norm' },
-  { key: 'weight_norm', label: 'weight norm', title: 'weight norm' },
-  { key: 'update_ratio', label: 'update ratio', title: 'update ratio' },
-  { key: 'act_std', label: 'activation std (per activation)', title: 'activation std' },
-  { key: 'dead_frac', label: 'dead ReLU units (per activation)', title: 'dead units', linear: true },
-];
-const STAT_KEYS = new Set(HEATMAP_STATS.map(s => s.key));
+import { isHeatmapStat, statsServed } from './stats.js';
 
 const list = { parse: s => s.split(',').filter(Boolean), format: a => a.join(',') };
 const id = { parse: s => s || null, format: v => v || '' };
@@ -25,9 +14,9 @@ const FIELDS = {
   focus: { key: 'focus', ...id, default: null },     // the run of the details panel
   group: { key: 'group', ...id, default: null },     // the ablation group shown
   heatmap: { key: 'heatmap', ...id, default: null }, // run of the heatmap (null: follow the focus)
-  stat: {                                            // the heatmap's statistic
-    key: 'stat', default: 'grad_norm',
-    parse: s => (STAT_KEYS.has(s) ? s : 'grad_norm'),
+  stat: {                                            // the heatmap's statistic: one stats.js offers
+    key: 'stat', default: 'grad_norm',               // (before its list came, any name: main.js checks it then)
+    parse: s => ((statsServed() ? isHeatmapStat(s) : /^[a-z0-9_]{1,64}$/.test(s)) ? s : 'grad_norm'),
     format: v => v,
   },
   step: {                                            // layer profiles at this step (null: the latest)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from gradwatch.stats import REGISTRY
 
 from .. import __version__
 from ..deps import JobsDep
@@ -28,6 +29,15 @@ async def statuses() -> dict:
     return {"all": list(ALL), "active": list(ACTIVE), "live": list(LIVE),
             "terminal": [s for s in ALL if s in TERMINAL],
             "transitions": [{"from": f.value, "to": t.value, "by": by} for (f, t), by in TRANSITIONS.items()]}
+
+
+@router.get("/stats")
+async def stats() -> list[dict]:
+    """The per-layer statistics, defined once (gradwatch.stats): each one's name, cadence (`step`:
+    every step; `stats`: every stats_every steps), what it is per (parameter, activation, bn),
+    titles, unit, description, log or linear, whether the heatmap offers it, whether it has a
+    column, and the line chart taken over its layers, if any. The page reads them from here."""
+    return [s.as_dict() for s in REGISTRY]
 
 
 @router.get("/config-schema")

@@ -15,8 +15,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from gradwatch import checkpoint
 from gradwatch.config import ConfigError
+from gradwatch.stats import HEATMAP
 
 from .. import forks
+from ..columns import SERIES_FIRST
 from ..deps import JobsDep, RunDep, SettingsDep, StoreDep
 from ..jobs import JobManager
 from ..schemas import ForkCreate, Metrics, Run, RunChange, RunCreate, RunCreated, preset_record
@@ -25,10 +27,10 @@ from ..store import SERIES_ADDED, SERIES_LAYERS, STATS_LAYERS, Store
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 T = TypeVar("T")
 
-# What the heatmap can show: every parameter's per-step statistics, then two of the hidden
-# activations' (every stats_every steps). The page's menu lists the same, in
-# frontend/js/state.js (HEATMAP_STATS); tests/fast/test_frontend_static.py keeps them in step.
-HEATMAP_STATS = (*SERIES_LAYERS, "act_std", "dead_frac")
+# What the heatmap can show: the registry's statistics marked `heatmap` (gradwatch.stats), per
+# parameter every step or per hidden activation every stats_every steps. The page's menu is built
+# from the same list (GET /api/stats).
+HEATMAP_STATS = HEATMAP
 
 
 @router.post("", status_code=201, response_model=RunCreated, response_model_exclude_unset=True)
@@ -183,11 +185,12 @@ def export_csv(store: Store, run: dict[str, Any]) -> list[bytes]:
     cols = store.series(run["id"])
     names = [layer["name"] for layer in (run["layers"] or [])]
     val = {v[0]: v[1:] for v in store.val_points(run["id"])}
+    present = [k for k in SERIES_LAYERS if k in SERIES_FIRST or cols[k].shape[1]]  # a statistic it sent
     head = io.StringIO()
     csv.writer(head).writerow(["seq", "step", "time", "loss", "accuracy", "global_grad_norm", "val_loss",
-                               "val_accuracy"] + [f"{k}:{n}" for k in SERIES_LAYERS for n in names])
+                               "val_accuracy"] + [f"{k}:{n}" for k in present for n in names])
     out = [head.getvalue().encode()]
-    per_layer = np.hstack([cols[k] for k in SERIES_LAYERS])
+    per_layer = np.hstack([cols[k] for k in present])
     scalars = [cols[k].tolist() for k in ("seq", "step", "time", "loss", "accuracy", "global_grad_norm")]
     for start in range(0, len(scalars[0]), CSV_ROWS):
         lines = []
@@ -249,6 +252,8 @@ def heatmap(store: Store, run: dict[str, Any], stat: str, max_points: int) -> di
     else:
         cols = store.series(run["id"], columns=("step", stat))
         values, steps, layers = cols[stat], cols["step"], run["layers"] or []
+        if len(steps) and not values.shape[1]:  # a statistic this run never sent: no layers to show
+            layers = []
     n = len(steps)
     if n == 0:
         body: dict[str, Any] = {"step_start": [], "step_end": [], "max": [], "min": []}
@@ -321,6 +326,8 @@ def history(store: Store, run: dict[str, Any], since: int, max_points: int,
     for name, arr in cols.items():  # per-layer (T, L) float32 stay numpy (see dumps)
         if name in SERIES_ADDED and not np.isfinite(arr).any():
             continue  # a field this run never sent (its learning rate, before the probe sent one): left out
+        if name in SERIES_LAYERS and name not in SERIES_FIRST and not arr.shape[1]:
+            continue  # a statistic added to the registry since this run's steps were sent: left out
         out[name] = arr if name in SERIES_LAYERS else arr.tolist()  # NaN/inf come out as null
     out["step"] = [int(s) for s in out["step"]]
     stats_seqs = store.stats_seqs(run_id, since)

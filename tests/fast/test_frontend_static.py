@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import re
 
-from gradwatch.server.routes.runs import HEATMAP_STATS
-
 from ..conftest import ROOT
 
 FRONTEND = ROOT / "frontend"
 
 
-def test_heatmap_menu_lists_what_the_server_draws() -> None:
-    src = (FRONTEND / "js" / "state.js").read_text()
-    block = re.search(r"export const HEATMAP_STATS = \[(.*?)\];", src, re.S)
-    assert block, "state.js no longer declares HEATMAP_STATS"
-    keys = re.findall(r"\{\s*key:\s*'([a-z_]+)'", block.group(1))
-    assert tuple(keys) == HEATMAP_STATS
-
-
-def test_heatmap_menu_is_built_from_that_list() -> None:
+def test_heatmap_menu_is_built_from_the_served_statistics() -> None:
+    """Its options come from GET /api/stats (stats.js); tests/fast/test_stats.py checks the rest of
+    the page against the registry."""
     html = (FRONTEND / "index.html").read_text()
-    assert re.search(r'<select id="heatmap-stat"[^>]*></select>', html), "the menu's options come from state.js"
+    assert re.search(r'<select id="heatmap-stat"[^>]*></select>', html), "the menu's options come from stats.js"
+    main = (FRONTEND / "js" / "main.js").read_text()
+    assert "heatmapStats().map(" in main
