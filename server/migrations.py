@@ -242,12 +242,16 @@ def to_6(db: sqlite3.Connection) -> None:
 
 def registry_columns(db: sqlite3.Connection) -> list[str]:
     """The migration generated from the registry (gradwatch.stats): a nullable BLOB column for each
-    stored statistic that `series` or `layer_stats` lacks. Returns the columns it added."""
+    stored statistic that `series` or `layer_stats` lacks. Returns the columns it added. They
+    come after every column a numbered migration adds (SERIES_ADDED), so that a data dir of any
+    version ends with the columns in the order a new one has them."""
     added = []
     for table, names in (("series", SERIES_LAYERS), ("layer_stats", STATS_LAYERS)):
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if not have:  # not made yet (an old data dir before the migration that makes it)
             continue
+        if table == "series":
+            _series_added(db)
         for name in names:
             if name not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} BLOB")
@@ -273,6 +277,7 @@ def migrate(db: sqlite3.Connection) -> int:
                 db.execute(sql)
         elif version < SCHEMA_VERSION:
             log.warning("migrating the store from schema version %d to %d", version, SCHEMA_VERSION)
+            registry_columns(db)  # the migrations below read and write today's columns
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 if target in MIGRATIONS:
                     MIGRATIONS[target](db)
