@@ -278,7 +278,7 @@ MUTATIONS = """() => {
   observer.observe(document.querySelector('#runs tbody'),
                    { subtree: true, childList: true, attributes: true, characterData: true });
 }"""
-STEP_CELL = "(id) => parseInt(document.querySelector(`#runs tr[data-run-id=\"${id}\"] td.step`).textContent)"
+STEP_CELL = "(id) => parseInt(document.querySelector(`#runs tr[data-run-id=\"${id}\"] td.step`)?.textContent)"
 
 
 def test_a_live_step_rewrites_only_the_cells_that_changed(server: LiveServer, pair: dict, page: Any) -> None:
