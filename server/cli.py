@@ -293,9 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("run", metavar="RUN", help="the run id (see `gradwatch runs`)")
     fork.add_argument("--step", type=int, required=True, help="the step to fork at (the checkpoint at or before it)")
     fork.add_argument("--name", help="the fork's name (default: the parent's, the step and the changes)")
+    from gradwatch.config import DESCRIPTIONS
+
     for field, kind in fork_flags().items():
         fork.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=None,
-                          help=f"change {field} (default: the parent's at the fork step)")
+                          help=f"{DESCRIPTIONS[field]} (default: the parent's at the fork step)".replace("%", "%%"))
     _server_flags(fork, DEFAULT_URL)
     fork.set_defaults(func=cmd_fork)
 

@@ -124,6 +124,13 @@ def test_the_cli_flags_are_runconfig() -> None:
             assert "--no-" + f.name.replace("_", "-") in a.option_strings, f.name
         else:
             assert a.type is {"int": int, "float": float, "str": str}[KINDS[f.name]], f.name
+    # `gradwatch fork`'s flags are the fields a fork may change, typed and helped the same way
+    from gradwatch.checkpoint import FORK_FIELDS
+
+    fork = {a.dest: a for a in subcommand("fork")._actions}
+    for name in FORK_FIELDS:
+        assert fork[name].type is {"int": int, "float": float}[KINDS[name]], name
+        assert DESCRIPTIONS[name].replace("%", "%%") in fork[name].help, name
     # `gradwatch train --lr 0.1 --batchnorm` reads into the config as typed
     args = subcommand("train").parse_args(["--lr", "0.1", "--batchnorm", "--model", "cnn"])
     from gradwatch.headless import config_from_args
