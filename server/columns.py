@@ -116,11 +116,15 @@ def rebuild(data: str, blobs: tuple) -> str:
         for k, blob in zip(STATS_LAYERS, blobs[len(SERIES_LAYERS):], strict=True):
             if blob and stats.get(k) == []:
                 stats[k] = _floats(blob)
-    return orjson.dumps(e).decode()
+    return orjson.dumps(e, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-def _floats(blob: bytes) -> list[float]:
-    """float32 bytes as the Python floats (doubles) they were sent as; NaN/inf print as null."""
+def _floats(blob: bytes) -> list[float] | np.ndarray:
+    """float32 bytes as the doubles they were sent as (NaN/inf print as null): a list of Python
+    floats, or past 64 values a float64 array (orjson prints both alike; the array's setup costs
+    more, its printing less: ~25% less for 300 values)."""
+    if len(blob) > 256:
+        return np.frombuffer(blob, dtype=np.float32).astype(np.float64)
     values = array("f")
     values.frombytes(blob)
     return values.tolist()

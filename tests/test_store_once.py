@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 from gradwatch.server import migrations
@@ -186,6 +187,7 @@ EXACT = [  # arrays it can: taken out of the row and put back
     [0.10000000149011612, None],  # a float32 value, a non-finite one (sent as null)
     [-0.0, 1.401298464324817e-45],  # negative zero, float32's smallest
     [3.4028234663852886e38, 0.0],  # its largest
+    [float(np.float32(i / 7)) for i in range(99)] + [None],  # past 64 values (put back through numpy)
 ]
 
 
