@@ -14,8 +14,10 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import gradwatch
+import numpy as np
 import pytest
 import torch
+from gradwatch.stats import BY_NAME
 from torch import nn
 
 from .browserkit import browser_fixture, open_dashboard, page_fixture  # noqa: F401 - fixtures
@@ -155,6 +157,44 @@ def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
     page.wait_for_function(f"JSON.stringify({HEAT}.data[0]?.y) === {json(['stem.weight', 'head.weight'])}")
     page.fill("#layer-filter", "nothing-like-this")
     page.wait_for_function(f"({HEAT}.layout.annotations || []).some(a => (a.text || '').includes('no layer matches'))")
+    assert page.errors == []
+
+
+def test_the_gradient_to_weight_ratio_is_in_the_history_and_the_heatmap_offers_and_draws_it(
+        server: LiveServer, run: tuple[str, list[str]], page: Any) -> None:
+    """‖g‖/‖w‖ per parameter, added with an entry in trainer/stats.py and its line in the probe:
+    /metrics returns it (the float32 ratio of the same step's grad and weight norms), the page's
+    heatmap menu offers it from GET /api/stats, and the heatmap draws it, log10, per tensor."""
+    run_id, names = run
+    stat = BY_NAME["grad_weight_ratio"]
+    history = server.client.get(f"/api/runs/{run_id}/metrics").json()
+    ratio = history["grad_weight_ratio"]
+    assert len(ratio) == len(history["step"]) == 40 and all(len(row) == len(names) for row in ratio)
+    # /metrics sends float32 values in their shortest form: each reads back as the float32 it was.
+    f32 = np.float32
+    for g_row, w_row, r_row in zip(history["grad_norm"], history["weight_norm"], ratio, strict=True):
+        want = [f32(float(f32(g)) / float(f32(w))) if w > 0 else 0.0 for g, w in zip(g_row, w_row, strict=True)]
+        assert [f32(r) for r in r_row] == want
+
+    page.set_default_timeout(60_000)  # 306 tensors in every per-layer figure, on 2 shared cores
+    open_dashboard(page, server, f"&runs={run_id}&focus={run_id}&layers=all")
+    options = page.eval_on_selector_all("#heatmap-stat option", "os => os.map(o => [o.value, o.textContent])")
+    assert [stat.name, stat.label] in options
+    page.select_option("#heatmap-stat", stat.name)
+    assert "stat=grad_weight_ratio" in page.url
+    page.locator("#chart-heatmap").scroll_into_view_if_needed()  # drawn when in view
+    page.wait_for_function(f"t => ({HEAT}.data[0]?.colorbar?.title?.text || '').startsWith(`log₁₀ ${{t}}`)",
+                           arg=stat.title)
+    body = page.evaluate("gradwatch.charts.heatmap.body")
+    assert body["stat"] == stat.name and [layer["name"] for layer in body["layers"]] == names
+    assert body["step_start"] == history["step"]  # 40 steps, fewer than the buckets: one step each
+    assert body["max"] == ratio  # the same float32 text, read the same way
+    # One row per tensor, in forward order, each cell log10 of its value (0 has no log: a gap).
+    assert heat_rows(page) == names
+    z = page.evaluate(f"{HEAT}.data[0].z")
+    for k in (0, 1, 150, 305):
+        for cell, row in zip(z[k], ratio, strict=True):
+            assert cell == (pytest.approx(math.log10(row[k]), rel=1e-9) if row[k] > 0 else None)
     assert page.errors == []
 
 

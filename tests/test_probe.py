@@ -74,6 +74,8 @@ def test_every_statistic_equals_plain_pytorch(opt_name: str, net_fn) -> None:  #
             assert stats["grad_norm"][i] == pytest.approx(torch.linalg.vector_norm(grads[i]).item(), rel=1e-5)
             assert stats["weight_norm"][i] == pytest.approx(ref_w, rel=1e-5)
             assert stats["update_ratio"][i] == pytest.approx(ref_d / ref_w if ref_w > 0 else 0.0, rel=1e-4)
+            ref_g = torch.linalg.vector_norm(grads[i]).item()
+            assert stats["grad_weight_ratio"][i] == pytest.approx(ref_g / ref_w if ref_w > 0 else 0.0, rel=1e-5)
         assert stats["loss"] == pytest.approx(loss.item(), rel=1e-6)
         assert stats["global_grad_norm"] == pytest.approx(
             torch.linalg.vector_norm(torch.cat([gr.flatten() for gr in grads])).item(), rel=1e-5)

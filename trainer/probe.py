@@ -403,6 +403,7 @@ class Probe:
             "grad_norm": gn,
             "weight_norm": wn,
             "update_ratio": _ratio32(dn, wn),
+            "grad_weight_ratio": _ratio32(gn, wn),
         }
         record = {
             "step": meta["step"],
