@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from gradwatch.server import migrations
 from gradwatch.server.app import create_app
+from gradwatch.server.columns import SERIES_FIRST
 from gradwatch.server.routes.runs import HEATMAP_STATS
 from gradwatch.server.schemas import LayerStats, Metrics
 from gradwatch.server.settings import Settings
@@ -137,6 +138,28 @@ def test_the_api_serves_the_registry_and_takes_its_names(client: TestClient) -> 
     assert client.get(f"{url}/heatmap", params={"stat": "loss"}).status_code == 422
     header = client.get(f"{url}/export", params={"format": "csv"}).text.splitlines()[0]
     assert [c for c in header.split(",") if ":" in c] == [f"{k}:{n['name']}" for k in STORED_STEP for n in LAYERS]
+
+
+
+def test_a_run_that_never_sent_a_newer_statistic_answers_without_it(client: TestClient) -> None:
+    """A worker of an older version sends only version 2's per-layer arrays: /metrics and the CSV
+    export leave the statistics added since out (as /metrics leaves out `lr`), not arrays of nulls."""
+    newer = [k for k in STORED_STEP if k not in SERIES_FIRST]
+    run = client.post("/api/runs", json={"external": True, "config": {}}).json()
+    with client.websocket_connect(f"ws://127.0.0.1:8000/api/ingest/{run['id']}",
+                                  headers={"Authorization": f"Bearer {run['token']}"}) as worker:
+        worker.receive_json()
+        started = {"type": "run.started", "seq": 1, "time": time.time(), "layers": LAYERS, "device": "cpu"}
+        old = {k: v for k, v in metrics(2, 1).items() if k not in newer}
+        worker.send_json({"type": "batch", "events": [started, old]})
+        assert worker.receive_json() == {"type": "ack", "seq": 2}
+    url = f"/api/runs/{run['id']}"
+    history = client.get(f"{url}/metrics").json()
+    assert history["grad_norm"] == [[0.25, 0.5]] and not set(newer) & set(history)
+    header = client.get(f"{url}/export", params={"format": "csv"}).text.splitlines()[0]
+    assert [c.split(":")[0] for c in header.split(",") if ":" in c] == [k for k in SERIES_FIRST for _ in LAYERS]
+    for k in newer:
+        assert client.get(f"{url}/heatmap", params={"stat": k}).json()["layers"] == []
 
 
 # ---- the page --------------------------------------------------------------------------------
