@@ -198,6 +198,37 @@ def test_the_gradient_to_weight_ratio_is_in_the_history_and_the_heatmap_offers_a
     assert page.errors == []
 
 
+
+def test_a_run_from_an_older_worker_has_no_gradient_to_weight_ratio_and_the_heatmap_says_so(
+        server: LiveServer, page: Any) -> None:
+    """A worker of an older version sends no grad_weight_ratio: /metrics leaves it out, and the
+    page's heatmap of it says the run has none, where its gradient norms draw as ever."""
+    from gradwatch.worker import IngestClient
+
+    r = server.client.post("/api/runs", json={"name": "older-worker", "external": True, "config": {}})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    client = IngestClient(server.ws_url(f"/api/ingest/{run_id}"), r.json()["token"])
+    layers = [{"name": f"l{i}.weight", "module": "Linear", "shape": [4, 4]} for i in range(3)]
+    client.emit({"type": "run.started", "time": 0.0, "layers": layers, "device": "cpu"})
+    for step in range(1, 6):
+        g = [0.5 * step, 0.25, 1.0]
+        client.emit({"type": "metrics", "step": step, "time": float(step), "loss": 1.0, "accuracy": 0.5,
+                     "global_grad_norm": 1.0, "grad_norm": g, "weight_norm": [1.0] * 3, "update_ratio": [0.01] * 3})
+    assert client.close(timeout=60), "not every event was acknowledged"
+    history = server.client.get(f"/api/runs/{run_id}/metrics").json()
+    assert len(history["grad_norm"]) == 5 and "grad_weight_ratio" not in history
+
+    open_dashboard(page, server, f"&runs={run_id}&focus={run_id}&stat=grad_weight_ratio")
+    page.locator("#chart-heatmap").scroll_into_view_if_needed()
+    title = BY_NAME["grad_weight_ratio"].title
+    page.wait_for_function(f"t => ({HEAT}.layout.annotations || []).some(a => (a.text || '') === `no ${{t}} in "
+                           "older-worker (none sent)`)", arg=title)
+    page.select_option("#heatmap-stat", "grad_norm")
+    page.wait_for_function(f"JSON.stringify({HEAT}.data[0]?.y) === {json([layer['name'] for layer in layers])}")
+    assert page.errors == []
+
+
 def json(v: Any) -> str:
     """A JS string literal holding the JSON text of v, as JSON.stringify writes it."""
     import json as j

@@ -115,7 +115,8 @@ export class HeatmapFigure {
     this.rows = rows;
     if (!run || this.failed || !body?.step_start?.length || !rows.length) {
       const empty = !run ? NO_RUNS : this.failed
-        ?? (!body?.layers?.length ? `no steps recorded for ${run.name} yet`
+        ?? (!body?.layers?.length && body?.step_start?.length ? `no ${titleOf(stat)} in ${run.name} (none sent)`
+          : !body?.layers?.length ? `no steps recorded for ${run.name} yet`
           : view.filter ? `no layer matches "${view.filter}"` : 'no weight matrices in this run: untick "weights only"');
       Plotly.react(this.div, [], layout({ ytitle: '', empty }), CONFIG);
       return;
