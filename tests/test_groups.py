@@ -12,6 +12,7 @@ import orjson
 import pytest
 from gradwatch.server.routes.runs import run_heatmap
 from gradwatch.server.store import Store
+from gradwatch.stats import STORED_STEP
 
 from .conftest import LiveServer, wait_for
 
@@ -96,7 +97,7 @@ def test_export_round_trips_every_series(live_server: LiveServer) -> None:
     names = [layer["name"] for layer in hist["layers"]]
     for i, row in enumerate(rows):
         assert float(row["loss"]) == hist["loss"][i]
-        for key in ("grad_norm", "weight_norm", "update_ratio"):
+        for key in STORED_STEP:  # every per-layer statistic of the registry (the probe sends them all)
             assert [float(row[f"{key}:{n}"]) for n in names] == hist[key][i]
     assert [int(x["step"]) for x in rows if x["val_accuracy"]] == hist["val"]["step"]
     j = live_server.client.get(f"/api/runs/{run['id']}/export", params={"format": "json"}).json()
