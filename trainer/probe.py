@@ -7,8 +7,10 @@
     probe.close()                       # removes every hook (optimizer and forward hooks)
 
 Every step, around `optimizer.step()`, on the parameters' device: every parameter's gradient
-norm and weight norm (before the step), the norm of the update the optimizer applied (‖w_before
-− w_after‖), and the learning rate of the optimizer's first parameter group. Every
+norm and weight norm (before the step; on the host, their ratio ‖g‖/‖w‖), the norm of the update
+the optimizer applied (‖w_before − w_after‖), and the learning rate of the optimizer's first
+parameter group. The per-layer statistics go out under the names gradwatch.stats lists, and
+only those. Every
 `stats_every` steps (and at step 1) also, per hidden activation module, the mean, std and
 fraction of dead units of its output (forward hooks, armed for that step's forward only), per
 BatchNorm the drift of its running mean/var since the last such step and its γ/β norms, and the
