@@ -166,7 +166,7 @@ def _event(seq: int, data: str) -> dict:
 
 def to_2(db: sqlite3.Connection) -> None:
     """`evals`, the indexes, and `series` (which may be missing, or miss rows), from the events."""
-    for sql in (SERIES, EVALS, *INDEXES):
+    for sql in (EVENTS, SERIES, EVALS, *INDEXES):  # events: a data dir that never stored one may lack it
         db.execute(sql)
     _series_added(db)  # the rows below are today's: the table takes today's columns first
     registry_columns(db)
