@@ -236,6 +236,8 @@ def test_unknown_fields_and_out_of_range_numbers_are_422(server: LiveServer) -> 
 
 def test_queued_runs_are_capped_with_429(server: LiveServer) -> None:
     c = server.client
+    # An earlier test's run may still hold the slot while its worker exits: start from an idle server.
+    wait_for(lambda: c.get("/api/health").json()["runs_active"] == 0, timeout=30, what="an idle server")
     made = [server.create_run({**FAST, "steps": 100_000}) for _ in range(3)]  # one runs, two queue
     wait_for(lambda: c.get("/api/health").json()["runs_queued"] == 2, timeout=30, what="two queued runs")
     r = c.post("/api/runs", json={"config": FAST})
