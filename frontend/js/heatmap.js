@@ -7,7 +7,7 @@
 
 import { CONFIG, NO_RUNS, layout, relayoutX, setX } from './plot.js';
 import { markLayout } from './markers.js';
-import { isLinear, titleOf } from './stats.js';
+import { isLinear, statOf, titleOf } from './stats.js';
 import { isWeight } from './profiles.js';
 import { aggregate, blockTicks, layerRows } from './layers.js';
 
@@ -131,7 +131,7 @@ export class HeatmapFigure {
   // another; the activations' statistics have a row per activation, all kept. Then the
   // person's filter, and with an aggregate a row per block (opened blocks with their tensors).
   rowsOf(run, body, view) {
-    const acts = body.layers.every(l => l.module === 'activation');
+    const acts = (statOf(body.stat)?.per ?? 'parameter') !== 'parameter'; // a row per activation or BN: no weights to pick
     const diverged = new Set(run.marks.filter(m => m.kind === 'diverged' && m.layer).map(m => m.layer));
     const keep = view.layers !== 'weights' || acts ? () => true
       : i => isWeight(body.layers[i]) || diverged.has(body.layers[i].name);

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from gradwatch import checkpoint
 from gradwatch.config import ConfigError
-from gradwatch.stats import HEATMAP
+from gradwatch.stats import BY_NAME, HEATMAP
 
 from .. import forks
 from ..columns import SERIES_FIRST
@@ -246,9 +246,11 @@ async def run_heatmap(
 
 
 def heatmap(store: Store, run: dict[str, Any], stat: str, max_points: int) -> dict[str, Any]:
-    if stat in STATS_LAYERS:  # per hidden activation, from the every-stats_every-steps statistics
+    if stat in STATS_LAYERS:  # per hidden activation or BatchNorm, from the every-stats_every-steps statistics
         steps, values, names = store.stats_matrix(run["id"], stat)
-        layers = [{"name": n, "module": "activation", "shape": []} for n in names["act_layers"]]
+        per = BY_NAME[stat].per  # what a row is (the registry's): an activation, or a BatchNorm layer
+        layers = [{"name": n, "module": per, "shape": []} for n in names["act_layers" if per == "activation" else
+                                                                            "bn_layers"]]
     else:
         cols = store.series(run["id"], columns=("step", stat))
         values, steps, layers = cols[stat], cols["step"], run["layers"] or []

@@ -132,9 +132,11 @@ def test_the_api_serves_the_registry_and_takes_its_names(client: TestClient) -> 
         assert history[k] == [[0.25, 0.5]], k
     for k in STORED_STATS:
         assert history["stats"][k] == [[0.5]], k
-    for k in HEATMAP:
+    rows = {"parameter": [layer["name"] for layer in LAYERS], "activation": ["a0"], "bn": ["b0"]}
+    for k in HEATMAP:  # a row per what the statistic is per
         body = client.get(f"{url}/heatmap", params={"stat": k})
         assert body.status_code == 200 and body.json()["max"] == [[0.5] if k in STORED_STATS else [0.25, 0.5]], k
+        assert [layer["name"] for layer in body.json()["layers"]] == rows[BY_NAME[k].per], k
     assert client.get(f"{url}/heatmap", params={"stat": "loss"}).status_code == 422
     header = client.get(f"{url}/export", params={"format": "csv"}).text.splitlines()[0]
     assert [c for c in header.split(",") if ":" in c] == [f"{k}:{n['name']}" for k in STORED_STEP for n in LAYERS]
