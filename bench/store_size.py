@@ -15,8 +15,9 @@ normally (its last connection's close checkpoints the WAL into the file and remo
 VACUUM) and the file measured, with each table's share from SQLite's dbstat. The full replay
 (every event's JSON, as /api/stream?since=0 sends it) is timed before the close; after it, the
 events rows are made whole again, as schema version 3 kept them, and the time to open that
-store (migrating it) is measured. Raw size: steps x tensors
-x 3 series (grad_norm, weight_norm, update_ratio) x 4 bytes.
+store (migrating it) is measured. Raw size: steps x tensors x the per-step per-layer series
+the store keeps (3 before issue 17's grad_weight_ratio: grad_norm, weight_norm, update_ratio;
+4 since) x 4 bytes.
 
     .venv/bin/python bench/store_size.py [--mlp-steps 5000] [--own-steps 3000] [--events DIR]
 """
@@ -36,7 +37,7 @@ from gradwatch import events
 from gradwatch.config import RunConfig
 from gradwatch.loop import train
 from gradwatch.probe import watch
-from gradwatch.server.store import SCHEMA_VERSION, Store, token_digest
+from gradwatch.server.store import SCHEMA_VERSION, SERIES_LAYERS, Store, token_digest
 from torch import nn
 
 
@@ -111,7 +112,7 @@ def measure(name: str, evs: list[dict[str, Any]], n_tensors: int) -> dict[str, A
             store.close()
         else:
             db.close()
-    raw = steps * n_tensors * 3 * 4
+    raw = steps * n_tensors * len(SERIES_LAYERS) * 4  # every per-step per-layer series the store keeps
     return {"name": name, "steps": steps, "tensors": n_tensors, "events": len(evs), "bytes": size, "raw": raw,
             "ratio": size / raw, "per_step_per_tensor": size / steps / n_tensors, "store_s": store_s,
             "events_per_s": len(evs) / store_s, "replay_s": replay_s, "tables": tables, "migrate_s": migrate_s}
