@@ -3,6 +3,7 @@ gradwatch's callback, in the same process, interleaved.
 
     .venv/bin/python bench/integration_overhead.py                 # the figures in docs/benchmarks.md
     .venv/bin/python bench/integration_overhead.py --rounds 3 --steps 40   # a quick look
+    .venv/bin/python bench/integration_overhead.py --fresh --rounds 16 --steps 40   # a process per fit
 
 A real server (`python -m gradwatch serve`, its own process) receives the runs. Each round fits
 every (integration, with/without callback) pair once, in a shuffled order, for --steps optimizer
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import random
@@ -166,6 +168,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=80, help="optimizer steps per fit")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", choices=sorted(INTEGRATIONS), action="append")
+    ap.add_argument("--fresh", action="store_true",
+                    help="each fit in a process of its own (a process's step time can sit in one of two modes)")
+    ap.add_argument("--one", nargs=4, metavar=("NAME", "WATCHED", "URL", "TOKEN"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import logging
@@ -176,6 +181,14 @@ def main() -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
+
+    if args.one:  # a child of --fresh: one fit, its step times on stdout
+        name, watched, url, token = args.one
+        fit, make_callback = INTEGRATIONS[name]
+        with contextlib.redirect_stdout(sys.stderr):
+            steps = fit(args.steps, make_callback(url, token) if watched == "1" else None)
+        print(json.dumps(steps))
+        return 0
 
     names = args.only or sorted(INTEGRATIONS)
     token = secrets.token_urlsafe(16)
@@ -189,7 +202,13 @@ def main() -> int:
                 random.Random(r).shuffle(order)
                 for name, watched in order:
                     fit, make_callback = INTEGRATIONS[name]
-                    times[(name, watched)].append(fit(args.steps, make_callback(url, token) if watched else None))
+                    if args.fresh:
+                        out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--threads",
+                                              str(args.threads), "--one", name, str(int(watched)), url, token],
+                                             capture_output=True, text=True, check=True).stdout
+                        times[(name, watched)].append([tuple(s) for s in json.loads(out.splitlines()[-1])])
+                    else:
+                        times[(name, watched)].append(fit(args.steps, make_callback(url, token) if watched else None))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             server.terminate()
