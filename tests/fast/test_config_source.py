@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import fields
 from typing import Any
@@ -24,6 +22,7 @@ from gradwatch.server.lifecycle import ACTIVE, ALL, LIVE, TERMINAL
 from gradwatch.server.settings import Settings
 
 from ..conftest import ROOT
+from .test_js_units import node_or_skip
 
 TOKEN = "config-source-token"
 JSON_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
@@ -74,15 +73,6 @@ def test_the_form_is_built_from_the_schema_not_typed_out() -> None:
     # The live-change form takes its bounds from the schema too (form.js applyBounds).
     live = re.search(r'<form class="live".*?</form>', html, re.S).group(0)
     assert not re.search(r"\b(min|max)=", live), "the live-change form types out a bound"
-
-
-def node_or_skip() -> str:
-    node = shutil.which("node") or shutil.which("nodejs")
-    if node is None:
-        if os.environ.get("CI"):
-            pytest.fail("node is not installed: .ci/run installs Debian's nodejs")
-        pytest.skip("node is not installed (apt-get install -y nodejs)")
-    return node
 
 
 def test_the_form_reads_every_field_of_the_schema(answers: dict[str, Any]) -> None:
