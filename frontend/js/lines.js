@@ -16,13 +16,13 @@ import { autoLog } from './diagnosis.js';
 
 // What the figures are. `smooth`: follows the smoothing slider; `scaleToggle`:
 // follows the auto/linear/log setting (auto: diagnosis.js autoLog, over the
-// RunSeries.range of `key`); `log`: always log.
+// RunSeries.range of `key`); `log`: always log; `fromZero`: a linear axis that starts at 0.
 export const LINE_SPECS = [
   { id: 'chart-loss', name: 'loss', ytitle: 'loss', key: 'loss', smooth: true, scaleToggle: true, val: 'valLoss' },
   { id: 'chart-acc', name: 'accuracy', ytitle: 'accuracy', key: 'accuracy', smooth: true, val: 'valAccuracy' },
   { id: 'chart-gnorm', name: 'grad-norm', ytitle: 'global grad norm', key: 'gnorm', scaleToggle: true },
   {
-    id: 'chart-lr', name: 'learning-rate', ytitle: 'learning rate', key: 'lr',
+    id: 'chart-lr', name: 'learning-rate', ytitle: 'learning rate', key: 'lr', fromZero: true,
     none: runs => runs.every(r => r.series.length && r.series.lr.values().every(v => !Number.isFinite(v)))
       && 'these runs do not report their learning rate',
   },
@@ -148,6 +148,7 @@ export class LineFigure {
     const none = runs.length && this.spec.none?.(runs);
     const lay = layout({ ...this.spec, log: this.log, empty: (!runs.length && NO_RUNS) || none });
     setX(lay.xaxis, view.xrange ?? null);
+    if (this.spec.fromZero) lay.yaxis.rangemode = 'tozero'; // a constant lr shows as its value, not mid-axis
     // Compare at a step: hovering shows every shown run's value at that step in one box.
     lay.hovermode = 'x unified';
     lay.xaxis.unifiedhovertitle = { text: 'step %{x}' };
