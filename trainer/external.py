@@ -53,7 +53,7 @@ class Run:
     """An external run on a gradwatch server, fed by this process's own training loop."""
 
     def __init__(self, base_url: str, record: dict[str, Any], ingest_token: str,
-                 max_pending: int = 100_000, alert_factor: float = 10.0) -> None:
+                 max_pending: int = 100_000, alert_factor: float = 10.0, linger: float = 0.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.id: str = record["id"]
         self.name: str = record["name"]
@@ -61,7 +61,8 @@ class Run:
         self.control = Control()  # the server's Stop (and live changes) land here
         ws_base = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         self.client = IngestClient(f"{ws_base}/api/ingest/{quote(self.id)}", ingest_token,
-                                   control=self.control, max_pending=max_pending)
+                                   control=self.control, max_pending=max_pending,
+                                   linger=linger)
         self.probe: Probe | None = None
         self.alert_factor = alert_factor
         self._diagnosis: Diagnosis | None = None  # made by watch(), when the layers are known
@@ -173,12 +174,16 @@ class Run:
 
 def connect(url: str = DEFAULT_URL, token: str | None = None, name: str | None = None,
             config: dict[str, Any] | None = None, max_pending: int = 100_000, timeout: float = 10.0,
-            alert_factor: float = 10.0) -> Run:
+            alert_factor: float = 10.0, linger: float = 0.1) -> Run:
     """Create an external run on the gradwatch server at `url` and return it, ready to `watch()`.
 
     token: the server's GRADWATCH_TOKEN (default: that environment variable).
     config: anything that describes your run (a small JSON object); the dashboard shows it.
     max_pending: events buffered while the server is away; beyond it metrics are coalesced.
+    linger: seconds between two sends; the steps of that time go in one message (one wake-up of
+    the sender thread, one store transaction on the server), so a fast loop pays for its sends
+    once per interval, not once per step, and the dashboard is that much behind. 0: each step is
+    sent as soon as it is taken.
     Raises ConnectionError when the server cannot be reached, ApiError when it refuses."""
     token = token if token is not None else os.environ.get("GRADWATCH_TOKEN") or None
     body = {"name": name, "config": config or {}, "external": True}
@@ -187,4 +192,4 @@ def connect(url: str = DEFAULT_URL, token: str | None = None, name: str | None =
     if not ingest_token:
         raise ApiError("POST", url.rstrip("/") + "/api/runs", 201,
                        "the server did not return an ingest token: is it a gradwatch with external runs?")
-    return Run(url, record, ingest_token, max_pending=max_pending, alert_factor=alert_factor)
+    return Run(url, record, ingest_token, max_pending=max_pending, alert_factor=alert_factor, linger=linger)
