@@ -226,3 +226,36 @@ print(run.id)
     forgetful = live_server.wait_status(done.stdout.strip(), ("failed",), timeout=10)
     assert forgetful["error"] == "the script exited without calling run.finish()"
     assert full_history(live_server, forgetful["id"])["step"] == [1, 2, 3, 4, 5]
+
+
+
+def test_a_fast_loop_sends_once_per_linger_and_loses_no_step(live_server: LiveServer) -> None:
+    """connect(linger=...): the steps of each interval go in one websocket message (fewer wake-ups
+    and store transactions for a fast loop); every step is still stored, in order."""
+    import torch
+    from gradwatch import connect
+
+    messages, took = {}, {}
+    for linger in (0.0, 0.25):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with connect(live_server.url, token=live_server.token, name=f"linger-{linger}", linger=linger) as run:
+            run.watch(model, opt)
+            wait_for(lambda: run.client.hello_ready.is_set(), timeout=10, what="the ingest connection")
+            started = time.monotonic()
+            for _ in range(40):  # ~100 steps/s: four steps in each 25 ms the sender would wait
+                loss = model(torch.randn(16, 4)).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                run.record(loss)
+                opt.step()
+                time.sleep(0.01)  # pacing the loop, not waiting on anything
+            took[linger] = time.monotonic() - started
+        live_server.wait_status(run.id, ("completed",), timeout=10)
+        assert full_history(live_server, run.id)["step"] == list(range(1, 41))
+        messages[linger] = run.client.messages
+    # At most one message per 0.25 s (plus the run's start and end), against about one per step
+    # without a linger.
+    assert messages[0.25] <= took[0.25] / 0.25 + 3, (messages, took)
+    assert messages[0.0] >= 20, (messages, took)

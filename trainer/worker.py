@@ -61,6 +61,7 @@ class IngestClient:
         # Seconds from each event's `time` (its step) to its first send: is the sender starved?
         self.send_lag: deque[float] = deque(maxlen=100_000)
         self._high = 0  # highest seq ever sent (a resend is not a first send)
+        self.messages = 0  # websocket messages of events sent (resends included)
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="gradwatch-sender", daemon=True)
@@ -159,6 +160,7 @@ class IngestClient:
                     batch = batch[: len(batch) // 2]
                     body = orjson.dumps(batch, option=orjson.OPT_SERIALIZE_NUMPY)
                 ws.send(b'{"type":"batch","events":' + body + b"}")
+                self.messages += 1
                 now = time.time()
                 self.send_lag.extend(now - e["time"] for e in batch
                                      if e["seq"] > self._high and isinstance(e.get("time"), (int, float)))
