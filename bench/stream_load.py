@@ -7,9 +7,11 @@
 
 --source free: N free-running runs of the default size, as the page's "Ablate BN x L2" group
 starts them (the default config, BatchNorm off/on x L2 0/0.01, as many steps as they get), and
-three windows of --seconds each: no client, M clients, no client again. Training steps/s with
-the clients is compared with the mean of the two windows without (one run, one load), and the
-workers' own step->send delay is read from their logs when they stop.
+windows of --seconds each by turns: no client, M clients, no client, ... (--cycles windows with
+clients, each between two without). Training steps/s in each window with the clients is compared
+with the mean of the two windows beside it (the machine's speed drifts over a minute), and the
+median of those ratios reported; the latency is over every clients window. The workers' own
+step->send delay is read from their logs when they stop.
 
 A real server (uvicorn, its own process, a token) on a free port. Each run is fed either by a
 paced feeder process speaking the ingest protocol through the trainer's own IngestClient (what
@@ -34,6 +36,7 @@ import multiprocessing as mp
 import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -232,6 +235,7 @@ def run_free(args: argparse.Namespace) -> dict:
     server, url, token, data, api = start_server(args)
     run_ids: list[str] = []
     procs: list[mp.Process] = []
+    outs: list[dict] = []
     try:
         for i in range(args.runs):  # the group's four: BatchNorm off/on x L2 0/0.01
             config = {"steps": 1_000_000, "batchnorm": bool(i & 1), "l2": 0.01 if i & 2 else 0.0}
@@ -255,26 +259,38 @@ def run_free(args: argparse.Namespace) -> dict:
             s1, q1, c1 = at()
             return (s1 - s0) / (time.monotonic() - t0), c1 - c0, q1 - q0
 
-        alone1 = window(args.seconds)
         ctx = mp.get_context("spawn")
         results: mp.Queue = ctx.Queue()
-        outs: list[dict] = []
         per = [args.clients // args.client_procs + (i < args.clients % args.client_procs)
                for i in range(args.client_procs)]
         per = [n for n in per if n > 0]
-        start = time.time() + args.connect_s
-        win = (start, start + args.seconds)
         query = f"?token={token}" + ("&frames=single" if args.frames == "single" else "")
-        for n in per:
-            procs.append(ctx.Process(target=clients, args=(f"{url.replace('http', 'ws', 1)}/api/stream{query}",
-                                                           n, win, results)))
-            procs[-1].start()
-        time.sleep(max(0.0, start - time.time()))
-        watched = window(args.seconds)
-        outs = [results.get(timeout=60) for _ in per]
-        for p in procs:
-            p.join(timeout=30)
-        alone2 = window(args.seconds)
+
+        def with_clients() -> tuple[tuple[float, float, int], list[dict]]:
+            start = time.time() + args.connect_s
+            win = (start, start + args.seconds)
+            cycle = []
+            for n in per:
+                cycle.append(ctx.Process(target=clients, args=(
+                    f"{url.replace('http', 'ws', 1)}/api/stream{query}", n, win, results)))
+                cycle[-1].start()
+            procs.extend(cycle)
+            time.sleep(max(0.0, start - time.time()))
+            measured = window(args.seconds)
+            got = [results.get(timeout=60) for _ in per]
+            for p in cycle:
+                p.join(timeout=30)
+            return measured, got
+
+        # none, clients, none, clients, ..., none: each clients window against the two beside it
+        # (the machine's own speed drifts by tens of percent over a minute here).
+        alone = [window(args.seconds)]
+        watched_all = []
+        for _ in range(args.cycles):
+            measured, got = with_clients()
+            watched_all.append(measured)
+            outs.extend(got)
+            alone.append(window(args.seconds))
         for i in run_ids:
             api.post(f"/api/runs/{i}/stop")
         deadline = time.monotonic() + 60
@@ -303,21 +319,23 @@ def run_free(args: argparse.Namespace) -> dict:
     def q(p: float) -> float:
         return lags[min(len(lags) - 1, int(p * len(lags)))] * 1000 if lags else float("nan")
 
-    none_rate = (alone1[0] + alone2[0]) / 2
-    cpu, events = watched[1], watched[2]
+    ratios = [w[0] / ((a[0] + b[0]) / 2) for w, a, b in zip(watched_all, alone, alone[1:], strict=False)]
+    seconds = args.seconds * len(watched_all)
+    cpu, events = sum(w[1] for w in watched_all), sum(w[2] for w in watched_all)
+    none_cpu, none_events = sum(a[1] for a in alone), sum(a[2] for a in alone)
     return {
         "source": "free", "runs": args.runs, "clients": args.clients, "frames": args.frames, "seconds": args.seconds,
         "connected": sum(o["connected"] for o in outs), "metrics_delivered": len(lags),
         "latency_ms": {"p50": round(q(0.50), 1), "p99": round(q(0.99), 1), "max": round(q(1.0), 1)},
-        "deliveries_per_s": round(messages / args.seconds), "frames_per_s": round(frames / args.seconds),
-        "events_per_s": round(events / args.seconds),
-        "server_cpu_util": round(cpu / args.seconds, 2),
+        "deliveries_per_s": round(messages / seconds), "frames_per_s": round(frames / seconds),
+        "events_per_s": round(events / seconds),
+        "server_cpu_util": round(cpu / seconds, 2),
         "server_cpu_us_per_event": round(cpu / events * 1e6, 1) if events else None,
         "server_cpu_us_per_delivery": round(cpu / messages * 1e6, 1) if messages else None,
-        "steps_per_s": {"none_before": round(alone1[0], 1), "clients": round(watched[0], 1),
-                        "none_after": round(alone2[0], 1)},
-        "throughput_ratio": round(watched[0] / none_rate, 3) if none_rate else None,
-        "server_cpu_us_per_event_no_client": round(alone1[1] / alone1[2] * 1e6, 1) if alone1[2] else None,
+        "steps_per_s": {"none": [round(a[0], 1) for a in alone], "clients": [round(w[0], 1) for w in watched_all]},
+        "throughput_ratios": [round(r, 3) for r in ratios],
+        "throughput_ratio": round(statistics.median(ratios), 3) if ratios else None,
+        "server_cpu_us_per_event_no_client": round(none_cpu / none_events * 1e6, 1) if none_events else None,
         "worker_step_to_send": sends, "resyncs": sum(o["resyncs"] for o in outs),
     }
 
@@ -334,6 +352,8 @@ def main() -> None:
     ap.add_argument("--source", choices=["paced", "real", "free"], default="paced")
     ap.add_argument("--frames", choices=["batch", "single"], default="batch",
                     help="--source free: the stream's framing the clients ask for")
+    ap.add_argument("--cycles", type=int, default=3,
+                    help="--source free: windows with clients, each between two without")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
     if args.source == "free":
@@ -347,8 +367,8 @@ def main() -> None:
               f"{result['frames_per_s']} frames/s; server CPU {result['server_cpu_util'] * 100:.0f}%: "
               f"{result['server_cpu_us_per_event']} us per event, {result['server_cpu_us_per_delivery']} us per "
               f"delivery ({result['server_cpu_us_per_event_no_client']} us per event with no client)")
-        print(f"  training {sps['clients']} steps/s with clients, {sps['none_before']} / {sps['none_after']} "
-              f"without: ratio {result['throughput_ratio']}; resyncs {result['resyncs']}")
+        print(f"  training steps/s without / with clients by turns: {sps['none']} / {sps['clients']}: ratio per "
+              f"cycle {result['throughput_ratios']}, median {result['throughput_ratio']}; resyncs {result['resyncs']}")
         print(f"  worker step->send: {'; '.join(result['worker_step_to_send'])}")
         print(json.dumps(result))
         return
