@@ -68,13 +68,13 @@ class Baseline:
         self.den = np.maximum(self.s * 1.25, S_MIN)  # the spread z divides by
         self.n = np.zeros(k, dtype=np.int64)
         self.top = np.full(k, -np.inf)  # the highest m has been: the series' own scale in this run
-        self._steady = False  # every series has seen 1/ALPHA values: the weight is ALPHA for all
+        self.steady = False  # every series has seen 1/ALPHA values: the weight is ALPHA for all
 
     def update(self, x: np.ndarray, ok: np.ndarray) -> None:
         """Take one step's log values x (where `ok`; elsewhere missing)."""
-        if self._steady and ok.all():  # the common case, in a dozen array operations
+        if self.steady and ok.all():  # the common case, in a dozen array operations
             lim = CLIP * self.den
-            xc = np.clip(x, self.m - lim, self.m + lim)
+            xc = np.minimum(np.maximum(x, self.m - lim), self.m + lim)  # np.clip, without its Python wrapper
             dev = np.abs(xc - self.m)
             self.m += ALPHA * (xc - self.m)
             self.s += ALPHA * (dev - self.s)
@@ -91,7 +91,7 @@ class Baseline:
             self.m = np.where(ok, np.where(first, xc, self.m + a * (xc - self.m)), self.m)
             self.s = np.where(ok, s_new, self.s)
             self.n = n
-            self._steady = bool(n.min() >= 1 / ALPHA)
+            self.steady = bool(n.min() >= 1 / ALPHA)
         self.den = np.maximum(self.s * 1.25, S_MIN)
         np.maximum(self.top, self.m, out=self.top)
 
@@ -145,21 +145,31 @@ class Detector:
         k, b, v = len(self.names), self.base, self._v
         v[:k], v[k], v[k + 1] = grad_norm, global_norm, loss
         ok = v > TINY  # NaN compares False
-        x = np.log(np.where(ok, v, 1.0))
-        x[~ok] = np.nan
+        if ok.all():
+            x = np.log(v)
+        else:
+            x = np.log(np.where(ok, v, 1.0))
+            x[~ok] = np.nan
         d = x - b.m  # log ratio to the baseline
         z = d / b.den
         n = b.n
-        depart = (n >= 1) & (d >= self.log_factor)
-        flag = depart & (x - b.top >= self._log_above) & ((n < WARMUP) | (z >= self.z))
+        if b.steady:  # every series past its first 1/ALPHA values: n >= 1 and n >= WARMUP everywhere
+            depart = d >= self.log_factor
+            flag = depart & (x - b.top >= self._log_above) & (z >= self.z)
+        else:
+            depart = (n >= 1) & (d >= self.log_factor)
+            flag = depart & (x - b.top >= self._log_above) & ((n < WARMUP) | (z >= self.z))
         gflag = flag[: k + 1]
         if gflag.any() and not (gflag[k] or depart[:k].mean() >= BROAD):  # one layer alone
             gflag = gflag & (d[: k + 1] >= 2 * self.log_factor) & (z[: k + 1] >= 2 * self.z)
         dk = depart[:k]
-        starts = dk & (self._since == 0)
-        if starts.any():
-            self._since[starts], self._since_d[starts] = step, d[:k][starts]
-        self._since[~dk] = 0
+        if dk.any():
+            starts = dk & (self._since == 0)
+            if starts.any():
+                self._since[starts], self._since_d[starts] = step, d[:k][starts]
+            self._since[~dk] = 0
+        else:  # no layer departs (the common case): none has an ongoing departure
+            self._since.fill(0)
         self._d, self._raw = d[:k], grad_norm
         out = []
         if "grad_spike" in self.open or gflag.any():
