@@ -41,12 +41,16 @@ class IngestClient:
     """Bounded, resending event sender on its own thread. Also used by `gradwatch.connect`."""
 
     def __init__(self, url: str, token: str, control: Control | None = None, max_pending: int = 100_000,
-                 linger: float = 0.0) -> None:
+                 linger: float = 0.0, compression: str | None = "deflate") -> None:
         """linger: seconds a send waits after the previous one, so that the steps of that time go
         in one message (one wake-up of this thread, one ack, one store transaction on the server
-        instead of one per step); 0 sends each event as soon as it is emitted."""
+        instead of one per step); 0 sends each event as soon as it is emitted.
+        compression: "deflate" (websocket permessage-deflate: about half the bytes of the numbers'
+        text, for ~0.2-0.4 ms of this thread's CPU per 10 KB message, and the server's to inflate
+        it) or None."""
         self.url = url
         self.linger = linger
+        self.compression = compression
         self.token = token
         self.control = control or Control()
         self.max_pending = max_pending
@@ -105,7 +109,8 @@ class IngestClient:
         while not self._closing and self.fatal is None:
             try:
                 with ws_connect(self.url, additional_headers={"Authorization": f"Bearer {self.token}"},
-                                max_size=2**22, open_timeout=10, close_timeout=2) as ws:
+                                max_size=2**22, open_timeout=10, close_timeout=2,
+                                compression=self.compression) as ws:
                     backoff = 0.2
                     self._session(ws)
             except InvalidStatus as e:
