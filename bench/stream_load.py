@@ -121,6 +121,7 @@ def clients(url: str, n: int, window: tuple[float, float], results: mp.Queue) ->
             t.cancel()
 
     asyncio.run(main())
+    out["cpu_s"] = time.process_time()  # this process's CPU: parsing every frame, as a browser does
     results.put(out)
 
 
@@ -337,6 +338,7 @@ def run_free(args: argparse.Namespace) -> dict:
         "throughput_ratio": round(statistics.median(ratios), 3) if ratios else None,
         "server_cpu_us_per_event_no_client": round(none_cpu / none_events * 1e6, 1) if none_events else None,
         "worker_step_to_send": sends, "resyncs": sum(o["resyncs"] for o in outs),
+        "clients_cpu_util": round(sum(o.get("cpu_s", 0.0) for o in outs) / seconds, 2),
     }
 
 
@@ -370,6 +372,7 @@ def main() -> None:
         print(f"  training steps/s without / with clients by turns: {sps['none']} / {sps['clients']}: ratio per "
               f"cycle {result['throughput_ratios']}, median {result['throughput_ratio']}; resyncs {result['resyncs']}")
         print(f"  worker step->send: {'; '.join(result['worker_step_to_send'])}")
+        print(f"  the clients' processes used {result['clients_cpu_util'] * 100:.0f}% of a core (start-up included)")
         print(json.dumps(result))
         return
     result = run(args)
