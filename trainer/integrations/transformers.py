@@ -80,7 +80,9 @@ class GradwatchCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                               **kwargs: Any) -> None:
         if self.run is not None:
-            loss = torch.stack(self._losses).mean() if self._losses else None
+            losses = self._losses
+            # One batch a step (no accumulation): its loss as it is, not a stack and a mean of one.
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean() if losses else None
             self._losses = []
             self.run.record(loss)
 
