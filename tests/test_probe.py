@@ -107,6 +107,58 @@ def test_every_statistic_equals_plain_pytorch(opt_name: str, net_fn) -> None:  #
     probe.close()
 
 
+class _Mixed(nn.Module):
+    """Tensors of one shape several times (stacked/grouped), a 0-d scale, a non-contiguous weight
+    and a layer that some steps do not use (its gradient None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.scale = nn.Parameter(torch.tensor(1.5))
+        self.t = nn.Parameter(torch.randn(8, 5).t())  # a transposed view: not contiguous
+        self.spare = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor, spare: bool) -> torch.Tensor:
+        h = self.c(torch.relu(self.b(torch.relu(self.a(x))))) * self.scale
+        return self.spare(h) if spare else h @ self.t.t()
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_the_weight_snapshot_of_other_optimizers_gives_plain_pytorchs_numbers(clip: bool) -> None:
+    """AdamW (the weights are snapshotted to measure the update): grouped shapes, a 0-d parameter,
+    a non-contiguous one, a step where a layer got no gradient, and clip_() taking the norms first."""
+    net = _Mixed()
+    params = list(net.parameters())
+    assert not net.t.is_contiguous()
+    opt = torch.optim.AdamW(params, lr=0.05)
+    probe = watch(net, opt)
+    g = torch.Generator().manual_seed(2)
+    for step in range(1, 6):
+        spare = step % 2 == 0
+        x = torch.randn(16, 8, generator=g)
+        opt.zero_grad(set_to_none=True)
+        net(x, spare).pow(2).mean().backward()
+        if clip:
+            probe.clip_(0.5)
+        grads = [None if p.grad is None else p.grad.clone() for p in params]
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        stats = probe.latest()
+        assert stats["step"] == step
+        for i, p in enumerate(params):
+            ref_w = torch.linalg.vector_norm(before[i]).item()
+            ref_d = torch.linalg.vector_norm(before[i] - p.detach()).item()
+            ref_g = 0.0 if grads[i] is None else torch.linalg.vector_norm(grads[i]).item()
+            if clip and grads[i] is not None:  # the probe reports the norms from before clipping
+                assert stats["grad_norm"][i] >= ref_g * (1 - 1e-6)
+            else:
+                assert stats["grad_norm"][i] == pytest.approx(ref_g, rel=1e-5, abs=1e-12)
+            assert stats["weight_norm"][i] == pytest.approx(ref_w, rel=1e-5)
+            assert stats["update_ratio"][i] == pytest.approx(ref_d / ref_w, rel=1e-4, abs=1e-12)
+    probe.close()
+
+
 def test_stats_come_every_stats_every_steps_and_skip_eval_passes() -> None:
     net = small_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
