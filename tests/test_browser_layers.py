@@ -92,6 +92,22 @@ def weights(names: list[str]) -> list[str]:
     return [n for n in names if n.endswith(".weight") and ".ln_" not in n and not n.startswith("ln_f")]
 
 
+def assert_row_labels_fit(page: Any) -> None:
+    """The heatmap's row labels, drawn, lie between the figure's left edge and the plot: the page
+    sets that margin from the labels' measured width (heatmap.js), not Plotly's automargin."""
+    boxes = page.evaluate(f"""() => {{
+        const div = {HEAT}, left = div.getBoundingClientRect().left;
+        const plot = left + div._fullLayout._size.l;
+        return [...div.querySelectorAll('.ytick text')].map(t => {{
+            const r = t.getBoundingClientRect();
+            return [t.textContent, r.left - left, plot - r.right];
+        }});
+    }}""")
+    assert len(boxes) > 3
+    for label, from_edge, to_plot in boxes:
+        assert from_edge >= 0 and to_plot >= 0, (label, from_edge, to_plot)
+
+
 def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
         server: LiveServer, run: tuple[str, list[str]], page: Any) -> None:
     run_id, names = run
@@ -127,6 +143,7 @@ def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
     page.wait_for_function(f"JSON.stringify({HEAT}.data[0]?.y) === {json(opened)}")
     page.wait_for_function(f"JSON.stringify({PROFILE}.data[0]?.x) === {json(opened)}")
     assert "open=h.7" in page.url
+    assert_row_labels_fit(page)
 
     # Every tensor (no "weights only", no blocks): 306 rows, the axis labelled once per block.
     page.uncheck("#weights-only")
@@ -135,6 +152,7 @@ def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
     page.wait_for_function(f"({HEAT}.data[0]?.y ?? []).length === 306")
     ticks = page.evaluate(f"{HEAT}.layout.yaxis.ticktext")
     assert ticks == ["stem", *(f"h.{i}" for i in range(BLOCKS)), "ln_f", "head"]
+    assert_row_labels_fit(page)
 
     # The filter box: a glob over the whole name narrows both views; it lives in the URL.
     page.check("#weights-only")

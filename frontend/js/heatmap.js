@@ -5,7 +5,7 @@
 // when the run or statistic changes, and
 // every REFRESH_MS while the run grows.
 
-import { CONFIG, NO_RUNS, layout, relayoutX, setX } from './plot.js';
+import { CONFIG, NO_RUNS, labelWidth, layout, relayoutX, setX } from './plot.js';
 import { markLayout } from './markers.js';
 import { isLinear, statOf, titleOf } from './stats.js';
 import { isWeight } from './profiles.js';
@@ -15,6 +15,9 @@ const REFRESH_MS = 2000;
 // "Relative": each layer divided by the median of its first BASE_COLUMNS columns.
 export const BASE_COLUMNS = 5;
 const ZERO = '#d0d7de';
+// The left margin past the widest row label: what automargin gave, measured in Chromium (125 px
+// for labels 95 px wide, 59 for 29); the labels themselves need about 9 (test_browser_layers.py).
+const LABEL_GAP = 30;
 
 export class HeatmapFigure {
   // onData(): a fetch landed and the figure wants drawing.
@@ -218,6 +221,15 @@ export class HeatmapFigure {
     lay.showlegend = false;
     Object.assign(lay.yaxis, { type: 'category', autorange: 'reversed', title: { text: '' } });
     blockTicks(lay.yaxis, this.rows, this.starts);
+    // The row labels' margin, set here rather than by Plotly's automargin: a view change puts
+    // labels of another width there (a tensor's name, a block's, one per block), and automargin
+    // then lays the whole figure out twice (a second full draw once it has measured them): about
+    // half of the heatmap's redraw in a synthetic figure. The labels are measured in its font.
+    const width = labelWidth(lay.yaxis.ticktext ?? this.rows.map(r => r.label), lay.font);
+    if (width != null) {
+      lay.yaxis.automargin = false;
+      lay.margin.l = Math.max(lay.margin.l, width + LABEL_GAP);
+    }
     if (body.step_end[body.step_end.length - 1] <= 10) lay.xaxis.dtick = 1; // no "step 1.5" ticks
     setX(lay.xaxis, view.xrange ?? null);
     const m = markLayout(run.marks, run.color);

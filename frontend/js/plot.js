@@ -98,6 +98,18 @@ export function emptyNote(text) {
   return { text, showarrow: false, xref: 'paper', yref: 'paper', x: 0.5, y: 0.5, font: { color: '#8b949e', size: 13 } };
 }
 
+// The widest of `labels` drawn in `font` ({family, size}), in CSS pixels: a canvas measures the
+// text as the SVG draws it. null outside a page (node tests).
+let measurer = null;
+export function labelWidth(labels, font) {
+  if (!globalThis.document) return null;
+  measurer ??= document.createElement('canvas').getContext('2d');
+  measurer.font = `${font.size}px ${font.family}`;
+  let w = 0;
+  for (const t of labels) w = Math.max(w, measurer.measureText(String(t)).width);
+  return Math.ceil(w);
+}
+
 // A log axis cannot show 0 or negatives; they become gaps like non-finite values.
 export const positive = v => (v > 0 && Number.isFinite(v) ? v : null);
 export const log10 = v => (v > 0 && Number.isFinite(v) ? Math.log10(v) : null);
