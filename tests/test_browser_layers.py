@@ -92,20 +92,24 @@ def weights(names: list[str]) -> list[str]:
     return [n for n in names if n.endswith(".weight") and ".ln_" not in n and not n.startswith("ln_f")]
 
 
-def assert_row_labels_fit(page: Any) -> None:
-    """The heatmap's row labels, drawn, lie between the figure's left edge and the plot: the page
-    sets that margin from the labels' measured width (heatmap.js), not Plotly's automargin."""
-    boxes = page.evaluate(f"""() => {{
-        const div = {HEAT}, left = div.getBoundingClientRect().left;
-        const plot = left + div._fullLayout._size.l;
-        return [...div.querySelectorAll('.ytick text')].map(t => {{
+def assert_labels_fit(page: Any) -> None:
+    """The heatmap's row labels and the profiles' layer labels, drawn, lie inside their figure and
+    outside its plot: the page sets those margins from the labels' measured widths (heatmap.js,
+    profiles.js labelMargins), not Plotly's automargin."""
+    boxes = page.evaluate(f"""() => [{HEAT}, ...gradwatch.charts.profiles.map(f => f.div)].flatMap(div => {{
+        const fig = div.getBoundingClientRect(), s = div._fullLayout._size;
+        const axis = div === {HEAT} ? 'y' : 'x';
+        return [...div.querySelectorAll(`.${{axis}}tick text`)].map(t => {{
             const r = t.getBoundingClientRect();
-            return [t.textContent, r.left - left, plot - r.right];
+            // Room left: to the figure's left edge, and to the plot (the heatmap's rows: its left
+            // edge; the profiles' layers: under it) and, for the profiles, to the figure's bottom.
+            const plot = axis === 'y' ? fig.left + s.l - r.right : r.top - (fig.top + s.t + s.h);
+            return [div.id, t.textContent, r.left - fig.left, plot, axis === 'y' ? 0 : fig.bottom - r.bottom];
         }});
-    }}""")
-    assert len(boxes) > 3
-    for label, from_edge, to_plot in boxes:
-        assert from_edge >= 0 and to_plot >= 0, (label, from_edge, to_plot)
+    }})""")
+    assert len(boxes) > 12
+    for fig, label, *room in boxes:
+        assert min(room) >= 0, (fig, label, room)
 
 
 def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
@@ -143,7 +147,7 @@ def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
     page.wait_for_function(f"JSON.stringify({HEAT}.data[0]?.y) === {json(opened)}")
     page.wait_for_function(f"JSON.stringify({PROFILE}.data[0]?.x) === {json(opened)}")
     assert "open=h.7" in page.url
-    assert_row_labels_fit(page)
+    assert_labels_fit(page)
 
     # Every tensor (no "weights only", no blocks): 306 rows, the axis labelled once per block.
     page.uncheck("#weights-only")
@@ -152,7 +156,7 @@ def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
     page.wait_for_function(f"({HEAT}.data[0]?.y ?? []).length === 306")
     ticks = page.evaluate(f"{HEAT}.layout.yaxis.ticktext")
     assert ticks == ["stem", *(f"h.{i}" for i in range(BLOCKS)), "ln_f", "head"]
-    assert_row_labels_fit(page)
+    assert_labels_fit(page)
 
     # The filter box: a glob over the whole name narrows both views; it lives in the URL.
     page.check("#weights-only")
@@ -163,6 +167,7 @@ def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
     page.wait_for_function(f"JSON.stringify({HEAT}.data[0]?.y) === {json(picked)}")
     page.wait_for_function(f"JSON.stringify({PROFILE}.data[0]?.x) === {json(picked)}")
     page.wait_for_function("new URLSearchParams(location.search).get('filter') === 'h.1?.fc*'")
+    assert_labels_fit(page)
 
     # A reload keeps the filter (and the rest of the view).
     page.reload()

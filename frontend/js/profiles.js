@@ -6,12 +6,14 @@
 // which layers L2 shrinks and which barely learn. Rebuilt whole with react()
 // (a few hundred points), keeping the person's zoom.
 
-import { CONFIG, NO_RUNS, layout, mergeOrder, positive, uid } from './plot.js';
+import { CONFIG, NO_RUNS, labelWidth, layout, mergeOrder, positive, uid } from './plot.js';
 import { markLayout } from './markers.js';
 import { blockTicks, layerRows, pathOf, rowValue } from './layers.js';
 import { axisOf, isLinear } from './stats.js';
 
 const FINITE_BACK = 50; // rows looked back for a finite one
+const BELOW_LABELS = 35; // px under the turned layer labels: the axis title and gaps (labelMargins)
+const LEFT_SPARE = 2; // px left of the first layer label's reach (labelMargins; the reach is an upper bound)
 const MARKERS_UP_TO = 60; // points of a profile drawn with markers (hundreds of tensors: lines only)
 
 // Which chart shows which statistic; its axis title and scale come from the registry (stats.js).
@@ -85,6 +87,28 @@ export class ProfileFigure {
     return row && (row.kind === 'block' || rows.some(r => r.kind === 'block' && r.block === row.block)) ? row.block : null;
   }
 
+  // The layer labels' margins, set here rather than by Plotly's automargin (as the heatmap's rows):
+  // a view change brings labels of another width, and automargin then draws the figure a second
+  // time once it has measured them. Below the plot: the widest label turned by the axis' angle,
+  // plus the axis title (BELOW_LABELS: automargin's margin in Chromium was 0.574 x the widest
+  // label + 35 px, for labels of 25-86 px); left of it, what the first label reaches past the
+  // first point, an upper bound (the turned label's box from its anchor; with LEFT_SPARE 8 it was
+  // 10 px over automargin's in tests/test_browser_layers.py). Labels Plotly thins out still count:
+  // at worst a few pixels more margin than automargin's.
+  labelMargins(lay, points) {
+    const ax = lay.xaxis;
+    const labels = ax.ticktext ?? ax.categoryarray;
+    const font = { family: lay.font.family, size: ax.tickfont.size };
+    const widest = labelWidth(labels, font);
+    if (widest == null) return;
+    const turn = (Math.abs(ax.tickangle) * Math.PI) / 180;
+    ax.automargin = false;
+    lay.margin.b = Math.max(lay.margin.b, Math.round(widest * Math.sin(turn) + BELOW_LABELS));
+    const firstAt = ((this.div.clientWidth || 600) - lay.margin.l - lay.margin.r) / (2 * points);
+    const reach = labelWidth(labels.slice(0, 1), font) * Math.cos(turn) + font.size * Math.sin(turn) - firstAt;
+    lay.margin.l = Math.max(lay.margin.l, Math.ceil(reach + LEFT_SPARE));
+  }
+
   draw(runs, view) {
     const key = this.keyNow(runs, view);
     if (key === this.key) return;
@@ -139,6 +163,7 @@ export class ProfileFigure {
       const first = layoutOf.get(shown[0].run);
       blockTicks(lay.xaxis, first.rows, first.starts);
     }
+    if (order.length) this.labelMargins(lay, order.length);
     if (zeros) {
       lay.annotations.push({
         name: 'zeros', text: `${zeros} value${zeros > 1 ? 's are' : ' is'} exactly 0: not drawn on a log axis`,
