@@ -134,6 +134,9 @@ def test_a_306_tensor_run_reads_as_blocks_opens_on_click_and_filters_in_the_url(
     assert len(members) == 6
     for b, col in enumerate(body["max"]):
         assert z[1 + 7][b] == pytest.approx(math.log10(max(col[m] for m in members)), rel=1e-9, abs=1e-12)
+    # The color range the page sets is z's own (what Plotly's autorange would take).
+    finite = [v for row in z for v in row if v is not None and math.isfinite(v)]
+    assert page.evaluate(f"[{HEAT}.data[0].zmin, {HEAT}.data[0].zmax]") == [min(finite), max(finite)]
 
     # A click on block h.7's row (a real mouse click on the drawn heatmap) opens it.
     box = page.locator("#chart-heatmap").bounding_box()
