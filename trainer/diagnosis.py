@@ -70,13 +70,18 @@ class Baseline:
         self.top = np.full(k, -np.inf)  # the highest m has been: the series' own scale in this run
         self.steady = False  # every series has seen 1/ALPHA values: the weight is ALPHA for all
 
-    def update(self, x: np.ndarray, ok: np.ndarray) -> None:
-        """Take one step's log values x (where `ok`; elsewhere missing)."""
-        if self.steady and ok.all():  # the common case, in a dozen array operations
+    def update(self, x: np.ndarray, ok: np.ndarray, all_ok: bool | None = None) -> None:
+        """Take one step's log values x (where `ok`; elsewhere missing). all_ok: ok.all(), if known.
+
+        Each array operation costs a few µs in a training step (numpy's code is out of the CPU's
+        caches after the step's tensor work), more than the arithmetic on a few hundred values:
+        the common case below is written in as few of them as it takes."""
+        if self.steady and (ok.all() if all_ok is None else all_ok):  # the common case
             lim = CLIP * self.den
             xc = np.minimum(np.maximum(x, self.m - lim), self.m + lim)  # np.clip, without its Python wrapper
-            dev = np.abs(xc - self.m)
-            self.m += ALPHA * (xc - self.m)
+            dx = xc - self.m
+            dev = np.abs(dx)
+            self.m += ALPHA * dx
             self.s += ALPHA * (dev - self.s)
             self.n += 1
         else:
@@ -124,7 +129,6 @@ class Detector:
         self.log_factor = math.log(factor)
         self.z = z
         self.base = Baseline(len(names) + 2)  # every layer, the global norm, the loss
-        self._v = np.empty(len(names) + 2)
         self._log_above = math.log(ABOVE_TOP)
         self.open: dict[str, _Episode] = {}
         self.episodes = 0
@@ -142,10 +146,11 @@ class Detector:
         """Judge one finite step; returns the events it gives (alerts, episode ends). A missing
         value (a zero gradient: an unused layer; a NaN loss: an own loop that gives none) neither
         departs nor moves its baseline."""
-        k, b, v = len(self.names), self.base, self._v
-        v[:k], v[k], v[k + 1] = grad_norm, global_norm, loss
+        k, b = len(self.names), self.base
+        v = np.array([*grad_norm, global_norm, loss], dtype=np.float64)
         ok = v > TINY  # NaN compares False
-        if ok.all():
+        all_ok = bool(ok.all())
+        if all_ok:
             x = np.log(v)
         else:
             x = np.log(np.where(ok, v, 1.0))
@@ -159,8 +164,9 @@ class Detector:
         else:
             depart = (n >= 1) & (d >= self.log_factor)
             flag = depart & (x - b.top >= self._log_above) & ((n < WARMUP) | (z >= self.z))
+        quiet = not self.open and not flag.any()  # the common case: no episode to open, track or close
         gflag = flag[: k + 1]
-        if gflag.any() and not (gflag[k] or depart[:k].mean() >= BROAD):  # one layer alone
+        if not quiet and gflag.any() and not (gflag[k] or depart[:k].mean() >= BROAD):  # one layer alone
             gflag = gflag & (d[: k + 1] >= 2 * self.log_factor) & (z[: k + 1] >= 2 * self.z)
         dk = depart[:k]
         if dk.any():
@@ -172,13 +178,14 @@ class Detector:
             self._since.fill(0)
         self._d, self._raw = d[:k], grad_norm
         out = []
-        if "grad_spike" in self.open or gflag.any():
+        if not quiet and ("grad_spike" in self.open or gflag.any()):
             out += self._channel("grad_spike", step, gflag, d[: k + 1], z[: k + 1], n[: k + 1], grad_norm,
                                  global_norm)
-        lflag = flag[k + 1 :] & ("grad_spike" not in self.open)  # else the loss is part of their episode
-        if "loss_spike" in self.open or lflag.any():
-            out += self._channel("loss_spike", step, lflag, d[k + 1 :], z[k + 1 :], n[k + 1 :], [loss], loss)
-        b.update(x, ok)
+        if not quiet:
+            lflag = flag[k + 1 :] & ("grad_spike" not in self.open)  # else the loss is part of their episode
+            if "loss_spike" in self.open or lflag.any():
+                out += self._channel("loss_spike", step, lflag, d[k + 1 :], z[k + 1 :], n[k + 1 :], [loss], loss)
+        b.update(x, ok, all_ok)
         return out
 
     def _channel(self, kind: str, step: int, flag: np.ndarray, d: np.ndarray, z: np.ndarray, n: np.ndarray,
