@@ -243,15 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
+    base = args.server.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    client = IngestClient(f"{base}/api/ingest/{args.run}", token)
     # Below the server's CPU priority: with every core training, the server's event loop (and the
     # dashboards it feeds) still gets the CPU when it needs it. Costs training a few percent when
-    # the server is busy (docs/benchmarks.md), nothing when it is idle.
+    # the server is busy (docs/benchmarks.md), nothing when it is idle. Linux's nice is per
+    # thread: the sender thread, started above, keeps this process's priority, so that within
+    # the worker a step's send does not wait behind its own training (threads torch starts later
+    # from this one inherit the lower priority).
     nice = int(os.environ.get("GRADWATCH_WORKER_NICE", WORKER_NICE))
     if nice > 0:
         os.nice(nice)
         lower_autogroup(nice)
-    base = args.server.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-    client = IngestClient(f"{base}/api/ingest/{args.run}", token)
     if not client.hello_ready.wait(60) or client.hello is None:
         print(f"gradwatch worker: no hello from {base}: {client.fatal or 'timed out'}", file=sys.stderr)
         return 3
