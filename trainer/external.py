@@ -53,7 +53,7 @@ class Run:
     """An external run on a gradwatch server, fed by this process's own training loop."""
 
     def __init__(self, base_url: str, record: dict[str, Any], ingest_token: str,
-                 max_pending: int = 100_000, alert_factor: float = 10.0, linger: float = 0.0,
+                 max_pending: int = 100_000, alert_factor: float = 10.0, linger: float = 0.1,
                  compress: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
         self.id: str = record["id"]
