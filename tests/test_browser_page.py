@@ -214,7 +214,9 @@ def test_a_run_keeps_its_color_in_every_selection(server: LiveServer, pair: dict
 
         def show(ids: list[str]) -> dict[str, str]:
             page.evaluate(f"gradwatch.state.set({{selected: {ids!r}}})")
-            page.wait_for_function(f"document.querySelectorAll('#chips .chip').length === {len(ids)}")
+            # These runs' chips, not the last selection's (two selections in a row have two chips).
+            page.wait_for_function(f"[...document.querySelectorAll('#chips .chip')].map(c => c.dataset.runId)"
+                                   f".sort().join() === {','.join(sorted(ids))!r}")
             page.wait_for_function(f"({COLOR_OF})('{other}').line !== undefined" if other in ids else "true")
             got = {i: page.evaluate(COLOR_OF, i) for i in ids}
             for i, c in got.items():
