@@ -66,8 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = f"token {settings.token}" if settings.token_generated else "the token in GRADWATCH_TOKEN"
     print(f"gradwatch: serving the dashboard; open {url}login#code={code}  (signs in one browser, once; "
           f"or sign in at {url}login with {token})  (data in {settings.data_dir})", flush=True)
+    # One idle limit for a kept-alive connection: the header timeout (10 s), not uvicorn's own 5 s
+    # as well. 5 s is also httpx's keep-alive expiry, so a client idle exactly that long sent its
+    # next request on a connection the server was closing at that moment ("Server disconnected
+    # without sending a response"); a server must keep a connection open longer than its clients do.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                ws_max_size=8 * 1024 * 1024, http=with_header_timeout(settings.header_timeout_s))
+                ws_max_size=8 * 1024 * 1024, http=with_header_timeout(settings.header_timeout_s),
+                timeout_keep_alive=settings.header_timeout_s)
     return 0
 
 

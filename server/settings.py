@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     run_max_bytes: int = Field(2 * 2**30, ge=1)  # bytes of event JSON one run may store (`2G` works)
     max_streams: int = Field(256, ge=1)  # browser websockets (/api/stream) open at once; more are refused (1013)
     max_streams_per_session: int = Field(32, ge=1)  # ...and per browser session (or per token, for API clients)
-    header_timeout_s: Seconds = 10.0  # a connection that has not sent a whole request head this long is closed
+    header_timeout_s: Seconds = 10.0  # a connection (idle too) that sends no whole request head this long is closed
     launcher: str = "local"  # where workers run: local (processes here) | ray (actors on RAY_ADDRESS's cluster)
     public_url: str | None = None  # how workers elsewhere reach this server (required with the Ray launcher)
     # The Ray cluster: Ray's own RAY_ADDRESS (host:port of its head), not a GRADWATCH_ variable.

@@ -84,7 +84,11 @@ class LiveServer:
              "--data-dir", str(self.data_dir), "--log-level", self.log_level],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        # The client lets an idle connection go well before the server does (its header timeout),
+        # as a client must: a server with GRADWATCH_HEADER_TIMEOUT_S=1 closes at 1 s.
+        expiry = min(5.0, float(self.env.get("GRADWATCH_HEADER_TIMEOUT_S", 10)) / 2)
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30,
+                                   limits=httpx.Limits(keepalive_expiry=expiry))
         wait_for(self._healthy, timeout=60, what=f"server on port {self.port} to answer /api/health")
         return self
 

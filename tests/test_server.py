@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -20,6 +22,29 @@ FAST = {"dataset": "synthetic", "depth": 3, "width": 16, "steps": 40, "eval_ever
 def test_health(live_server: LiveServer) -> None:
     r = live_server.client.get("/api/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def _health_on(sock: socket.socket) -> bytes:
+    """GET /api/health on an open connection; the whole answer (it has a Content-Length)."""
+    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + int(
+            data.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+        chunk = sock.recv(4096)
+        assert chunk, f"closed mid-answer: {data!r}"
+        data += chunk
+    return data
+
+
+def test_an_idle_kept_alive_connection_outlives_a_clients_keep_alive_expiry(live_server: LiveServer) -> None:
+    """httpx keeps an idle connection 5 s; a server that closes at 5 s too races a client that
+    sends just then ("Server disconnected without sending a response", seen once in CI). The
+    server keeps it open for the header timeout (10 s): still open at 6.5 s, and answering."""
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as sock:
+        assert _health_on(sock).startswith(b"HTTP/1.1 200")
+        readable, _, _ = select.select([sock], [], [], 6.5)  # a close by the server makes it readable
+        assert readable == [], f"closed within 6.5 s idle: {sock.recv(100)!r}"
+        assert _health_on(sock).startswith(b"HTTP/1.1 200")
 
 
 def test_a_run_completes_in_a_worker_with_one_row_per_step(live_server: LiveServer) -> None:
