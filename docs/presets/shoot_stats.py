@@ -17,11 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from gradwatch.presets import PRESETS  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from tests.browserkit import CHROMIUM_ARGS, LIVE  # noqa: E402
 from tests.conftest import LiveServer  # noqa: E402
-from gradwatch.presets import PRESETS  # noqa: E402
 
 FINAL = ("completed", "diverged", "failed", "stopped")
 
