@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      "pip install 'gradwatch[server]'")
 
     from .app import create_app, private_dir
-    from .protocol import with_header_timeout
+    from .protocol import websocket_options, with_header_timeout
     from .store import Store, StoreError
 
     try:
@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # without sending a response"); a server must keep a connection open longer than its clients do.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                 ws_max_size=8 * 1024 * 1024, http=with_header_timeout(settings.header_timeout_s),
-                timeout_keep_alive=settings.header_timeout_s)
+                timeout_keep_alive=settings.header_timeout_s, **websocket_options(settings.ws_compression))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP/1.1 protocol (h11) with a deadline on the request head.
+"""uvicorn's HTTP/1.1 protocol (h11) with a deadline on the request head; its websockets
+protocol with compression decided per peer.
 
 uvicorn closes a kept-alive connection that stays idle, but waits for ever on one that opened
 and sent nothing, or half a request head: a few thousand of those hold as many sockets and file
@@ -11,6 +12,9 @@ are capped in size by the guard; a websocket has its own pings).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
+from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -57,3 +61,43 @@ def with_header_timeout(timeout_s: float) -> type[H11Protocol]:
                 self.transport.close()  # no request under way, and no whole head of the next one
 
     return HeaderTimeoutProtocol
+
+
+def is_local_peer(client: tuple[str, int] | None) -> bool:
+    """Whether a connection's peer (uvicorn's `client`: host, port) is this machine: a loopback
+    address (IPv4-mapped ones too), or no address at all (a Unix socket)."""
+    if not client:
+        return True
+    try:
+        addr = ipaddress.ip_address(client[0].split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def websocket_options(compression: str) -> dict[str, Any]:
+    """uvicorn.run's websocket options for GRADWATCH_WS_COMPRESSION: on (permessage-deflate for
+    every peer that asks, uvicorn's default), off (for none), auto (for peers off this machine).
+
+    On loopback deflate only costs CPU: both ends compress and inflate every frame, and a page's
+    stream is a frame every 40 ms per tab (in bench/stream_load.py with ten local clients, the
+    server spent a quarter of its time in deflate). auto needs uvicorn's sans-I/O websockets
+    protocol (uvicorn >= 0.35); with an older uvicorn it is `on`."""
+    if compression != "auto":
+        return {"ws_per_message_deflate": compression == "on"}
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+        from websockets.server import ServerProtocol
+    except ImportError:
+        return {"ws_per_message_deflate": True}
+
+    class PeerCompressionProtocol(WebSocketsSansIOProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            if is_local_peer(self.client):  # before the handshake: offered no extension, it uses none
+                self.conn = ServerProtocol(extensions=[], max_size=self.config.ws_max_size,
+                                           logger=logging.getLogger("uvicorn.error"))
+
+    return {"ws": PeerCompressionProtocol, "ws_per_message_deflate": True}

@@ -14,7 +14,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from gradwatch.config import memory_budget, parse_size
@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     max_streams: int = Field(256, ge=1)  # browser websockets (/api/stream) open at once; more are refused (1013)
     max_streams_per_session: int = Field(32, ge=1)  # ...and per browser session (or per token, for API clients)
     header_timeout_s: Seconds = 10.0  # a connection (idle too) that sends no whole request head this long is closed
+    # Websocket permessage-deflate: auto = offered to peers off this machine only (on loopback it is
+    # CPU spent for nothing: the server's deflate was a quarter of its time with ten local pages open).
+    ws_compression: Literal["auto", "on", "off"] = "auto"
     launcher: str = "local"  # where workers run: local (processes here) | ray (actors on RAY_ADDRESS's cluster)
     public_url: str | None = None  # how workers elsewhere reach this server (required with the Ray launcher)
     # The Ray cluster: Ray's own RAY_ADDRESS (host:port of its head), not a GRADWATCH_ variable.

@@ -47,6 +47,14 @@ def test_an_idle_kept_alive_connection_outlives_a_clients_keep_alive_expiry(live
         assert _health_on(sock).startswith(b"HTTP/1.1 200")
 
 
+def test_a_stream_on_loopback_is_not_compressed(live_server: LiveServer) -> None:
+    """A local page's frames are not deflated (GRADWATCH_WS_COMPRESSION=auto): on loopback deflate
+    is CPU on both ends for nothing. The client asks for it, as browsers do, and gets none."""
+    with connect(live_server.ws_url("/api/stream"), open_timeout=10) as ws:
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert ws.protocol.extensions == [] and "Sec-WebSocket-Extensions" not in ws.response.headers
+
+
 def test_a_run_completes_in_a_worker_with_one_row_per_step(live_server: LiveServer) -> None:
     run = live_server.create_run(FAST, name="rest-run")
     assert run["status"] in ("queued", "running") and run["config"]["depth"] == 3

@@ -13,7 +13,7 @@ SAMPLE = {str: "127.0.0.2", int: "7", float: "0.5", bool: "0", Path: "/tmp/elsew
           list[str]: "a.example.com, b.example.com"}
 # ...or by name, where the kind's sample is not a valid value of the field.
 BY_NAME = {"token": "a-token-long-enough", "launcher": "ray", "public_url": "http://gw.example.com:8000",
-           "gpus": "1,3", "ray_address": "head:6379"}
+           "gpus": "1,3", "ray_address": "head:6379", "ws_compression": "on"}
 VARIABLE = {"ray_address": "RAY_ADDRESS"}
 
 
@@ -43,6 +43,7 @@ def test_empty_variables_are_unset_and_sizes_take_units(tmp_path: Path) -> None:
     ({"GRADWATCH_WORKER_MEMORY": "lots"}, "GRADWATCH_WORKER_MEMORY='lots': expected bytes"),
     ({"GRADWATCH_PREFORK": "maybe"}, "GRADWATCH_PREFORK='maybe': Input should be a valid boolean"),
     ({"GRADWATCH_TOKEN": "short"}, "GRADWATCH_TOKEN must be at least 8 characters"),
+    ({"GRADWATCH_WS_COMPRESSION": "yes"}, "GRADWATCH_WS_COMPRESSION='yes': Input should be 'auto', 'on' or 'off'"),
 ])
 def test_a_bad_value_names_its_variable(tmp_path: Path, env: dict[str, str], says: str) -> None:
     with pytest.raises(SettingsError) as e:
@@ -62,3 +63,18 @@ def test_settings_built_in_code_read_no_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("GRADWATCH_MAX_CONCURRENT", "9")
     assert Settings(data_dir=tmp_path).max_concurrent == 2  # tests build theirs from arguments only
     assert Settings.from_env().max_concurrent == 9
+
+
+@pytest.mark.parametrize(("client", "local"), [
+    (("127.0.0.1", 5), True), (("127.8.0.2", 5), True), (("::1", 5), True), (("::ffff:127.0.0.1", 5), True),
+    (None, True),  # a Unix socket
+    (("10.0.0.7", 5), False), (("192.168.1.20", 5), False), (("::ffff:10.0.0.7", 5), False),
+    (("fe80::1%eth0", 5), False), (("2001:db8::1", 5), False), (("not-an-address", 5), False),
+])
+def test_websocket_compression_is_off_only_for_peers_on_this_machine(client: tuple | None, local: bool) -> None:
+    from gradwatch.server.protocol import is_local_peer, websocket_options
+
+    assert is_local_peer(client) is local
+    assert websocket_options("off") == {"ws_per_message_deflate": False}
+    assert websocket_options("on") == {"ws_per_message_deflate": True}
+    assert websocket_options("auto")["ws"].__name__ == "PeerCompressionProtocol"
