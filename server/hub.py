@@ -28,7 +28,7 @@ import orjson
 RUN_RECORD_TYPES = ("run.update", "run.deleted")
 QUEUE_SIZE = 2048  # messages waiting for one subscriber, at most
 QUEUE_BYTES = 4 * 1024 * 1024  # ...and bytes
-FRAME_S = 0.04  # a batched subscriber gets at most one frame per this (25 a second, a page's redraw rate)
+FRAME_S = 0.05  # a batched subscriber gets at most one frame per this (20 a second: the page renders every 50 ms)
 RESYNC = orjson.dumps({"type": "resync", "run_id": None, "seq": None}).decode()
 
 

@@ -82,7 +82,7 @@ def websocket_options(compression: str) -> dict[str, Any]:
     every peer that asks, uvicorn's default), off (for none), auto (for peers off this machine).
 
     On loopback deflate only costs CPU: both ends compress and inflate every frame, and a page's
-    stream is a frame every 40 ms per tab (in bench/stream_load.py with ten local clients, the
+    stream is a frame every 50 ms per tab (in bench/stream_load.py with ten local clients, the
     server spent a quarter of its time in deflate). auto needs uvicorn's sans-I/O websockets
     protocol (uvicorn >= 0.35); with an older uvicorn it is `on`."""
     if compression != "auto":

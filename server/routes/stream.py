@@ -7,7 +7,7 @@ published, so every live message that follows is newer than the replay.) A gap o
 REPLAY_MAX events gets a `resync` for that run instead: fetch it with /metrics?since=.
 
 Frames: each websocket message is a JSON array of messages (every event published since the
-previous frame, at most one frame per ~40 ms: server/hub.py), replays included. `?frames=single`
+previous frame, at most one frame per ~50 ms: server/hub.py), replays included. `?frames=single`
 asks for the old framing instead, one JSON object per websocket message.
 
 Sockets are counted: at most GRADWATCH_MAX_STREAMS open at once, and GRADWATCH_MAX_STREAMS_PER_SESSION
