@@ -117,6 +117,34 @@ def test_a_run_is_launched_trained_by_its_worker_and_completed(app: App) -> None
     assert history["step"] == [1, 2, 3] and history["seq"] == [2, 3, 4]
 
 
+def test_acks_are_coalesced_and_the_last_batch_is_always_acked(app: App) -> None:
+    """Batches sent back to back get fewer acks than batches (at most one per ACK_S), the last
+    of them for the last seq stored, soon after the last batch; a resend of stored events is acked."""
+    from gradwatch.server.routes.ingest import ACK_S
+
+    run = app.create(name="acks")
+    run_id = run["id"]
+    wait_for(lambda: run_id in app.launcher.launched, timeout=10, interval=0.01, what="the launch")
+    token = app.launcher.specs[run_id].token
+    with app.ws(f"/api/ingest/{run_id}", token) as worker:
+        assert worker.receive_json()["type"] == "hello"
+        started = {"type": "run.started", "seq": 1, "time": time.time(), "layers": LAYERS, "device": "cpu"}
+        worker.send_json({"type": "batch", "events": [started]})
+        assert worker.receive_json() == {"type": "ack", "seq": 1}  # after a quiet spell: at once
+        for s in range(2, 22):
+            worker.send_json({"type": "batch", "events": [metrics(s, s - 1)]})
+        acks, began = [], time.monotonic()
+        while not acks or acks[-1] < 21:
+            msg = worker.receive_json()
+            assert msg["type"] == "ack", msg
+            acks.append(msg["seq"])
+        assert acks == sorted(acks) and len(acks) < 20, acks  # 20 batches, fewer acks
+        assert time.monotonic() - began < 20 * ACK_S + 5
+        worker.send_json({"type": "batch", "events": [metrics(21, 20)]})  # stored already: acked anyway
+        assert worker.receive_json() == {"type": "ack", "seq": 21}
+    assert app.client.get(f"/api/runs/{run_id}/metrics").json()["seq"] == list(range(2, 22))
+
+
 def test_a_launch_that_fails_leaves_the_run_failed_with_its_reason(app: App) -> None:
     app.launcher.fail.add("*")
     try:
