@@ -77,6 +77,9 @@ class Acks:
             self.owed = False
             with contextlib.suppress(Exception):  # the connection went meanwhile: the worker resends
                 await self.ws.send_json({"type": "ack", "seq": self.stored})
+        if self.owed and self.timer is None:  # a batch was stored while this ack was being written
+            wait = max(0.0, self.last + ACK_S - time.monotonic())
+            self.timer = asyncio.get_running_loop().call_later(wait, self._due)
 
     def close(self) -> None:
         if self.timer is not None:
