@@ -517,11 +517,12 @@ def test_group_screenshot_for_the_readme(server: LiveServer, page: Any, tmp_path
 
 def test_the_learning_rate_and_validation_loss_charts_read_the_runs_history(server: LiveServer, page: Any) -> None:
     """Each step's learning rate on its own chart, and validation loss as diamonds on the loss
-    chart, both as /api/runs/{id}/metrics has them."""
-    run = server.create_run({**FAST, "steps": 60, "lr": 0.03}, name="lr-and-val")
+    chart, both as /api/runs/{id}/metrics has them. A learning rate of 3e-5 has the widest y tick
+    labels (3x10^-5): they, and every line chart's, lie inside the figure, left of the plot."""
+    run = server.create_run({**FAST, "steps": 60, "lr": 3e-5}, name="lr-and-val")
     server.wait_status(run["id"], ("completed",))
     hist = server.client.get(f"/api/runs/{run['id']}/metrics").json()
-    assert hist["lr"] == pytest.approx([0.03] * 60)  # the probe's: the lr each step was taken with
+    assert hist["lr"] == pytest.approx([3e-5] * 60)  # the probe's: the lr each step was taken with
     open_dashboard(page, server, f"&runs={run['id']}&focus={run['id']}")
     page.locator("#chart-lr").scroll_into_view_if_needed()
     page.wait_for_function(f"({POINTS_OF_RUN})(['chart-lr', '{run['id']}']) === 60")
@@ -534,4 +535,35 @@ def test_the_learning_rate_and_validation_loss_charts_read_the_runs_history(serv
     val = page.evaluate("document.getElementById('chart-loss').data.find(t => t.uid === 'val-loss')")
     assert hist["val"]["step"] and val["x"] == hist["val"]["step"]
     assert val["y"] == pytest.approx(hist["val"]["loss"])
+    page.locator("#chart-lr").scroll_into_view_if_needed()
+    assert_y_labels_fit(page, "chart-lr", wide=True)
+    for chart in ("chart-loss", "chart-acc", "chart-gnorm"):
+        assert_y_labels_fit(page, chart)
     assert page.errors == []
+
+
+def assert_y_labels_fit(page: Any, chart: str, wide: bool = False) -> None:
+    """A line chart's y tick labels, drawn, lie inside the figure and left of its plot, and its y
+    title left of them: the page sets that margin from the labels' measured widths (lines.js
+    fitLabels), not Plotly's automargin. `wide`: the labels are wider than the default margin
+    leaves room for (so the margin was widened)."""
+    page.wait_for_function(f"document.querySelectorAll('#{chart} .ytick text').length > 1")
+    page.wait_for_timeout(300)  # a margin set after the draw (one relayout) is drawn by then
+    got = page.evaluate(f"""() => {{
+        const div = document.getElementById('{chart}');
+        const fig = div.getBoundingClientRect(), plotLeft = fig.left + div._fullLayout._size.l;
+        const labels = [...div.querySelectorAll('.yaxislayer-above .ytick text')].map(t => {{
+            const r = t.getBoundingClientRect();
+            return [t.textContent, r.left - fig.left, plotLeft - r.right, r.width];
+        }});
+        const title = div.querySelector('.ytitle')?.getBoundingClientRect();
+        return {{ labels, margin: div._fullLayout._size.l, titleRight: title ? title.right - fig.left : null,
+                  titleLeft: title ? title.left - fig.left : null }};
+    }}""")
+    assert got["labels"], got
+    for text, left, gap, _ in got["labels"]:
+        assert left >= 0 and gap >= 0, (chart, text, got)
+    if got["titleRight"] is not None:
+        assert got["titleLeft"] >= 0 and got["titleRight"] <= min(left for _, left, _, _ in got["labels"]), (chart, got)
+    if wide:
+        assert got["margin"] > 58 and max(w for *_, w in got["labels"]) > 30, (chart, got)

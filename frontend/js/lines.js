@@ -9,10 +9,11 @@
 // replaced with relayout only when they change; alerts are one trace of
 // markers along the top (see alertTrace).
 
-import { CONFIG, NO_RUNS, layout, positive, relayoutX, setX, uid } from './plot.js';
+import { CONFIG, NO_RUNS, labelWidth, layout, positive, relayoutX, setX, uid } from './plot.js';
 import { ema } from './smooth.js';
 import { markLayout, stepLine } from './markers.js';
 import { autoLog } from './diagnosis.js';
+import { decimate } from './decimate.js';
 
 // What the figures are. `smooth`: follows the smoothing slider; `scaleToggle`:
 // follows the auto/linear/log setting (auto: diagnosis.js autoLog, over the
@@ -45,17 +46,46 @@ const FIXED = new Set(['alerts', 'prefix']); // traces drawn whole on a rebuild,
 const alertSteps = run => run.marks.filter(m => m.kind === 'alert').map(m => m.step).join(',');
 const RAW_ALL_UP_TO = 3; // runs shown with their raw line; beyond, only the focused one
 const VAL_MARKERS = 120; // validation markers drawn on a rebuild, all runs together
+// The left margin past the widest y tick label (with the axis title): what Plotly's automargin gave
+// in Chromium (76 px for labels 52 wide, 66 for 42; tests/test_browser_compare.py checks the labels
+// fit). SHRINK: a margin this much wider than needed is narrowed (not on every px of change).
+const Y_LABEL_ROOM = 24;
+const SHRINK = 12;
+// A rebuild draws each trace decimated to at most 2 points per pixel column (decimate.js); live
+// points are appended as they come until a trace holds CROWDED points per column, and the next
+// draw is a rebuild again. Plotly redraws every point on each update: five traces of 3000 points
+// made a redraw ~50% slower than five of 700 (a synthetic figure in Chromium on the 2-core VM).
+const CROWDED = 3;
+
+// The steps the runs' series span: [first, last] over all of them ([0, 1] without any).
+function stepSpan(runs) {
+  let lo = Infinity, hi = -Infinity;
+  for (const run of runs) {
+    if (!run.series.length) continue;
+    lo = Math.min(lo, run.series.step.get(0));
+    hi = Math.max(hi, run.series.step.get(run.series.length - 1));
+  }
+  return lo < hi ? [lo, hi] : [0, 1];
+}
 
 export class LineFigure {
   constructor(div, spec) {
     this.div = div;
     this.spec = spec;
-    this.key = null;
+    this.key = null;      // traceKey of the traces drawn
+    this.askedKey = null; // the same without the data's part: what the person chose
     this.marksKey = null;
-    this.traces = [];  // [{run, kind: 'raw' | 'line', drawn, ema}] or {kind: 'val', runs, drawn: [per run]}
+    // [{run, kind: 'raw' | 'line', drawn, shown, rebuilt, ema}] or {kind: 'val', runs, drawn: [per run]}: `drawn`, how
+    // many of the series' points the trace covers; `shown`, how many it holds (fewer once decimated);
+    // `rebuilt`, how many it held after the last rebuild.
+    this.traces = [];
+    this.cols = 600;   // the plot's width in px at the last rebuild: columns to decimate to
+    this.thinned = false; // some trace was decimated: a new x range is drawn by a rebuild, with its detail
     this.log = false;  // the y axis drawn: log (set on each rebuild)
     this.xKey = null;  // the x range drawn (JSON of view.xrange)
     this.note = div.closest('figure')?.querySelector('.scale-note') ?? null; // says which axis, and why
+    this.marginL = null; // the left margin the y tick labels need (fitLabels), once drawn
+    this.labelRoom = Y_LABEL_ROOM;
     this.requestDraw = () => {};
     // Alerts as one trace of markers along the top (cheaper than a shape each, and
     // they hover); the small multiples keep shapes.
@@ -63,14 +93,15 @@ export class LineFigure {
     Plotly.newPlot(div, [], layout({ ...spec, empty: NO_RUNS }), CONFIG);
     // Hiding a run in the legend must hide its validation points too, which share
     // one trace: rebuild once Plotly has applied the click.
-    const legend = () => setTimeout(() => { this.key = null; this.requestDraw(); });
+    const legend = () => setTimeout(() => { this.key = this.askedKey = null; this.requestDraw(); });
     div.on('plotly_legendclick', legend);
     div.on('plotly_legenddoubleclick', legend);
   }
 
   // A rebuild (new runs, new settings) is what the person waits for; extends are not.
+  // (The series thinned or an alert came: a rebuild too, but paced like an extend.)
   urgent(runs, view) {
-    return this.traceKey(runs, view) !== this.key || this.xStale(view);
+    return this.traceKey(runs, view, false) !== this.askedKey || this.xStale(view);
   }
 
   // The y axis for these runs: {log, why, auto}. On "auto", log when the values span more than
@@ -103,10 +134,12 @@ export class LineFigure {
     return this.spec.smooth ? view.smooth : 0;
   }
 
-  traceKey(runs, view) {
+  // What the traces are drawn from; `data` false: only what the person chose (runs, settings), not
+  // the series' version (thinned) or its alerts.
+  traceKey(runs, view, data = true) {
     this.scale = this.scaleNow(runs, view); // (its reason may change without a rebuild: draw() shows it)
     return `${this.weight(view)}|${this.scale.log}|` + runs.map(r =>
-      [r.id, r.name, r.color, r.focused, r.series.version, this.alertsAsTrace ? alertSteps(r) : '',
+      [r.id, r.name, r.color, r.focused, data ? r.series.version : '', data && this.alertsAsTrace ? alertSteps(r) : '',
         r.prefix?.step.length ?? ''].join('|')).join(';');
   }
 
@@ -116,8 +149,9 @@ export class LineFigure {
 
   draw(runs, view) {
     const key = this.traceKey(runs, view);
-    if (key !== this.key) this.rebuild(runs, view, key);
+    if (key !== this.key || this.crowded() || (this.thinned && this.xStale(view))) this.rebuild(runs, view, key);
     else this.extend(view);
+    this.fitLabels();
     this.showScale(this.scale);
     const marksKey = this.marksKeyNow(runs, view);
     if (marksKey !== this.marksKey) {
@@ -131,8 +165,45 @@ export class LineFigure {
     }
   }
 
+  // Would appending what is new put more than CROWDED points per column in some trace (and a
+  // column's worth more than the last rebuild drew: zoomed in, decimating drops little)?
+  crowded() {
+    return this.traces.some(t => {
+      if (!t.run || FIXED.has(t.kind)) return false;
+      const after = t.shown + t.run.series.length - t.drawn;
+      return after > CROWDED * this.cols && after > t.rebuilt + this.cols;
+    });
+  }
+
   // The x range asked for and not drawn yet (another chart was zoomed): the person waits for it.
   xStale(view) { return JSON.stringify(view.xrange ?? null) !== this.xKey; }
+
+  // The y tick labels' room, kept here rather than by Plotly's automargin, which measures every
+  // tick label's box (a forced layout each) and lays the figure out again on every redraw (with the
+  // check below, about a third of a live chart's redraw in a profile). After a draw the labels
+  // Plotly chose are measured in the figure's font on a canvas (no layout); the margin is set
+  // again only when they do not fit, or leave SHRINK px more than they need.
+  fitLabels() {
+    const texts = [...(this.div.querySelectorAll?.('.yaxislayer-above .ytick text') ?? [])].map(t => t.textContent);
+    const font = this.div.layout?.font;
+    if (!texts.length || !font) return;
+    const need = Math.max(this.baseMarginL, labelWidth(texts, font) + this.labelRoom);
+    const now = this.div.layout.margin?.l ?? need;
+    if (need <= now && need > now - SHRINK) return;
+    this.marginL = need;
+    Plotly.relayout(this.div, { 'margin.l': need });
+  }
+
+  // Margins the page keeps (fitLabels): Plotly's automargin off on every axis of `lay`, and its
+  // check for tick labels past the figure's edge (another measure of every label) too.
+  ownMargins(lay) {
+    for (const [k, axis] of Object.entries(lay)) {
+      if (/^[xy]axis\d*$/.test(k)) Object.assign(axis, { automargin: false, ticklabeloverflow: 'allow' });
+    }
+    this.baseMarginL = lay.margin.l;
+    if (this.marginL != null) lay.margin.l = this.marginL;
+    return lay;
+  }
 
   // Under the figure's title: which y axis, and on "auto" why.
   showScale(scale) {
@@ -208,6 +279,7 @@ export class LineFigure {
 
   rebuild(runs, view, key) {
     this.key = key;
+    this.askedKey = this.traceKey(runs, view, false);
     this.marksKey = null;
     this.log = this.scale.log;
     this.xKey = JSON.stringify(view.xrange ?? null); // baseLayout draws it
@@ -215,22 +287,27 @@ export class LineFigure {
     // Raw lines only while smoothing, and with many runs only the focused run's: each
     // trace costs Plotly a fixed amount on every redraw, and eight faint lines are noise.
     const kinds = this.weight(view) > 0 ? ['raw', 'line'] : ['line'];
+    this.cols = Math.max(100, Math.round(this.div.clientWidth || 600));
+    const [lo, hi] = view.xrange ?? stepSpan(runs);
+    this.thinned = false;
     const rawFor = run => runs.length <= RAW_ALL_UP_TO || run.focused;
     this.traces = [];
     for (const kind of kinds) {
       for (const run of runs) if (kind !== 'raw' || rawFor(run)) this.traces.push({ run, kind, drawn: 0, ema: undefined });
     }
     const { ytitle } = this.spec;
-    const lay = this.baseLayout(runs, view);
+    const lay = this.ownMargins(this.baseLayout(runs, view));
     // One box for all runs at a step names each run's value; one point at a time also says where.
     const unified = lay.hovermode === 'x unified';
     const hover = (name, extra = '') => (unified ? `${name}${extra}: %{y:.4g}<extra></extra>`
       : `${name}${extra}<br>step %{x}<br>${ytitle} %{y:.4g}<extra></extra>`);
     const data = this.traces.map(t => {
       const { run, kind } = t;
-      const x = t.run.series.xs(0);
-      const y = this.values(t, 0, view);
-      t.drawn = x.length;
+      const all = { x: t.run.series.xs(0), y: this.values(t, 0, view) };
+      const { x, y } = decimate(all.x, all.y, lo, hi, this.cols);
+      t.drawn = all.x.length;
+      t.shown = t.rebuilt = x.length;
+      this.thinned ||= x.length < all.x.length;
       const width = run.focused ? 2.5 : 1.5;
       const axes = this.axesOf(run);
       const trace = {
@@ -337,6 +414,7 @@ export class LineFigure {
       idx.push(i);
       xs.push(t.run.series.xs(t.drawn));
       ys.push(this.values(t, t.drawn, view));
+      t.shown += n - t.drawn;
       t.drawn = n;
     });
     if (val) {

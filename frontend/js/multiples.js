@@ -15,6 +15,7 @@ export class MultiplesFigure extends LineFigure {
     this.alertsAsTrace = false; // ticks (shapes) in each panel instead
     this.cells = [];          // [{runId, title, panel (1-based)}]
     this.grid = { rows: 1, cols: 1 };
+    this.labelRoom = 12; // no axis title
   }
 
   // cells: [{runId, title, panel}]; grid: {rows, cols}. Drawn on the next draw().
@@ -32,9 +33,9 @@ export class MultiplesFigure extends LineFigure {
     return { x: axisName('x', k), y: axisName('y', k) };
   }
 
-  traceKey(runs, view) {
+  traceKey(runs, view, data = true) {
     return `${this.grid.rows}x${this.grid.cols}|${this.cells.map(c => `${c.runId}@${c.panel}:${c.title}`).join(',')}|`
-      + super.traceKey(runs, view);
+      + super.traceKey(runs, view, data);
   }
 
   baseLayout(runs, view) {

@@ -8,6 +8,7 @@ import { PALETTE, assignColors, distance, hashColor } from '../../frontend/js/co
 import { ema } from '../../frontend/js/smooth.js';
 import { DEFAULTS, formatState, parseState } from '../../frontend/js/state.js';
 import { RunSeries } from '../../frontend/js/series.js';
+import { decimate, decimateIndices } from '../../frontend/js/decimate.js';
 
 // A small deterministic generator (xorshift32), so the property checks are the same each run.
 function rng(seed) {
@@ -155,4 +156,45 @@ test('RunSeries: live events and history land in the same columns; thinning keep
   assert.deepEqual(h.ys('gnorm'), [3, 4]);
   assert.deepEqual(h.ys('accuracy'), [null, 1]);
   assert.deepEqual(Array.from(h.stats.update_ratio.row(1)), [Math.fround(0.2)]);
+});
+
+test('decimate: every column keeps its extremes and a gap, in step order, and no more', () => {
+  const r = rng(7);
+  for (let round = 0; round < 60; round++) {
+    const n = 50 + Math.floor(r() * 3000);
+    const cols = 5 + Math.floor(r() * 200);
+    const x = [];
+    let s = Math.floor(r() * 100);
+    for (let i = 0; i < n; i++) { s += 1 + Math.floor(r() * 3); x.push(s); }
+    const y = x.map(() => (r() < 0.03 ? null : r() < 0.01 ? 1e6 * r() : r()));
+    // A zoomed view (part of the steps) in a third of the rounds.
+    const [lo, hi] = round % 3 ? [x[0], x[n - 1]] : [x[Math.floor(n / 3)], x[Math.floor(n / 2)]];
+    const keep = decimateIndices(x, y, lo, hi, cols);
+    if (n <= 2 * cols) { assert.equal(keep, null); continue; }
+    // The reference, column by column the plain way.
+    const width = (hi - lo) / cols;
+    const byCol = new Map();
+    x.forEach((v, i) => {
+      const c = Math.floor((v - lo) / width);
+      if (!byCol.has(c)) byCol.set(c, []);
+      byCol.get(c).push(i);
+    });
+    const kept = new Set(keep);
+    assert.equal(kept.size, keep.length);
+    keep.forEach((v, i) => i && assert.ok(v > keep[i - 1], 'in step order'));
+    assert.ok(kept.has(0) && kept.has(n - 1));
+    for (const idx of byCol.values()) {
+      const finite = idx.filter(i => y[i] != null);
+      if (finite.length) {
+        const lowest = Math.min(...finite.map(i => y[i])), highest = Math.max(...finite.map(i => y[i]));
+        assert.ok(idx.some(i => kept.has(i) && y[i] === lowest), 'the lowest value of a column');
+        assert.ok(idx.some(i => kept.has(i) && y[i] === highest), 'the highest value of a column');
+      }
+      if (idx.some(i => y[i] == null)) assert.ok(idx.some(i => kept.has(i) && y[i] == null), 'a gap stays a gap');
+      assert.ok(idx.filter(i => kept.has(i) && i !== 0 && i !== n - 1).length <= 3);
+    }
+    const d = decimate(x, y, lo, hi, cols);
+    assert.deepEqual(d.x, keep.map(i => x[i]));
+    assert.deepEqual(d.y, keep.map(i => y[i]));
+  }
 });
