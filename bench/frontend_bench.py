@@ -373,7 +373,9 @@ def measure(args: argparse.Namespace, base: str, token: str, client: httpx.Clien
         t0 = time.perf_counter()
         link = client.post("/api/login/links").json()["url"]  # a one-time sign-in, as `gradwatch serve` prints
         page.goto(f"{base}{link}&runs={','.join(eight)}&focus={focus}")
-        page.wait_for_function(f"{json.dumps(eight)}.every(id => gradwatch.charts.firstDrawn.get(id)?.loss)")
+        # The sign-in page goes on to the dashboard; `gradwatch` exists once the dashboard's script ran.
+        drawn = f"{json.dumps(eight)}.every(id => gradwatch.charts.firstDrawn.get(id)?.loss)"
+        page.wait_for_function(f"globalThis.gradwatch && {drawn}")
         out["open_s"] = time.perf_counter() - t0
         print(f"  page open, every run drawn: {out['open_s']:.1f} s", flush=True)
         page.wait_for_timeout(2000)  # past the first draws

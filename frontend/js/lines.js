@@ -98,10 +98,11 @@ export class LineFigure {
     div.on('plotly_legenddoubleclick', legend);
   }
 
-  // A rebuild (new runs, new settings) is what the person waits for; extends are not.
-  // (The series thinned or an alert came: a rebuild too, but paced like an extend.)
+  // A rebuild for new runs or settings, and a run's first points (its history came), are what
+  // the person waits for; extends are not, nor a rebuild because a series thinned or an alert came.
   urgent(runs, view) {
-    return this.traceKey(runs, view, false) !== this.askedKey || this.xStale(view);
+    return this.traceKey(runs, view, false) !== this.askedKey || this.xStale(view)
+      || this.traces.some(t => t.run && !FIXED.has(t.kind) && !t.drawn && t.run.series.length);
   }
 
   // The y axis for these runs: {log, why, auto}. On "auto", log when the values span more than
