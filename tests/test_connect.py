@@ -259,3 +259,52 @@ def test_a_fast_loop_sends_once_per_linger_and_loses_no_step(live_server: LiveSe
     # without a linger.
     assert messages[0.25] <= took[0.25] / 0.25 + 3, (messages, took)
     assert messages[0.0] >= 20, (messages, took)
+
+
+def test_an_own_loop_that_blows_up_is_diagnosed_off_its_training_thread_in_step_order(
+        live_server: LiveServer) -> None:
+    """The diagnosis of a connect() run (its detector: ~0.3 ms a step) runs on the client's sender
+    thread, not the training loop's; its alerts still follow their step's metrics, and finish()
+    reports the complete summary (the alert, then where and when it diverged)."""
+    import threading
+
+    import torch
+    from gradwatch import connect
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+    blow_up, nonfinite = 40, 44
+    with connect(live_server.url, token=live_server.token, name="blows-up", linger=0.02) as run:
+        run.watch(model, opt)
+        judged: list[tuple[int, str]] = []  # (step, thread) of each step the detector judged
+        step_of = run._diagnosis.step
+
+        def spy(stats: dict) -> list:
+            judged.append((stats["step"], threading.current_thread().name))
+            return step_of(stats)
+
+        run._diagnosis.step = spy
+        for step in range(1, 51):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            (loss * (1e4 if step >= blow_up else 1.0)).backward()  # every gradient 10^4x from step 40
+            if step == nonfinite:
+                model[2].weight.grad.fill_(float("inf"))
+            run.record(loss)
+            opt.step()
+        on_loop = [s for s, thread in judged if thread == threading.current_thread().name]
+        finished_at = len(judged)
+    # Before finish(), no step was judged on the training thread (finish() judges what was left).
+    assert not on_loop or min(on_loop) > finished_at, (on_loop, finished_at)
+    assert [s for s, _ in judged] == list(range(1, 51))
+    assert run.summary["first_alert_step"] == blow_up, run.summary
+    assert run.summary["diverged_step"] == nonfinite and run.summary["first_nonfinite_layer"] == "2.weight", run.summary
+    live_server.wait_status(run.id, ("completed",), timeout=10)
+    stored = live_server.client.get(f"/api/runs/{run.id}/export").json()["events"]
+    order = [(e["type"], e.get("step"), e.get("kind")) for e in stored if e["type"] in ("metrics", "alert")]
+    spike = order.index(("alert", blow_up, "grad_spike"))
+    assert order[spike - 1] == ("metrics", blow_up, None) and order[spike + 1] == ("metrics", blow_up + 1, None), order
+    bad = order.index(("alert", nonfinite, "nonfinite"))
+    assert order[bad - 1] == ("metrics", nonfinite, None), order

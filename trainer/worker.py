@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
@@ -41,13 +42,16 @@ class IngestClient:
     """Bounded, resending event sender on its own thread. Also used by `gradwatch.connect`."""
 
     def __init__(self, url: str, token: str, control: Control | None = None, max_pending: int = 100_000,
-                 linger: float = 0.0, compression: str | None = "deflate") -> None:
+                 linger: float = 0.0, compression: str | None = "deflate",
+                 prepare: Callable[[Any], list[dict[str, Any]]] | None = None) -> None:
         """linger: seconds a send waits after the previous one, so that the steps of that time go
         in one message (one wake-up of this thread, one ack, one store transaction on the server
         instead of one per step); 0 sends each event as soon as it is emitted.
         compression: "deflate" (websocket permessage-deflate: about half the bytes of the numbers'
         text, for ~0.2-0.4 ms of this thread's CPU per 10 KB message, and the server's to inflate
-        it) or None."""
+        it) or None.
+        prepare: turns what `emit_later()` was given into events, on this client's thread (or in
+        close(), or before an `emit()`), in the order given: work the training thread hands off."""
         self.url = url
         self.linger = linger
         self.compression = compression
@@ -58,6 +62,9 @@ class IngestClient:
         self.hello_ready = threading.Event()
         self.fatal: str | None = None  # the server refused us for good (bad token, unknown run)
         self._outbox: deque[tuple[int, dict[str, Any]]] = deque()
+        self._prepare = prepare
+        self._later: deque[Any] = deque()  # emit_later()'s items, not yet prepared
+        self._preparing = threading.Lock()  # one prepare pass at a time, so events keep their order
         self._seq = 0  # last seq handed out
         self._acked = 0  # last seq the server confirmed stored
         self._sent = 0  # last seq written to the current connection
@@ -74,16 +81,59 @@ class IngestClient:
     # ---- training thread side --------------------------------------------------------
 
     def emit(self, event: dict[str, Any]) -> None:
+        if self._prepare is not None:  # what emit_later() was given goes first
+            with self._preparing:
+                self._prepare_later()
+                with self._cond:
+                    self._accept(event)
+            return
         with self._cond:
-            if len(self._outbox) >= self.max_pending and event["type"] == events.METRICS:
-                self._dropped.append(event.get("step", -1))
-                return
-            if self._dropped:
-                d = self._dropped
-                self._dropped = []
-                self._push(events.dropped(len(d), d[0], d[-1]))
-            self._push(event)
+            self._accept(event)
+
+    def emit_later(self, item: Any) -> None:
+        """Hand `item` to `prepare` (see __init__), which makes its events on this client's
+        thread: the training thread only queues it."""
+        with self._cond:
+            self._later.append(item)
             self._cond.notify()
+            backlog = len(self._later) >= self.max_pending  # the sender is not keeping up (or away)
+        if backlog:
+            self.prepare_now()
+
+    def prepare_now(self) -> None:
+        """Make the events of everything emit_later() was given, in this thread."""
+        if self._prepare is None:
+            return
+        with self._preparing:
+            self._prepare_later()
+
+    def _prepare_later(self) -> None:  # holding self._preparing
+        with self._cond:
+            items = list(self._later)
+            self._later.clear()
+        if not items:
+            return
+        made = []
+        for item in items:
+            try:
+                made += self._prepare(item)
+            except Exception:  # noqa: BLE001 - a bug here must not stop the sending
+                print(f"gradwatch: could not prepare an event:\n{traceback.format_exc()}", file=sys.stderr)
+        with self._cond:
+            for event in made:
+                self._accept(event)
+            self._cond.notify()
+
+    def _accept(self, event: dict[str, Any]) -> None:  # holding self._cond
+        if len(self._outbox) >= self.max_pending and event["type"] == events.METRICS:
+            self._dropped.append(event.get("step", -1))
+            return
+        if self._dropped:
+            d = self._dropped
+            self._dropped = []
+            self._push(events.dropped(len(d), d[0], d[-1]))
+        self._push(event)
+        self._cond.notify()
 
     def _push(self, event: dict[str, Any]) -> None:
         self._seq += 1
@@ -93,6 +143,7 @@ class IngestClient:
     def close(self, timeout: float = 30.0) -> bool:
         """Wait until every event is acknowledged (or timeout); True when all were."""
         deadline = time.monotonic() + timeout
+        self.prepare_now()
         with self._cond:
             while self._acked < self._seq and self.fatal is None and time.monotonic() < deadline:
                 self._cond.wait(0.1)
@@ -124,6 +175,7 @@ class IngestClient:
             except (OSError, ConnectionClosed, TimeoutError):
                 pass  # server away: keep buffering, try again
             if not self._closing:
+                self.prepare_now()  # the server is away: what was handed off still becomes events
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -148,9 +200,11 @@ class IngestClient:
             if wait > 0 and not self._closing:
                 time.sleep(wait)  # this interval's steps gather; emit() wakes no one meanwhile
             with self._cond:
-                while self._sent >= self._seq and not self._closing and reader.is_alive() \
+                while self._sent >= self._seq and not self._later and not self._closing and reader.is_alive() \
                         and time.monotonic() - last_send < HEARTBEAT_S:
                     self._cond.wait(0.2)
+            self.prepare_now()
+            with self._cond:
                 if self._closing and self._acked >= self._seq:
                     return
                 # The first unsent events; not a copy of the whole outbox (100k events while the
