@@ -85,6 +85,7 @@ def parts(device: str, repeats: int) -> None:
 def _parts_of(label: str, extra: dict, device: str, repeats: int) -> None:
     from gradwatch import checkpoint, models, optim
     from gradwatch import data as data_mod
+    from gradwatch.diagnosis import Diagnosis
     from gradwatch.loop import snapshot
     from gradwatch.probe import watch
 
@@ -113,7 +114,7 @@ def _parts_of(label: str, extra: dict, device: str, repeats: int) -> None:
     step_ms = (time.thread_time() - t) / repeats * 1e3
     t = time.thread_time()
     for _ in range(repeats):
-        state = snapshot(10, cfg, model, opt, batches, live, probe)
+        state = snapshot(10, cfg, model, opt, batches, live, probe, Diagnosis(probe.names))
     copy_ms = (time.thread_time() - t) / repeats * 1e3
     with tempfile.TemporaryDirectory() as d:
         t, w = time.thread_time(), time.perf_counter()

@@ -118,6 +118,27 @@ def test_a_diverged_explosion_retried_with_clipping_completes(tmp_path: Path, on
     assert min(metrics(forked)) == at and max(metrics(forked)) == 60
 
 
+def test_a_no_change_fork_of_a_diverging_run_judges_it_as_its_parent_did(tmp_path: Path, one_thread: None) -> None:
+    """The checkpoint keeps the alert detector's baselines: a fork repeating its parent's steps
+    gives the same alerts and blames the same layer, from the same step. (With fresh baselines,
+    knowing only its own first steps, the fork blamed another layer for the same blow-up.)"""
+    cfg = resolve("explosion", {"steps": 60, "device": "cpu"})
+    events: list[dict[str, Any]] = []
+    summary = train(cfg, events.append, checkpoints=tmp_path)
+    at = summary["checkpoint_before_divergence"]
+    assert summary["status"] == "diverged" and at < summary["diverged_step"], summary
+    forked: list[dict[str, Any]] = []
+    again = train(cfg, forked.append, resume=checkpoint.path_for(tmp_path, at))
+
+    def alerts(evs: list[dict[str, Any]]) -> list[tuple]:
+        return [(e["step"], e["kind"], e.get("layer"), e.get("since"), e["message"])
+                for e in evs if e["type"] == "alert" and e["step"] >= at]
+
+    assert alerts(forked) == alerts(events) and alerts(events), (alerts(forked), alerts(events))
+    keys = ("status", "diverged_step", "diverged_layer", "diverged_since", "diverged_top", "first_nonfinite_layer")
+    assert {k: again[k] for k in keys} == {k: summary[k] for k in keys}
+
+
 # ---- the API, with a real server and real workers ------------------------------------------------
 
 

@@ -2,9 +2,10 @@
 
 A checkpoint "at step S" is the whole state from which step S runs: model (with BatchNorm's
 running statistics), optimizer (momentum buffers, Adam moments), the live values (l2, lr,
-grad_clip), the RNG states (CPU and CUDA: dropout) and the data position (the batch order's
-generator, the epoch's permutation and the position in it). Restored, step S runs exactly as it
-did in the parent; on the CPU a fork with no changes repeats the parent bit for bit.
+grad_clip), the RNG states (CPU and CUDA: dropout), the data position (the batch order's
+generator, the epoch's permutation and the position in it) and the alert detector's baselines
+(older checkpoints have none: a fork from one judges from fresh baselines). Restored, step S runs
+exactly as it did in the parent; on the CPU a fork with no changes repeats the parent bit for bit.
 
 One file per checkpoint, `step-00000050.pt` in the run's folder:
 

@@ -140,6 +140,33 @@ class Detector:
         self._d = np.full(k, np.nan)  # the last finite step's departure per layer
         self._raw: list[float] = [math.nan] * k  # and its gradient norms
 
+    # ---- a fork goes on from its parent's judgement ---------------------------------------
+
+    def state(self) -> dict[str, list]:
+        """What a checkpoint keeps (trainer/loop.py snapshot): the baselines and the ongoing
+        departures, as plain lists. Open episodes are the parent's own: not kept."""
+        b = self.base
+        return {"m": b.m.tolist(), "s": b.s.tolist(), "n": b.n.tolist(), "top": b.top.tolist(),
+                "since": self._since.tolist(), "since_d": self._since_d.tolist(), "d": self._d.tolist(),
+                "raw": list(self._raw)}
+
+    def load(self, state: dict[str, list]) -> bool:
+        """Take a checkpoint's state() (a fork: same layers); False, and nothing changed, when
+        it is not of this detector's shape."""
+        k, b = len(self.names), self.base
+        sizes = {"m": k + 2, "s": k + 2, "n": k + 2, "top": k + 2, "since": k, "since_d": k, "d": k, "raw": k}
+        if not isinstance(state, dict) or any(len(state.get(key) or ()) != n for key, n in sizes.items()):
+            return False
+        b.m, b.s = np.array(state["m"], dtype=np.float64), np.array(state["s"], dtype=np.float64)
+        b.n, b.top = np.array(state["n"], dtype=np.int64), np.array(state["top"], dtype=np.float64)
+        b.den = np.maximum(b.s * 1.25, S_MIN)
+        b.steady = bool(b.n.min() >= 1 / ALPHA)
+        self._since = np.array(state["since"], dtype=np.int64)
+        self._since_d = np.array(state["since_d"], dtype=np.float64)
+        self._d = np.array(state["d"], dtype=np.float64)
+        self._raw = [float(v) for v in state["raw"]]
+        return True
+
     # ---- every step ----------------------------------------------------------------------
 
     def update(self, step: int, grad_norm: list[float], global_norm: float, loss: float) -> list[dict[str, Any]]:

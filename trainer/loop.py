@@ -102,6 +102,8 @@ def train(
     if bn_last and len(bn_last) == len(probe._bn_last):  # BN drift measured as the parent's
         torch._foreach_copy_(probe._bn_last, [t.to(device) for t in bn_last])
     diagnosis = Diagnosis(probe.names, cfg.alert_factor, ds.n_classes)
+    if resume is not None and "detector" in state:  # judged as the parent was (its baselines)
+        diagnosis.detector.load(state["detector"])
     summary = diagnosis.summary
     emit(events.run_started(probe.layers, str(device), models.count_params(model), cfg.to_dict(), ds.n_classes))
     for field, old, value in forked:
@@ -143,7 +145,7 @@ def train(
                 emit(events.intervention(step, field, old, value, source))
             if keeper is not None and step > first and step % cfg.checkpoint_every == 0:
                 t0 = time.perf_counter()
-                keeper.save(step, snapshot(step, cfg, model, opt, batches, live, probe))
+                keeper.save(step, snapshot(step, cfg, model, opt, batches, live, probe, diagnosis))
                 keeper.seconds += time.perf_counter() - t0
 
             idx = batches.next()
@@ -194,8 +196,10 @@ SAME_SHAPE = tuple(f.name for f in fields(RunConfig) if f.name not in (*checkpoi
 
 
 def snapshot(step: int, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer,
-             batches: data_mod.Batches, live: dict[str, Any], probe: Any) -> dict[str, Any]:
-    """The state step `step` runs from, copied to the CPU (see trainer/checkpoint.py)."""
+             batches: data_mod.Batches, live: dict[str, Any], probe: Any, diagnosis: Diagnosis) -> dict[str, Any]:
+    """The state step `step` runs from, copied to the CPU (see trainer/checkpoint.py). With it the
+    alert detector's baselines, so that a fork judges its steps as its parent would have (a fresh
+    one, knowing only the fork's first steps, blamed another layer for the same blow-up)."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     return checkpoint.cpu_copy({
         "format": checkpoint.FORMAT, "step": step, "config": cfg.to_dict(), "live": dict(live),
@@ -203,6 +207,7 @@ def snapshot(step: int, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optim
         "rng_cpu": torch.get_rng_state(), "rng_cuda": cuda,
         "batches": {"generator": batches.gen.get_state(), "perm": batches.perm, "pos": batches.pos},
         "bn_last": list(probe._bn_last),
+        "detector": diagnosis.detector.state(),
     })
 
 
