@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from gradwatch import checkpoint
 from gradwatch.config import RunConfig
+from gradwatch.diagnosis import reference
 from gradwatch.loop import train
 from gradwatch.presets import resolve
 
@@ -118,11 +119,17 @@ def test_a_diverged_explosion_retried_with_clipping_completes(tmp_path: Path, on
     assert min(metrics(forked)) == at and max(metrics(forked)) == 60
 
 
-def test_a_no_change_fork_of_a_diverging_run_judges_it_as_its_parent_did(tmp_path: Path, one_thread: None) -> None:
+@pytest.mark.parametrize("preset, over", [("explosion", {}),
+                                          # seed 3: not one the detector's constants were chosen on
+                                          ("lr-robustness", {"batchnorm": False, "seed": 3})])
+def test_a_no_change_fork_of_a_diverging_run_judges_it_as_its_parent_did(preset: str, over: dict[str, Any],
+                                                                         tmp_path: Path, one_thread: None) -> None:
     """The checkpoint keeps the alert detector's baselines: a fork repeating its parent's steps
-    gives the same alerts and blames the same layer, from the same step. (With fresh baselines,
-    knowing only its own first steps, the fork blamed another layer for the same blow-up.)"""
-    cfg = resolve("explosion", {"steps": 60, "device": "cpu"})
+    gives the same alerts and blames the same layer, from the same step, which is the layer the
+    reference finds in the recorded history (the parent's steps before the fork, then the fork's).
+    (With fresh baselines, knowing only its own first steps, the fork of the explosion preset
+    blamed fc6.bias from step 12 where its parent blamed fc14.weight from 13.)"""
+    cfg = resolve(preset, {"steps": 60, "device": "cpu", "eval_every": 0, **over})
     events: list[dict[str, Any]] = []
     summary = train(cfg, events.append, checkpoints=tmp_path)
     at = summary["checkpoint_before_divergence"]
@@ -137,6 +144,11 @@ def test_a_no_change_fork_of_a_diverging_run_judges_it_as_its_parent_did(tmp_pat
     assert alerts(forked) == alerts(events) and alerts(events), (alerts(forked), alerts(events))
     keys = ("status", "diverged_step", "diverged_layer", "diverged_since", "diverged_top", "first_nonfinite_layer")
     assert {k: again[k] for k in keys} == {k: summary[k] for k in keys}
+    history = [e["grad_norm"] for e in events if e["type"] == "metrics" and e["step"] < at]
+    history += [e["grad_norm"] for e in forked if e["type"] == "metrics"]
+    ref = reference([layer["name"] for layer in forked[0]["layers"]], history)
+    assert again["diverged_layer"] in ref["first"], (again["diverged_layer"], ref)
+    assert again["diverged_since"] == again["diverged_step"] - ref["rise"], (again, ref)
 
 
 # ---- the API, with a real server and real workers ------------------------------------------------
