@@ -121,8 +121,7 @@ class IngestClient:
                 print(f"gradwatch: could not prepare an event:\n{traceback.format_exc()}", file=sys.stderr)
         with self._cond:
             for event in made:
-                self._accept(event)
-            self._cond.notify()
+                self._accept(event)  # (each wakes the sender)
 
     def _accept(self, event: dict[str, Any]) -> None:  # holding self._cond
         if len(self._outbox) >= self.max_pending and event["type"] == events.METRICS:
