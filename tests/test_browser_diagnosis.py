@@ -10,10 +10,12 @@ from a preset shows what the preset explains next to it; a run that ended at cha
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from gradwatch.diagnosis import reference
 
 from .browserkit import browser_fixture, open_dashboard, page_fixture  # noqa: F401 - fixtures
 from .conftest import LiveServer
@@ -75,6 +77,21 @@ def test_a_blow_up_goes_log_and_focuses_its_steps_without_flattening_the_others(
     # Compare the two: the loss axis goes log by itself (no choice in the URL), and says why.
     page.evaluate(f"gradwatch.state.set({{selected: ['{healthy['id']}', '{run['id']}'], focus: '{run['id']}'}})")
     s = run["summary"]
+
+    # What its panel says of the blow-up, against the reference computed from its recorded
+    # per-layer gradient norms (gradwatch.diagnosis.reference): the step, a layer among those whose
+    # departure began first, since when, and the three that departed most at the last finite step.
+    hist = server.client.get(f"/api/runs/{run['id']}/metrics", params={"max_points": 100_000}).json()
+    ref = reference([layer["name"] for layer in hist["layers"]], hist["grad_norm"])
+    assert ref is not None and hist["step"][-1] == s["diverged_step"]
+    problem = page.locator("#detail .problem")
+    problem.filter(has_text="diverged at step").wait_for()
+    said = re.fullmatch(r"diverged at step (\d+) in (\S+?)(?: \(departing since step (\d+)\))?", problem.text_content())
+    assert said, problem.text_content()
+    step, layer, since = int(said[1]), said[2], int(said[3] or said[1])
+    assert step == hist["step"][-1] and layer in ref["first"] and since == step - ref["rise"], (said.groups(), ref)
+    top = page.text_content("#detail .top-layers")
+    assert set(re.findall(r"(\S+) ×", top.split(": ", 1)[1])) == set(ref["top"]), (top, ref)
     of_healthy = f"(t.uid || '').startsWith('t-{healthy['id']}-')"
     page.wait_for_function(f"{FIG.format('chart-loss')}.data.some(t => {of_healthy} && t.x.length === 60)")  # drawn
     page.wait_for_function(f"{FIG.format('chart-loss')}._fullLayout.yaxis.type === 'log'")
