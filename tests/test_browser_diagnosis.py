@@ -191,7 +191,14 @@ def test_a_run_that_ended_at_chance_is_marked_not_learning(server: LiveServer, p
     row = page.locator(f"#runs tr[data-run-id='{run['id']}']")
     row.locator(".badge", has_text="not learning").wait_for()
     assert "chance is 10.0%" in row.locator(".problem").text_content()
-    assert row.locator(".best").text_content() == f"{100 * s['best_val_accuracy']:.1f}%"
+    # Its row's figures, against its recorded history: the best validation accuracy, the last one
+    # (in the cell's title; within 5 points of chance is what "not learning" means), the alerts.
+    hist = server.client.get(f"/api/runs/{run['id']}/metrics").json()
+    val = hist["val"]["accuracy"]
+    assert len(val) == 2 and abs(val[-1] - 1 / s["n_classes"]) <= 0.05
+    assert row.locator(".best").text_content() == f"{100 * max(val):.1f}%"
+    assert row.locator(".best").get_attribute("title").endswith(f"the last: {100 * val[-1]:.1f}%")
+    assert row.locator(".alerts").text_content() == str(sum(e["type"] == "alert" for e in hist["events"]))
     assert page.text_content("#detail .badge") == "not learning"
     # Its dead layers' gradient norms are exactly 0: the heatmap says so rather than leave holes.
     page.locator("#chart-heatmap").scroll_into_view_if_needed()
