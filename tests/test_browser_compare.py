@@ -110,6 +110,17 @@ def test_ablation_button_starts_four_runs_that_train_live_in_the_group_view(serv
     stop_all(server)
     page.wait_for_function(
         "[...document.querySelectorAll('#group tbody .badge')].every(b => b.textContent === 'stopped')", timeout=60_000)
+    # Then each row says what its run's recorded history says: the last step, its loss, the best
+    # validation accuracy, the alerts, no divergence.
+    for run_id in cells.values():
+        hist = server.client.get(f"/api/runs/{run_id}/metrics", params={"max_points": 100_000}).json()
+        row = f"#group tbody tr[data-run-id='{run_id}']"
+        page.wait_for_function(f"document.querySelector(\"{row} td.step\").textContent === '{hist['step'][-1]}'")
+        cell = {c: page.text_content(f"{row} td.{c}") for c in ("diverged", "alerts", "loss", "best")}
+        assert cell["diverged"] == "—" and cell["alerts"] == str(sum(e["type"] == "alert" for e in hist["events"]))
+        assert float(cell["loss"]) == pytest.approx(hist["loss"][-1], rel=5e-3), (cell, hist["loss"][-1])  # 3-4 digits
+        best = max(hist["val"]["accuracy"], default=None)
+        assert cell["best"] == ("—" if best is None else f"{100 * best:.1f}%"), (cell, hist["val"])
     assert page.errors == []
 
 

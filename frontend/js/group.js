@@ -3,7 +3,7 @@
 // card (its summary table; the small multiples are drawn by charts.js).
 
 import { showValue } from './chips.js';
-import { badge } from './runlist.js';
+import { badge, fmt } from './runlist.js';
 import { presetAbout, presetOf } from './presets.js';
 
 // POST /api/groups body: the form's config, BatchNorm off/on x L2 0 / the
@@ -52,9 +52,6 @@ export function gridOf(group) {
   });
   return { rows: first.values.length, cols, cells: placed };
 }
-
-const fmtLoss = v => (v == null ? '—' : Math.abs(v) < 1e-3 && v !== 0 ? Number(v).toExponential(2) : Number(v).toPrecision(4));
-const fmtPct = v => (v == null ? '—' : `${(100 * v).toFixed(1)}%`);
 
 export class GroupPanel {
   // onPick(id | null): a group chosen in the picker; onFocus(runId).
@@ -159,7 +156,7 @@ export class GroupPanel {
     if (r.divergedIn) diverged.title = `diverged in ${r.divergedIn} (the layer that departed first)`;
     tr.append(name, status, td('num step', r.step == null ? '—' : String(r.step)), diverged,
       td('num alerts', r.alerts == null ? '—' : String(r.alerts)),
-      td('num loss', fmtLoss(r.loss)), td('num best', fmtPct(r.best)));
+      td('num loss', fmt.loss(r.loss)), td('num best', fmt.pct(r.best)));
     return tr;
   }
 }

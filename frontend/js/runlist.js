@@ -7,7 +7,8 @@ import { STATUSES } from './statuses.js';
 
 const ACTIVE = STATUSES.active; // Stop is offered (filled from the server before the first draw)
 
-const fmt = {
+// How a run's numbers read, in its row here and in the group's table.
+export const fmt = {
   step: v => (v == null ? '—' : String(v)),
   loss: v => (v == null ? '—' : Math.abs(v) < 1e-3 && v !== 0 ? Number(v).toExponential(2) : Number(v).toPrecision(4)),
   pct: v => (v == null ? '—' : `${(100 * v).toFixed(1)}%`),
