@@ -9,7 +9,7 @@
 # What it writes (each file also ends with its exit status):
 #   versions.txt               nvidia-smi, torch and CUDA versions
 #   pytest.txt                 tests/test_gpu.py + the trainer, probe and preset tests (their runs
-#                              use the GPU by themselves: device="auto")
+#                              use the GPU by themselves: device="auto"), and a no-change fork on CUDA
 #   probe_overhead.txt         bench/probe_overhead.py on CUDA (target: probe <= 1.05x)
 #   trainer_vs_dataloader.txt  steps/s, built-in trainer vs a plain DataLoader loop (target >= 2x)
 set -u
@@ -29,7 +29,8 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one check, keep going whatever i
 
 step versions 60 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'"
 step pytest 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts= -m "not browser and not screenshot" \
-  tests/test_gpu.py tests/test_trainer.py tests/test_probe.py tests/test_presets.py
+  tests/test_gpu.py tests/test_trainer.py tests/test_probe.py tests/test_presets.py \
+  tests/test_forks.py::test_a_no_change_fork_of_a_diverging_run_judges_it_as_its_parent_did
 step probe_overhead 150 "$PY" bench/probe_overhead.py --device cuda --threads 1 --clock wall --repeats 30
 step trainer_vs_dataloader 90 "$PY" bench/trainer_vs_dataloader.py --device cuda --steps 500 --repeats 3
 cat "$OUT/summary.txt"

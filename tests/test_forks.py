@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from gradwatch import checkpoint
 from gradwatch.config import RunConfig
 from gradwatch.diagnosis import reference
@@ -119,9 +120,15 @@ def test_a_diverged_explosion_retried_with_clipping_completes(tmp_path: Path, on
     assert min(metrics(forked)) == at and max(metrics(forked)) == 60
 
 
-@pytest.mark.parametrize("preset, over", [("explosion", {}),
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")
+
+
+@pytest.mark.parametrize("preset, over", [("explosion", {"device": "cpu"}),
                                           # seed 3: not one the detector's constants were chosen on
-                                          ("lr-robustness", {"batchnorm": False, "seed": 3})])
+                                          ("lr-robustness", {"device": "cpu", "batchnorm": False, "seed": 3}),
+                                          # CUDA reads each step's norms back a step late: the
+                                          # checkpoint must still hold the detector's state of its step
+                                          pytest.param("explosion", {"device": "cuda"}, marks=CUDA)])
 def test_a_no_change_fork_of_a_diverging_run_judges_it_as_its_parent_did(preset: str, over: dict[str, Any],
                                                                          tmp_path: Path, one_thread: None) -> None:
     """The checkpoint keeps the alert detector's baselines: a fork repeating its parent's steps
@@ -129,7 +136,7 @@ def test_a_no_change_fork_of_a_diverging_run_judges_it_as_its_parent_did(preset:
     reference finds in the recorded history (the parent's steps before the fork, then the fork's).
     (With fresh baselines, knowing only its own first steps, the fork of the explosion preset
     blamed fc6.bias from step 12 where its parent blamed fc14.weight from 13.)"""
-    cfg = resolve(preset, {"steps": 60, "device": "cpu", "eval_every": 0, **over})
+    cfg = resolve(preset, {"steps": 60, "eval_every": 0, **over})
     events: list[dict[str, Any]] = []
     summary = train(cfg, events.append, checkpoints=tmp_path)
     at = summary["checkpoint_before_divergence"]

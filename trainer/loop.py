@@ -145,6 +145,11 @@ def train(
                 emit(events.intervention(step, field, old, value, source))
             if keeper is not None and step > first and step % cfg.checkpoint_every == 0:
                 t0 = time.perf_counter()
+                # CUDA: the step still in flight is judged first, so the detector's state saved is
+                # that of the step before this one, as the weights are (the copy syncs anyway).
+                probe.flush()
+                if outcome:  # that step diverged: nothing to checkpoint
+                    break
                 keeper.save(step, snapshot(step, cfg, model, opt, batches, live, probe, diagnosis))
                 keeper.seconds += time.perf_counter() - t0
 
