@@ -58,3 +58,50 @@ def test_a_default_batchnorm_run_of_2000_steps_fires_no_alert(one_thread: None) 
     assert [e for e in events if e["type"].startswith("alert")] == []
     assert result["alerts"] == 0 and result["best_val_accuracy"] >= result["val_accuracy"]
     assert result["n_classes"] == 10
+
+
+def test_a_bert_wrecked_by_its_first_step_is_blamed_on_the_layer_that_departed_most(one_thread: None) -> None:
+    """A real model with parameters the loss does not depend on: a BERT's attention key biases
+    (softmax ignores a shift shared by every key) have gradients of ~1e-12 of the global norm,
+    rounding noise that jumps by decades when the rest jumps by one. An AdamW step of lr 0.3
+    wrecks the net; the alert at the next step names the layer whose gradient grew most among
+    those above rounding noise, computed here from the recorded norms (it named a key bias)."""
+    import numpy as np
+    import torch
+    from gradwatch.diagnosis import NOISE, Diagnosis
+    from gradwatch.probe import watch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=200, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=64, num_labels=2))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.3)
+    probe = watch(model, opt, stats_every=1)
+    diagnosis = Diagnosis(probe.names, 10.0, 2)
+    records, alerts = [], []
+
+    def on_step(stats: dict) -> None:
+        records.append([*stats["grad_norm"], stats["global_grad_norm"]])
+        alerts.extend(e for e in diagnosis.step(stats) if e["type"] == "alert")
+
+    probe.on_step = on_step
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        x = torch.randint(5, 200, (32, 32), generator=g)
+        y = (x == 7).any(1).long()
+        out = model(input_ids=x, labels=y)
+        opt.zero_grad()
+        out.loss.backward()
+        probe.record(out.loss, (out.logits.argmax(1) == y).float().mean())
+        opt.step()
+    probe.close()
+    first, second = np.array(records)
+    names = probe.names
+    noise = [n for n, v in zip(names, first[:-1], strict=True) if v < NOISE * first[-1]]
+    assert noise and all(".key.bias" in n for n in noise), noise  # the key biases, and only they
+    above = second[:-1] >= NOISE * second[-1]
+    grew = np.where(above, second[:-1] / first[:-1], -np.inf)
+    assert [(a["step"], a["kind"]) for a in alerts] == [(2, "grad_spike")], alerts
+    assert alerts[0]["layer"] == names[int(np.argmax(grew))], (alerts[0]["layer"], names[int(np.argmax(grew))])
+    assert not any(t["layer"] in noise for t in alerts[0]["top"])

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from gradwatch.diagnosis import Detector, Diagnosis, not_learning
+from gradwatch.diagnosis import Detector, Diagnosis, not_learning, reference
 
 NAMES = [f"fc{i}.weight" for i in range(1, 9)]
 
@@ -143,3 +143,33 @@ def test_the_cli_verdict_names_the_diverged_layer_or_says_not_learning() -> None
     assert verdict("completed", {"val_accuracy": 0.9, "n_classes": 10}) == ""
     assert verdict("stopped", {"val_accuracy": 0.11, "n_classes": 10}) == "not learning"  # as the page says
     assert verdict("running", {"val_accuracy": 0.11, "n_classes": 10}) == ""  # it may still learn
+
+
+def test_a_gradient_at_rounding_noise_is_never_blamed() -> None:
+    # Layer 0 stands for an attention key's bias (the loss does not depend on it): its gradient
+    # is rounding noise, ~1e-12 of the global norm, and jumps a million-fold when the others jump
+    # 100x. The blow-up is blamed on fc4, which leads it; the reference agrees.
+    rng = np.random.default_rng(4)
+    grads = np.exp(rng.normal(0.0, 0.3, (40, len(NAMES))))
+    grads[:, 0] = 1e-12 * np.exp(rng.normal(0.0, 0.5, 40))
+    grads[30, 3] *= 100  # fc4 departs first (step 31)
+    grads[31] *= 100  # then everything (step 32), the noise layer a million-fold
+    grads[31, 0] *= 1e4
+    grads = np.vstack([grads[:32], np.full((1, len(NAMES)), math.nan)])
+    det = Detector(NAMES)
+    got = alerts(feed(det, grads[:32]))
+    assert got and all(a["layer"] == "fc4.weight" for a in got), got
+    assert all(t["layer"] != NAMES[0] for a in got for t in a["top"])
+    where = det.attribute(33, grads[32].tolist())
+    assert where["layer"] == "fc4.weight" and where["since"] == 31
+    assert NAMES[0] not in [t["layer"] for t in where["top"]]
+    ref = reference(NAMES, grads.tolist())
+    assert ref["origin"] == "fc4.weight" and NAMES[0] not in ref["top"], ref
+    # All at once (a step that wrecks the net): the largest real departure is named, not the noise's.
+    grads = np.exp(rng.normal(0.0, 0.3, (31, len(NAMES))))
+    grads[:, 0] = 1e-12 * np.exp(rng.normal(0.0, 0.5, 31))
+    grads[30] *= 100
+    grads[30, 3] *= 10
+    grads[30, 0] *= 1e4
+    got = alerts(feed(Detector(NAMES), grads))
+    assert [(a["step"], a["layer"]) for a in got] == [(31, "fc4.weight")], got
