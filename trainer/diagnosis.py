@@ -18,9 +18,10 @@ Each series also remembers `top`, the highest its baseline has been in this run:
   the first WARMUP steps, when the spread is not known yet: a 10× jump from step 1 alerts), and
 - broad: the global norm alerts, or at least BROAD of the layers depart. One layer alone must
   stand out twice as far (factor², 2·z): a lone layer's noise is not an explosion.
-A layer whose gradient is below float32's resolution of the step's global norm (NOISE) does not
-depart at that step: its gradient is rounding noise (see NOISE), and blaming it named an attention
-key's bias, at 1e-12 of the global norm, as the origin of a real model's blow-up.
+A layer whose baseline is below float32's resolution of the global norm's baseline (NOISE) never
+departs: its gradient is rounding noise (see NOISE), and blaming it named an attention key's bias,
+at 1e-12 of the global norm, as the origin of a real model's blow-up. (Its baseline, not the step's
+value: a real layer that grows 100x while the rest grow 1e15x is still a real layer.)
 Numbers (bench/alert_quality.py, docs/benchmarks.md): on 64 healthy runs (128k steps) 3 alerts,
 all real transient loss spikes above the untrained loss; 47 of 47 diverging runs alerted before
 their first non-finite step (seeds 3-4 of those were not used to choose these constants).
@@ -60,11 +61,13 @@ Z = 5.0  # default relative margin, in spreads on the log scale
 ABOVE_TOP = 3.0  # an alerting value is at least this x the highest baseline of its series
 BROAD = 0.5  # fraction of the layers departing that makes a departure broad
 TINY = 1e-30  # norms at or below this are "no gradient" (an unused layer), not a departure
-# A layer's gradient norm below this fraction of the step's global norm (float32's resolution) is
-# rounding noise: the gradient of a parameter the loss does not depend on (an attention key's
-# bias, a bias before BatchNorm) is a sum of terms that cancel, ~1e-10 of the global norm, and
-# moves by decades when the rest moves by one. At that step it neither departs nor is blamed.
+# A layer whose typical gradient norm (its baseline) is below this fraction of the global norm's
+# (float32's resolution) is rounding noise: the gradient of a parameter the loss does not depend on
+# (an attention key's bias, a bias right before BatchNorm) is a sum of terms that cancel, ~1e-12
+# of the global norm, and moves by decades when the rest moves by one. It neither departs nor is
+# blamed.
 NOISE = float(np.finfo(np.float32).eps)
+LOG_NOISE = math.log(NOISE)
 
 
 class Baseline:
@@ -191,7 +194,7 @@ class Detector:
             x = np.log(np.where(ok, v, 1.0))
             x[~ok] = np.nan
         d = x - b.m  # log ratio to the baseline
-        noise = v[:k] < NOISE * global_norm  # (a non-finite global norm: none)
+        noise = b.m[:k] < b.m[k] + LOG_NOISE  # rounding-noise series (before any value: none)
         if noise.any():
             d[:k][noise] = np.nan
         z = d / b.den
@@ -429,8 +432,9 @@ def reference(names: list[str], grads: list[list[float | None]], factor: float =
     (None when it has none). Not used online: it needs each step's 20 predecessors' median.
 
     baseline_l(t) = median of layer l's gradient norm over the `window` steps before t (finite,
-    non-zero); r_l(t) = g_l(t) / baseline_l(t), none where g_l(t) is rounding noise (below NOISE x
-    the step's global norm, sqrt(sum_l g_l(t)^2)); layer l departs at t when r_l(t) >= factor. At the
+    non-zero); r_l(t) = g_l(t) / baseline_l(t), none where layer l is rounding noise (baseline_l(t)
+    below NOISE x the same median of the global norm, sqrt(sum_l g_l^2)); layer l departs at t when
+    r_l(t) >= factor. At the
     last finite step f, each departing layer's departure began at the first step of its unbroken
     run of departing steps ending at f. The origin is the layer whose departure began first (ties:
     the largest r_l at that step; `first` lists the tied layers); with no layer departing at f, the
@@ -449,7 +453,8 @@ def reference(names: list[str], grads: list[list[float | None]], factor: float =
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: no baseline
             base = np.nanmedian(np.where(past > 0, past, np.nan), axis=0)
-            r[t] = np.where(g[t] < NOISE * np.sqrt((g[t] * g[t]).sum()), np.nan, g[t] / base)
+            whole = np.median(np.sqrt(np.nansum(past * past, axis=1)))
+            r[t] = np.where(base < NOISE * whole, np.nan, g[t] / base)
     departing = np.nan_to_num(r, nan=0.0) >= factor
     since = np.full(g.shape[1], -1)  # index where each layer's departure ongoing at f began
     for layer in np.flatnonzero(departing[f]):

@@ -165,6 +165,7 @@ def test_a_gradient_at_rounding_noise_is_never_blamed() -> None:
     assert NAMES[0] not in [t["layer"] for t in where["top"]]
     ref = reference(NAMES, grads.tolist())
     assert ref["origin"] == "fc4.weight" and NAMES[0] not in ref["top"], ref
+
     # All at once (a step that wrecks the net): the largest real departure is named, not the noise's.
     grads = np.exp(rng.normal(0.0, 0.3, (31, len(NAMES))))
     grads[:, 0] = 1e-12 * np.exp(rng.normal(0.0, 0.5, 31))
@@ -173,3 +174,16 @@ def test_a_gradient_at_rounding_noise_is_never_blamed() -> None:
     grads[30, 0] *= 1e4
     got = alerts(feed(Detector(NAMES), grads))
     assert [(a["step"], a["layer"]) for a in got] == [(31, "fc4.weight")], got
+
+    # A real layer stays real when the rest outgrow it by more than float32 resolves: fc8 departs
+    # first (100x), then everything else grows 1e15x, leaving fc8 below 1e-7 of that step's norm.
+    grads = np.exp(rng.normal(0.0, 0.3, (33, len(NAMES))))
+    grads[30:, 7] *= 100
+    grads[31:, :7] *= 1e15
+    grads = np.vstack([grads, np.full((1, len(NAMES)), math.nan)])
+    assert grads[32, 7] < 1e-7 * np.sqrt((grads[32] ** 2).sum())
+    det = Detector(NAMES)
+    feed(det, grads[:33])
+    where = det.attribute(34, grads[33].tolist())
+    ref = reference(NAMES, grads.tolist())
+    assert where["layer"] == ref["origin"] == "fc8.weight" and where["since"] == 31 and ref["rise"] == 3, (where, ref)
